@@ -1,0 +1,61 @@
+"""Entry point: the typer app, its commands, and the one place that turns dynexport's typed
+errors into a one-line message and exit status 1 (2 for planned commands not built yet)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dynexport import __version__
+from dynexport.cli import clip_command, planned_commands
+
+app = typer.Typer(
+    name="dynexport",
+    help=(
+        "Deployment compiler for dynamic video networks: makes the savings of gated layers "
+        "(Skip-Convolutions, D-STEP, pruning) real on phones.\n\n"
+        "Typical use:\n\n"
+        "  dynexport build --target android model.pt -o out   # artifacts + C runtime\n\n"
+        "  dynexport verify out --clip clip.npy               # numerics vs PyTorch\n\n"
+        "  dynexport bench out                                # realized speedup vs dense"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dynexport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    pass
+
+
+app.command("clip")(clip_command.clip)
+for _name, _fn in planned_commands.COMMANDS.items():
+    app.command(_name)(_fn)
+
+
+def main() -> None:
+    from dynexport.errors import DynexportError, NotBuiltYetError
+
+    try:
+        app()
+    except NotBuiltYetError as exc:
+        typer.echo(f"dynexport: {exc}", err=True)
+        sys.exit(2)
+    except DynexportError as exc:
+        typer.echo(f"dynexport: error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

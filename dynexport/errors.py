@@ -1,0 +1,18 @@
+"""Errors a user can cause. Each message names the thing, what was expected and, where there
+is one, the fix; the CLI prints them without a traceback."""
+
+
+class DynexportError(Exception):
+    """Base of every error dynexport raises on purpose."""
+
+
+class FrameError(DynexportError, ValueError):
+    """A frame was rejected (shape, dtype, NaN/Inf); no state was changed."""
+
+
+class ModelLoadError(DynexportError):
+    """A model file could not be loaded, or loading it would run untrusted code."""
+
+
+class NotBuiltYetError(DynexportError):
+    """A command or feature that is planned but not implemented yet."""

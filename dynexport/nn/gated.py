@@ -1,0 +1,107 @@
+"""What every gated layer shares: inter-frame state held in buffers, input checks that leave
+that state untouched, and per-frame statistics.
+
+State lives in non-persistent buffers, so ``torch.export`` lifts it to explicit graph
+inputs and records its update as buffer mutations. In eager mode a frame *rebinds* the
+buffers to new tensors instead of writing into them: a snapshot of the state is then just a
+dict of references, which is what makes ``dynexport.step`` transactional.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from dynexport.errors import FrameError
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFrameStats:
+    """What one gated layer did on the last frame (summed over the batch)."""
+
+    name: str
+    active_fraction: float  # computed blocks / all blocks (D-STEP: computed outputs / all)
+    executed_macs: int  # MACs actually needed, gate MACs included
+    dense_macs: int  # MACs of the same layer without a gate
+    gate_macs: int
+
+
+class GatedLayer(nn.Module):
+    """Base of SkipConv2d and DStepConv2d. Subclasses list their state buffers in
+    ``STATE_BUFFERS`` and implement ``_allocate_state(x)``."""
+
+    STATE_BUFFERS: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("primed", torch.zeros((), dtype=torch.bool), persistent=False)
+        self.last_stats: LayerFrameStats | None = None
+        self.stream_name = type(self).__name__
+
+    # -- state ---------------------------------------------------------------------------
+    def reset_state(self) -> None:
+        """Forget the past: the next frame is computed densely. Keeps allocated shapes."""
+        self._set_buffer("primed", torch.zeros((), dtype=torch.bool, device=self.primed.device))
+        self.last_stats = None
+
+    def state_snapshot(self) -> dict[str, Tensor | None]:
+        names = ("primed",) + self.STATE_BUFFERS
+        return {name: self._buffers.get(name) for name in names}
+
+    def restore_state(self, snapshot: dict[str, Tensor | None]) -> None:
+        for name, value in snapshot.items():
+            self._buffers[name] = value
+
+    def _set_buffer(self, name: str, value: Tensor) -> None:
+        current = self._buffers.get(name)
+        if torch.compiler.is_compiling() and current is not None:
+            current.copy_(value)  # export records this as a buffer mutation
+        else:
+            self._buffers[name] = value
+
+    def _state_matches(self, expected: dict[str, tuple[int, ...]]) -> bool:
+        for name, shape in expected.items():
+            buf = self._buffers.get(name)
+            if buf is None or tuple(buf.shape) != tuple(shape):
+                return False
+        return True
+
+    # -- input checks -------------------------------------------------------------------
+    def _check_input(self, x: Tensor, in_channels: int) -> None:
+        """Raise FrameError, before any state is touched, for a frame this layer cannot take."""
+        if torch.compiler.is_compiling():
+            return
+        where = f"layer '{self.stream_name}'"
+        if not isinstance(x, Tensor):
+            raise FrameError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise FrameError(f"{where}: expected a 4-D input [N, {in_channels}, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != in_channels:
+            raise FrameError(
+                f"{where}: expected {in_channels} input channels, got shape {tuple(x.shape)}"
+            )
+        if x.dtype != torch.float32:
+            raise FrameError(f"{where}: expected dtype float32, got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise FrameError(f"{where}: input contains NaN or Inf; the frame was rejected and the state kept")
+        if bool(self.primed):
+            expected = self._expected_input_shape()
+            if expected is not None and tuple(x.shape) != expected:
+                raise FrameError(
+                    f"{where}: input shape changed from {expected} to {tuple(x.shape)} mid-stream; "
+                    "call dynexport.reset(model) before changing resolution or batch size"
+                )
+
+    def _expected_input_shape(self) -> tuple[int, ...] | None:
+        return getattr(self, "_input_shape", None)
+
+    # -- pickling -------------------------------------------------------------------------
+    def __getstate__(self):
+        # Per-frame bookkeeping is not part of a saved model (and would need more classes
+        # allow-listed to load it back).
+        state = self.__dict__.copy()
+        state["last_stats"] = None
+        state["_mac_terms"] = []
+        return state

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: project-local venv at .venv with every pinned
+# dependency (torch, executorch, LiteRT, coremltools, ONNX Runtime, ...) and dynexport itself.
+# Safe to re-run: it only installs what is missing or changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "setup: dynexport needs Python 3.11 (the torch 2.13.0 CPU wheel is built for it); found $("$PYTHON" --version)" >&2
+  exit 1
+fi
+
+# System packages the native runtime build needs (compilers, cross toolchains) are added
+# here as the runtime grows; apt-get runs only when one is missing.
+APT_PACKAGES=(${DYNEXPORT_APT_PACKAGES:-})
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing system packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# requirements.lock pins every transitive dependency, so a new release cannot break set-up.
+.venv/bin/python -m pip install -q -r requirements.txt -c requirements.lock
+.venv/bin/python -m pip install -q --no-deps -e .
+.venv/bin/dynexport --version
+echo "setup: done. Activate with 'source .venv/bin/activate', or run .venv/bin/dynexport."
