@@ -78,7 +78,7 @@ def load_model(path: str | os.PathLike, allow_pickle: bool = False):
 
     model = _load_pickled_module(path, allow_pickle)
     if not isinstance(model, torch.nn.Module):
-        kind = "a state_dict" if isinstance(model, dict) else f"a {type(model).__name__}"
+        kind = "a dict (a state_dict?)" if isinstance(model, dict) else f"a {type(model).__name__}"
         raise ModelLoadError(
             f"model file '{path}': holds {kind}, expected a whole module saved with torch.save(model) "
             "or a .pt2 archive from torch.export.save"

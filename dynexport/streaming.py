@@ -94,14 +94,14 @@ def step(model: nn.Module, frame) -> Tensor:
     frame = _as_frame(frame, _input_channels(model))
     layers = _named_gated_layers(model)
     snapshots = [layer.state_snapshot() for layer in layers]
-    stats = [layer.last_stats for layer in layers]
+    stats = [(layer.last_stats, layer.last_decisions) for layer in layers]
     try:
         with torch.no_grad():
             return model(frame)
     except BaseException:
         for layer, snapshot, last in zip(layers, snapshots, stats):
             layer.restore_state(snapshot)
-            layer.last_stats = last
+            layer.last_stats, layer.last_decisions = last
         raise
 
 

@@ -24,6 +24,7 @@ class Scene:
     shapes: int = 3
     shape_size: tuple[float, float] = (5.0, 10.0)  # radius range
     speed: float = 1.5
+    spin: float = 0.1  # largest rotation per frame (radians)
     noise_std: float = 1.0  # sensor noise, in 0..255 units
     jitter: float = 0.0  # camera shake amplitude (pixels)
     pan: float = 0.0  # camera pan (pixels per frame)
@@ -38,7 +39,7 @@ PRESETS: dict[str, Scene] = {
     "handheld": Scene(jitter=3.0, pan=0.7, texture_scale=2.0, shapes=5),
     "scene_cut": Scene(cuts=(16,)),
     "drift": Scene(shapes=0, drift=0.004, noise_std=0.0),
-    "still": Scene(speed=0.0, noise_std=0.0),
+    "still": Scene(speed=0.0, spin=0.0, noise_std=0.0),
     "mixed": Scene(frames=40, still=(8, 16), cuts=(28,), drift=0.001),
 }
 
@@ -108,7 +109,7 @@ def _new_shapes(rng, scene: Scene, kinds=None) -> list[_Shape]:
             y=rng.uniform(0.2, 0.8) * scene.height, x=rng.uniform(0.2, 0.8) * scene.width,
             vy=speed * np.sin(direction), vx=speed * np.cos(direction),
             radius=rng.uniform(*scene.shape_size), angle=rng.uniform(0, np.pi),
-            spin=rng.uniform(-0.1, 0.1) * (scene.speed > 0),
+            spin=rng.uniform(-scene.spin, scene.spin),
             color=rng.uniform(0, 255, size=3).astype(np.float32),
         ))
     return shapes

@@ -94,6 +94,7 @@ class DStepConv2d(GatedLayer):
         self._set_buffer("primed", torch.ones_like(self.primed))
         if not torch.compiler.is_compiling():
             self._input_shape = tuple(x.shape)
+            self.last_decisions = (patch_mask, decision)
             self._record_stats(x, patch_mask, decision)
         return output
 

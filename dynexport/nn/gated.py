@@ -38,6 +38,9 @@ class GatedLayer(nn.Module):
         super().__init__()
         self.register_buffer("primed", torch.zeros((), dtype=torch.bool), persistent=False)
         self.last_stats: LayerFrameStats | None = None
+        # The hard decisions of the last eval frame (SkipConv2d: block mask [N, blocks];
+        # DStepConv2d: (patch mask [N, patches], channel decision [N, Cout])).
+        self.last_decisions = None
         self.stream_name = type(self).__name__
 
     # -- state ---------------------------------------------------------------------------
@@ -45,6 +48,7 @@ class GatedLayer(nn.Module):
         """Forget the past: the next frame is computed densely. Keeps allocated shapes."""
         self._set_buffer("primed", torch.zeros((), dtype=torch.bool, device=self.primed.device))
         self.last_stats = None
+        self.last_decisions = None
 
     def state_snapshot(self) -> dict[str, Tensor | None]:
         names = ("primed",) + self.STATE_BUFFERS
@@ -103,5 +107,6 @@ class GatedLayer(nn.Module):
         # allow-listed to load it back).
         state = self.__dict__.copy()
         state["last_stats"] = None
+        state["last_decisions"] = None
         state["_mac_terms"] = []
         return state

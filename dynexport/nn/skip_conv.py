@@ -11,9 +11,9 @@ Reference semantics (eval mode, per stream, per frame t):
     that position's receptive field (all input channels, the k x k dilated window);
   - ``output_norm``: that norm times ``max_o ||w_o||_2``, which by Cauchy-Schwarz bounds the
     change of any output channel at that position;
-  - ``gumbel``: a trained 1-output convolution on the residual (plus a bias that is always
-    negative, so a zero residual never fires), max over the block's positions; the
-    probability is its sigmoid.
+  - ``gumbel``: a trained 1-output convolution on the absolute residual (a learned weighted
+    L1 norm of the receptive field) plus a bias that is always negative (so a zero residual
+    never fires), max over the block's positions; the probability is its sigmoid.
   A block is active when its score is strictly above ``threshold`` (for ``gumbel`` the
   threshold is a probability, 0.5 by default).
 * Active blocks take ``conv(x_t)`` at their positions exactly (bias included) and their
@@ -84,7 +84,8 @@ def block_scores(
     n, num_blocks, c, th, tw = residual_tiles.shape
     flat = residual_tiles.reshape(n * num_blocks, c, th, tw)
     if gate == "gumbel":
-        per_position = F.conv2d(flat, gate_weight, None, grid.stride, 0, grid.dilation)
+        # On |r|: a linear gate on the signed residual would let changes of opposite sign cancel.
+        per_position = F.conv2d(flat.abs(), gate_weight, None, grid.stride, 0, grid.dilation)
         per_position = per_position - F.softplus(gate_bias)
     else:
         window = torch.ones(1, 1, *grid.kernel, dtype=flat.dtype, device=flat.device)

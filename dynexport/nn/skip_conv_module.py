@@ -122,6 +122,7 @@ class SkipConv2d(GatedLayer):
         self._set_buffer("primed", torch.ones_like(self.primed))
         if not torch.compiler.is_compiling():
             self._input_shape = tuple(x.shape)
+            self.last_decisions = block_mask
             self._record_stats(x, block_mask, gate_evaluated)
         return output
 

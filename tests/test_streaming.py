@@ -1,0 +1,85 @@
+"""dynexport.stream / step / reset / frame_stats on whole models."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dynexport
+from dynexport.errors import FrameError
+from dynexport.nn import Residual, SkipConv2d
+
+
+def two_layer_model():
+    return nn.Sequential(
+        SkipConv2d(3, 8, 3, padding=1, threshold=0.2, block=4), nn.ReLU(),
+        Residual(nn.Sequential(SkipConv2d(8, 8, 3, padding=1, threshold=0.2, block=4))),
+    ).eval()
+
+
+def test_stream_accepts_tensor_numpy_and_iterators():
+    model = two_layer_model()
+    clip = torch.rand(4, 3, 16, 16)
+    a = list(dynexport.stream(model, clip))
+    b = list(dynexport.stream(model, clip.numpy()))
+    c = list(dynexport.stream(model, iter([f for f in clip])))
+    for x, y, z in zip(a, b, c):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+        torch.testing.assert_close(x, z, atol=0, rtol=0)
+    assert a[0].shape == (1, 8, 16, 16)
+
+
+def test_frame_stats_names_layers_and_counts_macs():
+    model = two_layer_model()
+    clip = torch.rand(3, 3, 16, 16)
+    clip[2] = clip[1]
+    stats = [s for _, s in dynexport.stream(model, clip, with_stats=True)]
+    assert list(stats[0].active_fraction) == ["0", "2.body.0"]
+    assert stats[0].executed_macs == stats[0].dense_macs == 16 * 16 * (8 * 3 * 9 + 8 * 8 * 9)
+    assert all(v == 0.0 for v in stats[2].active_fraction.values())
+    assert stats[2].executed_macs == sum(layer.gate_macs for layer in stats[2].layers) > 0
+
+
+def test_a_bad_frame_deep_in_the_model_restores_every_layer():
+    model = two_layer_model()
+    clip = torch.rand(3, 3, 16, 16)
+    dynexport.reset(model)
+    dynexport.step(model, clip[0])
+    first = model[0]
+    before = [{k: v.clone() for k, v in m.state_snapshot().items()} for m in (first, model[2].body[0])]
+
+    def poison(module, args):  # the second gated layer sees a non-finite input
+        return (args[0] * float("inf"),)
+
+    handle = model[2].body[0].register_forward_pre_hook(poison)
+    with pytest.raises(FrameError, match=r"layer '2\.body\.0'.*NaN or Inf"):
+        dynexport.step(model, clip[1])
+    handle.remove()
+    for m, snapshot in zip((first, model[2].body[0]), before):
+        for name, value in m.state_snapshot().items():
+            torch.testing.assert_close(value, snapshot[name], msg=name)
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (torch.rand(3, 16, 16).to(torch.uint8), "float32.*frame.float"),
+        (torch.rand(16, 16), r"\[C, H, W\]"),
+        (torch.rand(1, 4, 16, 16), "3 channels"),
+        ("not a frame", "torch.Tensor or numpy"),
+        (np.full((3, 16, 16), np.nan, np.float32), "NaN or Inf"),
+    ],
+)
+def test_step_rejects_bad_frames_with_a_named_reason(frame, message):
+    model = two_layer_model()
+    with pytest.raises(FrameError, match=message):
+        dynexport.step(model, frame)
+
+
+def test_reset_makes_the_next_frame_dense():
+    model = two_layer_model()
+    clip = torch.rand(2, 3, 16, 16)
+    list(dynexport.stream(model, clip))
+    dynexport.reset(model)
+    dynexport.step(model, clip[1])
+    assert all(v == 1.0 for v in dynexport.frame_stats(model).active_fraction.values())
