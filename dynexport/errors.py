@@ -16,3 +16,11 @@ class ModelLoadError(DynexportError):
 
 class NotBuiltYetError(DynexportError):
     """A command or feature that is planned but not implemented yet."""
+
+
+class CompileError(DynexportError):
+    """The model cannot be compiled as given (unsupported op, dynamic construct, bad shape)."""
+
+
+class PlanError(DynexportError):
+    """A built output folder or plan file is missing, damaged or inconsistent."""

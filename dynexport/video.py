@@ -185,5 +185,6 @@ def keypoint_heatmaps(clip: Clip, sigma: float = 2.0, stride: int = 1) -> np.nda
             if np.isnan(cy):
                 continue
             g = np.exp(-((yy - cy / stride) ** 2 + (xx - cx / stride) ** 2) / (2 * sigma**2))
+            g[g < 1e-4] = 0.0  # no denormal tails: they make float32 training crawl
             maps[t, kind] = np.maximum(maps[t, kind], g)
     return maps

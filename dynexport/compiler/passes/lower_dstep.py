@@ -1,0 +1,113 @@
+"""lower_dstep: one ``dynexport.dstep_conv2d`` gate -> a policy segment, frame-program
+decisions, and the same block machinery as skip conv with zero-fill instead of reuse.
+
+Emits, for D-STEP layer L with input X and output state Y::
+
+        RUN_SEGMENT L_policy         (X, previous pooled, primed) -> logits, pooled
+        DSTEP_DECIDE L               argmax per patch and per channel -> active patches,
+                                     channel decisions (first frame: reuse -> compute)
+        COPY_TENSOR pooled -> previous pooled
+        BRANCH_IF_NONE L  -> none    no patch or no channel computes
+        BRANCH_IF_DENSE L -> dense
+        GATHER_TILES L; RUN_SEGMENT L_tiles (batch K); DSTEP_APPLY L tiles; JUMP end
+    dense:
+        RUN_SEGMENT L_dense; DSTEP_APPLY L dense; JUMP end
+    none:
+        DSTEP_APPLY L none
+    end:
+
+DSTEP_APPLY writes Y per channel: skip -> 0, reuse -> Y unchanged, compute -> the
+convolution on active patches and 0 on the others.
+
+Savings realized: skipped patches (no convolution work: tiles of active patches only).
+Not yet realized: per-channel skip/reuse still computes every output channel of an active
+patch (the segments are compiled for all channels); the plan reports this per layer.
+
+Before: a GateStep of partition_at_gates. After: Y, previous pooled and primed are state
+tensors; the reference semantics of ``dynexport.nn.dstep`` hold.
+"""
+
+from __future__ import annotations
+
+from dynexport.compiler.graph import constant
+from dynexport.compiler.passes.lower_skip_conv import _layer_name, _segment_name, dense_cutoff_blocks
+from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, example_tensor
+from dynexport.compiler.segment_modules import ConvSegment, DStepPolicySegment
+from dynexport.nn.skip_conv import make_grid
+from dynexport.plan.frame_program import (
+    DSTEP_SOURCE_DENSE, DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, NO_LAYER, DType, GateKind, Layer, LayerKind, Op, Role,
+)
+
+
+def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
+    node = step.node
+    (x, weight_node, bias_node, sw, sb, cw1, cb1, cw2, cb2, _prev_out, _prev_pooled, _primed,
+     stride, padding, dilation, groups, patch) = node.args
+    name = _layer_name(node, builder)
+    weight = constant(gm, weight_node)
+    bias = constant(gm, bias_node)
+    in_shape = builder.value_shapes[step.input]
+    grid = make_grid(in_shape, weight.shape, stride, padding, dilation, patch)
+    out_channels, in_channels = weight.shape[0], in_shape[1]
+    out_shape = (1, out_channels, *grid.output_size)
+    th, tw = grid.tile_size
+    rows, cols = grid.blocks
+    cutoff = dense_cutoff_blocks(grid.num_blocks, dense_cutoff)
+    max_batch = max(1, cutoff)
+    spatial = (constant(gm, sw), constant(gm, sb)) if sw is not None else None
+    channel = tuple(constant(gm, n) for n in (cw1, cb1, cw2, cb2)) if cw1 is not None else None
+
+    output = builder.tensor(f"{name}.output", out_shape, Role.STATE)
+    builder.bind_value(step.output, output, out_shape)
+    previous_pooled = builder.tensor(f"{name}.previous_pooled", (1, in_channels), Role.STATE)
+    pooled = builder.tensor(f"{name}.pooled", (1, in_channels), Role.SCRATCH)
+    layer = Layer(
+        name=name, kind=LayerKind.DSTEP, gate=GateKind.DSTEP_POLICY,
+        input_size=grid.input_size, kernel=grid.kernel, stride=grid.stride, padding=grid.padding,
+        dilation=grid.dilation, block=grid.block, in_channels=in_channels, out_channels=out_channels,
+        dense_cutoff=cutoff, input=builder.value_tensors[step.input], output=output,
+        tiles=builder.tensor(f"{name}.tiles", (max_batch, in_channels, th, tw), Role.SCRATCH),
+        tile_output=builder.tensor(f"{name}.tile_output", (max_batch, out_channels, grid.block, grid.block), Role.SCRATCH),
+        dense_output=builder.tensor(f"{name}.dense_output", out_shape, Role.SCRATCH),
+        primed=builder.tensor(f"{name}.primed", (1,), Role.STATE),
+        spatial_logits=builder.tensor(f"{name}.spatial_logits", (1, 2, rows, cols), Role.SCRATCH) if spatial else 0xFFFFFFFF,
+        channel_logits=builder.tensor(f"{name}.channel_logits", (1, out_channels, 3), Role.SCRATCH) if channel else 0xFFFFFFFF,
+        decisions=builder.tensor(f"{name}.decisions", (out_channels,), Role.SCRATCH, DType.INT32),
+        active=builder.tensor(f"{name}.active", (grid.num_blocks + 1,), Role.SCRATCH, DType.INT32),
+    )
+    builder.program.layers.append(layer)
+    index = len(builder.program.layers) - 1
+
+    base = _segment_name(name)
+    policy_outputs = [t for t in (layer.spatial_logits, layer.channel_logits) if t != 0xFFFFFFFF] + [pooled]
+    policy = builder.add_segment(SegmentArtifact(
+        f"{base}_policy", DStepPolicySegment(grid, spatial, channel),
+        (example_tensor(in_shape), example_tensor((1, in_channels)), example_tensor((1,)).abs()), kind="policy"),
+        [layer.input, previous_pooled, layer.primed], policy_outputs)
+    tiles = builder.add_segment(SegmentArtifact(
+        f"{base}_tiles", ConvSegment(weight, bias, stride, [0, 0], dilation, groups),
+        (example_tensor((max_batch, in_channels, th, tw)),), max_batch=max_batch, kind="tiles"),
+        [layer.tiles], [layer.tile_output])
+    dense = builder.add_segment(SegmentArtifact(
+        f"{base}_dense", ConvSegment(weight, bias, stride, padding, dilation, groups),
+        (example_tensor(in_shape),), kind="dense"),
+        [layer.input], [layer.dense_output])
+
+    builder.emit(Op.RUN_SEGMENT, policy, NO_LAYER)
+    builder.emit(Op.DSTEP_DECIDE, index)
+    builder.emit(Op.COPY_TENSOR, pooled, previous_pooled)
+    to_none = builder.emit(Op.BRANCH_IF_NONE, index)
+    to_dense = builder.emit(Op.BRANCH_IF_DENSE, index)
+    builder.emit(Op.GATHER_TILES, index)
+    builder.emit(Op.RUN_SEGMENT, tiles, index)
+    builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_TILES)
+    to_end = [builder.emit(Op.JUMP)]
+    builder.patch_target(to_dense, builder.pc)
+    builder.emit(Op.RUN_SEGMENT, dense, NO_LAYER)
+    builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_DENSE)
+    to_end.append(builder.emit(Op.JUMP))
+    builder.patch_target(to_none, builder.pc)
+    builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_NONE)
+    for pc in to_end:
+        builder.patch_target(pc, builder.pc)
+    return index

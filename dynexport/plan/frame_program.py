@@ -1,0 +1,428 @@
+"""The frame program: dynexport's target-independent plan, and its binary file format.
+
+A frame program says what the runtime does for one frame: which backend segments to run,
+over which tensors, and the control flow around the gated layers (gate evaluation, block
+lists, branches, gather/scatter of tiles). Tensors have a role: ``input`` / ``output`` (the
+caller's frame and result), ``state`` (lives from frame to frame), ``scratch`` (lives within
+one frame). Every 4-D tensor is stored NHWC; ``dims`` are the physical dims.
+
+Binary format (little-endian; one place, mirrored by the C parser)::
+
+    header   magic "DXFP" | u16 major | u16 minor | u32 payload_bytes | u32 crc32(payload)
+    payload  u32 counts[9]   (tensors, segments, layers, instructions, operands,
+                                         inputs, outputs, string_bytes, constant_bytes)
+             TensorRecord[tensors]      TENSOR_FORMAT
+             SegmentRecord[segments]    SEGMENT_FORMAT
+             LayerRecord[layers]        LAYER_FORMAT
+             InstructionRecord[instructions]  INSTRUCTION_FORMAT
+             u32 operands[operands]     (segment input/output tensor ids, sliced by begin/count)
+             u32 inputs[inputs]         u32 outputs[outputs]   (tensor ids)
+             strings (NUL-terminated UTF-8, referenced by byte offset)
+             padding to 4 bytes, then constants (float32, referenced by element offset)
+
+The reader checks magic, version, sizes and checksum, then every index and size against the
+tables it has read: a truncated or tampered plan is an error, never an out-of-range read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import struct
+import zlib
+from typing import ClassVar
+
+MAGIC = b"DXFP"
+VERSION = (1, 0)
+HEADER = struct.Struct("<4sHHII")
+
+
+class PlanFormatError(ValueError):
+    """The plan bytes are not a valid frame program of a version we read."""
+
+
+class DType(enum.IntEnum):
+    FLOAT32 = 0
+    INT32 = 1
+
+
+class Layout(enum.IntEnum):
+    NHWC = 0  # a 4-D activation; dims are [N, H, W, C]
+    PLAIN = 1  # any other rank, row-major
+
+
+class Role(enum.IntEnum):
+    INPUT = 0
+    OUTPUT = 1
+    STATE = 2
+    SCRATCH = 3
+
+
+class LayerKind(enum.IntEnum):
+    SKIP_CONV = 0
+    DSTEP = 1
+
+
+class GateKind(enum.IntEnum):
+    INPUT_NORM = 0
+    OUTPUT_NORM = 1
+    GUMBEL = 2
+    DSTEP_POLICY = 3
+
+
+class Op(enum.IntEnum):
+    """Instructions. Operands a, b, c, d; unused ones are 0."""
+
+    RUN_SEGMENT = 0  # a=segment; b=layer whose active count is the batch (tile segments), else NO_LAYER
+    SKIP_GATE = 1  # a=layer: score blocks of layer.input against layer.reference -> active list
+    BRANCH_IF_NONE = 2  # a=layer, b=target pc: jump when the layer's active count is 0
+    BRANCH_IF_DENSE = 3  # a=layer, b=target pc: jump when the active count is above layer.dense_cutoff
+    JUMP = 4  # a=target pc
+    GATHER_TILES = 5  # a=layer: packed tiles [K, th, tw, C] of active blocks from layer.input -> layer.tiles
+    SCATTER_TILES = 6  # a=layer: layer.tile_output [K, b, b, Co] -> active blocks of layer.output
+    COPY_BLOCKS = 7  # a=layer: active blocks of layer.dense_output -> layer.output
+    STORE_REFERENCE = 8  # a=layer: tiles of active blocks from layer.input -> layer.reference
+    DSTEP_DECIDE = 9  # a=layer: patch + channel decisions from the policy logits -> active list
+    DSTEP_APPLY = 10  # a=layer, b=source (0 none, 1 tiles, 2 dense): write layer.output per decision
+    COPY_TENSOR = 11  # a=src tensor, b=dst tensor (same byte size)
+
+
+NO_LAYER = 0xFFFFFFFF
+DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, DSTEP_SOURCE_DENSE = 0, 1, 2
+NO_TENSOR = 0xFFFFFFFF
+
+
+class _Record:
+    """A fixed-size little-endian record described once by its dataclass fields and FORMAT."""
+
+    FORMAT: ClassVar[struct.Struct]  # fields in dataclass order; tuple fields take len(default) slots
+
+    def pack(self) -> bytes:
+        values = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            values.extend(value if isinstance(value, (tuple, list)) else [value])
+        return self.FORMAT.pack(*values)
+
+    @classmethod
+    def unpack(cls, data: bytes, offset: int):
+        raw = list(cls.FORMAT.unpack_from(data, offset))
+        kwargs = {}
+        for field in dataclasses.fields(cls):
+            width = len(field.default) if isinstance(field.default, tuple) else 1
+            chunk, raw = raw[:width], raw[width:]
+            kwargs[field.name] = tuple(chunk) if width > 1 else chunk[0]
+        return cls(**kwargs)
+
+
+@dataclasses.dataclass
+class Tensor(_Record):
+    name: str | int = ""
+    dtype: int = DType.FLOAT32
+    layout: int = Layout.NHWC
+    role: int = Role.SCRATCH
+    rank: int = 4
+    dims: tuple = (0, 0, 0, 0)
+
+    FORMAT: ClassVar = struct.Struct("<IBBBB4I")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.dims[: self.rank])
+
+    @property
+    def elements(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= d
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.elements
+
+
+@dataclasses.dataclass
+class Segment(_Record):
+    """One backend entry point. ``max_batch`` > 0 marks a tile segment: its first input and
+    output have a batch dimension that varies from 1 to max_batch per call."""
+
+    name: str | int = ""
+    input_begin: int = 0
+    input_count: int = 0
+    output_begin: int = 0
+    output_count: int = 0
+    max_batch: int = 0
+
+    FORMAT: ClassVar = struct.Struct("<6I")
+
+
+@dataclasses.dataclass
+class Layer(_Record):
+    """A gated layer: its block grid, gate and the tensors its instructions work on."""
+
+    name: str | int = ""
+    kind: int = LayerKind.SKIP_CONV
+    gate: int = GateKind.INPUT_NORM
+    input_size: tuple = (0, 0)
+    kernel: tuple = (0, 0)
+    stride: tuple = (0, 0)
+    padding: tuple = (0, 0)
+    dilation: tuple = (0, 0)
+    block: int = 0
+    in_channels: int = 0
+    out_channels: int = 0
+    dense_cutoff: int = 0  # above this many active blocks the dense segment runs
+    threshold: float = 0.0  # in score units (gumbel: a logit)
+    norm_scale: float = 1.0  # output_norm: max_o ||w_o||_2 of the original kernel
+    gate_bias: float = 0.0  # gumbel: the (negative) bias added to the gate score
+    gate_weight: int = 0  # constants offset of the gumbel gate kernel [kh, kw, C] (float32)
+    gate_weight_count: int = 0
+    input: int = NO_TENSOR
+    output: int = NO_TENSOR  # state: the layer's output, kept between frames
+    reference: int = NO_TENSOR  # state: skip conv reference tiles [blocks, th, tw, C]
+    tiles: int = NO_TENSOR  # scratch [max_batch, th, tw, C]
+    tile_output: int = NO_TENSOR  # scratch [max_batch, b, b, Co]
+    dense_output: int = NO_TENSOR  # scratch [1, Ho, Wo, Co]
+    primed: int = NO_TENSOR  # state: int32 [1], 0 after reset
+    spatial_logits: int = NO_TENSOR  # D-STEP: [1, rows, cols, 2] or NO_TENSOR
+    channel_logits: int = NO_TENSOR  # D-STEP: [1, Co, 3] or NO_TENSOR
+    decisions: int = NO_TENSOR  # D-STEP scratch int32 [Co]: 0 skip, 1 reuse, 2 compute
+    active: int = NO_TENSOR  # scratch int32 [blocks + 1]: count, then active block indices
+
+    FORMAT: ClassVar = struct.Struct("<3I10I4I3f2I11I")
+
+    @property
+    def grid(self):
+        from dynexport.nn.block_grid import BlockGrid
+
+        return BlockGrid(tuple(self.input_size), tuple(self.kernel), tuple(self.stride),
+                         tuple(self.padding), tuple(self.dilation), self.block)
+
+
+@dataclasses.dataclass
+class Instruction(_Record):
+    op: int = Op.JUMP
+    a: int = 0
+    b: int = 0
+    c: int = 0
+    d: int = 0
+
+    FORMAT: ClassVar = struct.Struct("<5I")
+
+
+COUNTS = struct.Struct("<9I")
+
+
+@dataclasses.dataclass
+class FrameProgram:
+    tensors: list[Tensor] = dataclasses.field(default_factory=list)
+    segments: list[Segment] = dataclasses.field(default_factory=list)
+    layers: list[Layer] = dataclasses.field(default_factory=list)
+    instructions: list[Instruction] = dataclasses.field(default_factory=list)
+    operands: list[int] = dataclasses.field(default_factory=list)
+    inputs: list[int] = dataclasses.field(default_factory=list)
+    outputs: list[int] = dataclasses.field(default_factory=list)
+    constants: list[float] = dataclasses.field(default_factory=list)
+
+    # -- building -------------------------------------------------------------------------
+    def add_tensor(self, name: str, shape, role: Role, dtype: DType = DType.FLOAT32) -> int:
+        shape = tuple(int(d) for d in shape)
+        if len(shape) > 4:
+            raise ValueError(f"tensor {name}: rank {len(shape)} > 4 is not supported in a frame program")
+        layout = Layout.NHWC if len(shape) == 4 else Layout.PLAIN
+        self.tensors.append(Tensor(name, dtype, layout, role, len(shape), shape + (0,) * (4 - len(shape))))
+        return len(self.tensors) - 1
+
+    def add_segment(self, name: str, inputs: list[int], outputs: list[int], max_batch: int = 0) -> int:
+        begin = len(self.operands)
+        self.operands.extend(inputs)
+        self.operands.extend(outputs)
+        self.segments.append(Segment(name, begin, len(inputs), begin + len(inputs), len(outputs), max_batch))
+        return len(self.segments) - 1
+
+    def add_constants(self, values) -> int:
+        offset = len(self.constants)
+        self.constants.extend(float(v) for v in values)
+        return offset
+
+    def emit(self, op: Op, a: int = 0, b: int = 0, c: int = 0, d: int = 0) -> int:
+        self.instructions.append(Instruction(op, a, b, c, d))
+        return len(self.instructions) - 1
+
+    def segment_inputs(self, segment: Segment) -> list[int]:
+        return self.operands[segment.input_begin: segment.input_begin + segment.input_count]
+
+    def segment_outputs(self, segment: Segment) -> list[int]:
+        return self.operands[segment.output_begin: segment.output_begin + segment.output_count]
+
+    def tensors_with_role(self, role: Role) -> list[int]:
+        return [i for i, t in enumerate(self.tensors) if t.role == role]
+
+    def state_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors if t.role == Role.STATE)
+
+    # -- serialization --------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        self.validate()
+        strings = bytearray()
+        offsets: dict[str, int] = {}
+
+        def intern(text: str) -> int:
+            if text not in offsets:
+                offsets[text] = len(strings)
+                strings.extend(text.encode() + b"\0")
+            return offsets[text]
+
+        def named(records):
+            return [dataclasses.replace(r, name=intern(r.name)) for r in records]
+
+        tensors, segments, layers = named(self.tensors), named(self.segments), named(self.layers)
+        while len(strings) % 4:
+            strings.append(0)
+        constants = struct.pack(f"<{len(self.constants)}f", *self.constants)
+        payload = b"".join([
+            COUNTS.pack(len(tensors), len(segments), len(layers), len(self.instructions), len(self.operands),
+                        len(self.inputs), len(self.outputs), len(strings), len(constants)),
+            *(r.pack() for r in tensors), *(r.pack() for r in segments), *(r.pack() for r in layers),
+            *(r.pack() for r in self.instructions),
+            struct.pack(f"<{len(self.operands)}I", *self.operands),
+            struct.pack(f"<{len(self.inputs)}I", *self.inputs),
+            struct.pack(f"<{len(self.outputs)}I", *self.outputs),
+            bytes(strings), constants,
+        ])
+        return HEADER.pack(MAGIC, *VERSION, len(payload), zlib.crc32(payload)) + payload
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "FrameProgram":
+        data = bytes(data)
+        if len(data) < HEADER.size:
+            raise PlanFormatError(f"plan: {len(data)} bytes is shorter than the {HEADER.size}-byte header")
+        magic, major, minor, payload_bytes, checksum = HEADER.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise PlanFormatError(f"plan: bad magic {magic!r}, expected {MAGIC!r} (not a dynexport plan)")
+        if major != VERSION[0]:
+            raise PlanFormatError(f"plan: format version {major}.{minor}, this dynexport reads {VERSION[0]}.x")
+        payload = data[HEADER.size:]
+        if len(payload) != payload_bytes:
+            raise PlanFormatError(f"plan: payload is {len(payload)} bytes, header says {payload_bytes} (truncated?)")
+        if zlib.crc32(payload) != checksum:
+            raise PlanFormatError("plan: checksum mismatch (the file was modified or damaged)")
+        reader = _Reader(payload)
+        counts = reader.take(COUNTS)
+        n_tensors, n_segments, n_layers, n_instructions, n_operands, n_inputs, n_outputs, n_strings, n_constants = counts
+        program = cls()
+        program.tensors = reader.records(Tensor, n_tensors)
+        program.segments = reader.records(Segment, n_segments)
+        program.layers = reader.records(Layer, n_layers)
+        program.instructions = reader.records(Instruction, n_instructions)
+        program.operands = reader.u32s(n_operands)
+        program.inputs = reader.u32s(n_inputs)
+        program.outputs = reader.u32s(n_outputs)
+        strings = reader.raw(n_strings)
+        if n_constants % 4:
+            raise PlanFormatError(f"plan: constants section of {n_constants} bytes is not float32-aligned")
+        program.constants = list(struct.unpack(f"<{n_constants // 4}f", reader.raw(n_constants)))
+        if reader.offset != len(payload):
+            raise PlanFormatError(f"plan: {len(payload) - reader.offset} unexpected trailing bytes")
+        for record in (*program.tensors, *program.segments, *program.layers):
+            record.name = _string_at(strings, record.name)
+        program.validate()
+        return program
+
+    # -- validation -----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Every index in range, every size consistent; raises PlanFormatError."""
+        n_tensors = len(self.tensors)
+
+        def check_tensor(index, what, optional=False):
+            if optional and index == NO_TENSOR:
+                return
+            if not 0 <= index < n_tensors:
+                raise PlanFormatError(f"plan: {what} refers to tensor {index}, but there are {n_tensors}")
+
+        for i, t in enumerate(self.tensors):
+            if t.dtype not in DType._value2member_map_ or t.layout not in Layout._value2member_map_ \
+                    or t.role not in Role._value2member_map_:
+                raise PlanFormatError(f"plan: tensor {i} ({t.name}) has an unknown dtype, layout or role")
+            if not 0 <= t.rank <= 4 or (t.layout == Layout.NHWC and t.rank != 4):
+                raise PlanFormatError(f"plan: tensor {i} ({t.name}) has rank {t.rank}")
+            if any(d <= 0 for d in t.shape) or t.nbytes > 1 << 31:
+                raise PlanFormatError(f"plan: tensor {i} ({t.name}) has invalid dims {t.shape}")
+        for s in self.segments:
+            for begin, count in ((s.input_begin, s.input_count), (s.output_begin, s.output_count)):
+                if begin + count > len(self.operands):
+                    raise PlanFormatError(f"plan: segment {s.name} operands out of range")
+            for t in self.segment_inputs(s) + self.segment_outputs(s):
+                check_tensor(t, f"segment {s.name}")
+        for layer in self.layers:
+            if layer.kind not in LayerKind._value2member_map_ or layer.gate not in GateKind._value2member_map_:
+                raise PlanFormatError(f"plan: layer {layer.name} has an unknown kind or gate")
+            if min(*layer.input_size, *layer.kernel, *layer.stride, *layer.dilation, layer.block) < 1 \
+                    or min(layer.padding) < 0 or min(layer.grid.output_size) < 1:
+                raise PlanFormatError(f"plan: layer {layer.name} has an invalid block grid")
+            if layer.gate_weight + layer.gate_weight_count > len(self.constants):
+                raise PlanFormatError(f"plan: layer {layer.name} gate weights out of range")
+            for field in ("input", "output", "primed", "active"):
+                check_tensor(getattr(layer, field), f"layer {layer.name}.{field}")
+            for field in ("reference", "tiles", "tile_output", "dense_output", "spatial_logits",
+                          "channel_logits", "decisions"):
+                check_tensor(getattr(layer, field), f"layer {layer.name}.{field}", optional=True)
+        n_layers, n_segments, n_pc = len(self.layers), len(self.segments), len(self.instructions)
+        for pc, ins in enumerate(self.instructions):
+            if ins.op not in Op._value2member_map_:
+                raise PlanFormatError(f"plan: instruction {pc} has unknown opcode {ins.op}")
+            op = Op(ins.op)
+            if op == Op.RUN_SEGMENT:
+                if ins.a >= n_segments or (ins.b != NO_LAYER and ins.b >= n_layers):
+                    raise PlanFormatError(f"plan: instruction {pc} ({op.name}) operands out of range")
+            elif op == Op.JUMP:
+                if ins.a > n_pc:
+                    raise PlanFormatError(f"plan: instruction {pc} jumps to {ins.a}, past the end")
+            elif op == Op.COPY_TENSOR:
+                check_tensor(ins.a, f"instruction {pc}")
+                check_tensor(ins.b, f"instruction {pc}")
+                if self.tensors[ins.a].nbytes != self.tensors[ins.b].nbytes:
+                    raise PlanFormatError(f"plan: instruction {pc} copies between tensors of different size")
+            else:
+                if ins.a >= n_layers:
+                    raise PlanFormatError(f"plan: instruction {pc} ({op.name}) refers to layer {ins.a}")
+                if op in (Op.BRANCH_IF_NONE, Op.BRANCH_IF_DENSE) and ins.b > n_pc:
+                    raise PlanFormatError(f"plan: instruction {pc} branches to {ins.b}, past the end")
+        for t in self.inputs + self.outputs:
+            check_tensor(t, "plan inputs/outputs")
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.offset = data, 0
+
+    def raw(self, size: int) -> bytes:
+        if size < 0 or self.offset + size > len(self.data):
+            raise PlanFormatError(f"plan: section of {size} bytes at {self.offset} runs past the end ({len(self.data)})")
+        chunk = self.data[self.offset:self.offset + size]
+        self.offset += size
+        return chunk
+
+    def take(self, fmt: struct.Struct):
+        return fmt.unpack(self.raw(fmt.size))
+
+    def u32s(self, count: int) -> list[int]:
+        return list(struct.unpack(f"<{count}I", self.raw(4 * count)))
+
+    def records(self, cls, count: int):
+        size = cls.FORMAT.size
+        block = self.raw(size * count)
+        return [cls.unpack(block, i * size) for i in range(count)]
+
+
+def _string_at(strings: bytes, offset: int) -> str:
+    if not 0 <= offset < len(strings):
+        raise PlanFormatError(f"plan: string offset {offset} out of range")
+    end = strings.find(b"\0", offset)
+    if end < 0:
+        raise PlanFormatError("plan: unterminated string")
+    try:
+        return strings[offset:end].decode()
+    except UnicodeDecodeError as exc:
+        raise PlanFormatError(f"plan: string at {offset} is not UTF-8") from exc
