@@ -8,7 +8,7 @@ import sys
 import typer
 
 from dynexport import __version__
-from dynexport.cli import clip_command, planned_commands
+from dynexport.cli import build_command, clip_command, inspect_command, planned_commands
 
 app = typer.Typer(
     name="dynexport",
@@ -39,6 +39,8 @@ def _root(
     pass
 
 
+app.command("build")(build_command.build)
+app.command("inspect")(inspect_command.inspect)
 app.command("clip")(clip_command.clip)
 for _name, _fn in planned_commands.COMMANDS.items():
     app.command(_name)(_fn)

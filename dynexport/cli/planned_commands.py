@@ -6,14 +6,10 @@ from __future__ import annotations
 from dynexport.errors import NotBuiltYetError
 
 _PLANNED = {
-    "build": ("compile MODEL into a frame program, backend artifacts and the C runtime sources",
-              "the compiler core (issue: lower gates to a frame program, ExecuTorch backend)"),
     "verify": ("stream a clip through the PyTorch reference and the compiled artifacts and compare",
                "the native runtime (issue: dynrt, dynexport verify)"),
     "bench": ("measure the realized speedup of the dynamic plan against the dense export",
               "the benchmark (issue: dynexport bench)"),
-    "inspect": ("print a built plan: segments, state tensors, gated layers and block grids",
-                "the compiler core (issue: lower gates to a frame program)"),
 }
 
 

@@ -94,6 +94,7 @@ def _strip_state_updates(gm: fx.GraphModule) -> None:
         if node.op == "call_function" and node.target in (torch.ops.aten.copy_.default, torch.ops.aten.copy_):
             destination = node.args[0]
             if destination.op == "get_attr" and any(user.target in GATE_TARGETS for user in destination.users):
+                node.replace_all_uses_with(node.args[1])  # copy_ returns the buffer, now equal to the value
                 graph.erase_node(node)
     graph.eliminate_dead_code()
     graph.lint()

@@ -8,6 +8,8 @@ import operator
 import torch
 from torch import fx
 
+import dynexport.nn  # noqa: F401  (registers torch.ops.dynexport.*)
+
 SKIP_CONV = torch.ops.dynexport.skip_conv2d.default
 DSTEP = torch.ops.dynexport.dstep_conv2d.default
 GATE_TARGETS = (SKIP_CONV, DSTEP)

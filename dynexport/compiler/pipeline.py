@@ -28,6 +28,7 @@ class CompiledModel:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     passes: list[str]
+    layer_dense_macs: list[int]
 
 
 def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_CUTOFF) -> CompiledModel:
@@ -62,7 +63,8 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
         builder.program.tensors[output].role = Role.OUTPUT
     builder.program.outputs = [output]
     builder.program.validate()
-    return CompiledModel(builder.program, builder.segments, input_shape, partitioned.shapes[partitioned.output], ran)
+    return CompiledModel(builder.program, builder.segments, input_shape, partitioned.shapes[partitioned.output], ran,
+                         builder.layer_dense_macs)
 
 
 def _lower_dense_step(builder: PlanBuilder, step: DenseStep, partitioned) -> None:

@@ -43,6 +43,14 @@ class PlanBuilder:
     segments: dict[str, SegmentArtifact] = dataclasses.field(default_factory=dict)
     value_tensors: dict[str, int] = dataclasses.field(default_factory=dict)
     value_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # NCHW logical
+    layer_dense_macs: list[int] = dataclasses.field(default_factory=list)  # per gated layer, plan order
+
+    def add_layer(self, layer, weight: torch.Tensor) -> int:
+        """Append a gated layer; its dense MACs come from its (folded) kernel."""
+        out_h, out_w = layer.grid.output_size
+        self.program.layers.append(layer)
+        self.layer_dense_macs.append(out_h * out_w * weight[0].numel() * weight.shape[0])
+        return len(self.program.layers) - 1
 
     def tensor(self, name: str, logical_shape, role: Role, dtype: DType = DType.FLOAT32) -> int:
         return self.program.add_tensor(name, nhwc_dims(tuple(logical_shape)), role, dtype)

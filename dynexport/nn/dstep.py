@@ -2,10 +2,10 @@
 
 Reference semantics of ``DStepConv2d`` (eval mode, per stream, per frame):
 
-* Spatial policy: the input is averaged over channels, pooled to the layer's output patch
-  grid (``patch`` x ``patch`` output positions per patch, partial border patches included)
-  by average and by max, and a 3x3 convolution over that grid gives two logits per patch
-  (skip, compute). Eval: argmax. A skipped patch outputs zero in every channel.
+* Spatial policy: the input's mean and mean square over channels are average-pooled to the
+  layer's output patch grid (``patch`` x ``patch`` output positions per patch, partial
+  border patches included; adaptive pooling regions), and a 3x3 convolution over that grid
+  gives two logits per patch (skip, compute). Eval: argmax. A skipped patch outputs zero in every channel.
 * Channel policy: the global average of the current input and of the previous frame's input
   (state) go through a two-layer MLP that gives three logits per output channel (skip,
   reuse, compute). Eval: argmax. *skip* outputs zero, *reuse* outputs that channel of this
@@ -30,11 +30,12 @@ SKIP, REUSE, COMPUTE = 0, 1, 2
 
 def spatial_logits(x: Tensor, grid, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """[N, C, H, W] -> [N, 2, rows, cols] (skip, compute) logits over the output patch grid."""
-    channel_mean = x.mean(1, keepdim=True)
     rows, cols = grid.blocks
-    features = torch.cat(
-        [F.adaptive_avg_pool2d(channel_mean, (rows, cols)), F.adaptive_max_pool2d(channel_mean, (rows, cols))], 1
-    )
+    # mean and energy (mean of squares) per patch: both plain average pools, which every
+    # backend runs (an adaptive max pool is not core ATen and ExecuTorch refuses it)
+    channel_mean = x.mean(1, keepdim=True)
+    channel_energy = x.square().mean(1, keepdim=True)
+    features = F.adaptive_avg_pool2d(torch.cat([channel_mean, channel_energy], 1), (rows, cols))
     return F.conv2d(features, weight, bias, padding=1)
 
 

@@ -74,12 +74,12 @@ def make_dataset(clips: int, frames: int, size: int, seed: int):
     return torch.from_numpy(inputs), labels
 
 
-def train(steps: int = 300, batch: int = 8, frames: int = 4, size: int = 64, mac_weight: float = 0.5,
+def train(steps: int = 300, batch: int = 8, frames: int = 4, size: int = 64, mac_weight: float = 0.2,
           seed: int = 0, log_every: int = 50) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model()
     inputs, labels = make_dataset(clips=1024, frames=frames, size=size, seed=seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=7e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
     model.train()
     start = time.time()
     for step in range(steps):
@@ -97,6 +97,7 @@ def train(steps: int = 300, batch: int = 8, frames: int = 4, size: int = 64, mac
         loss = task + ramp * mac_weight * macs
         optimizer.zero_grad()
         loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % log_every == 0 or step == steps - 1:
             print(f"step {step:4d}  task {task.item():.3f}  acc {correct / (batch * frames):.2f}  "

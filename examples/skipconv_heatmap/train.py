@@ -60,7 +60,7 @@ def make_dataset(clips: int, frames: int, size: int, seed: int):
     return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
 
 
-def train(steps: int = 300, batch: int = 8, frames: int = 6, size: int = 64, mac_weight: float = 0.3,
+def train(steps: int = 300, batch: int = 8, frames: int = 6, size: int = 64, mac_weight: float = 2.0,
           seed: int = 0, log_every: int = 50) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model()
@@ -85,6 +85,7 @@ def train(steps: int = 300, batch: int = 8, frames: int = 6, size: int = 64, mac
         loss = task + ramp * mac_weight * macs
         optimizer.zero_grad()
         loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % log_every == 0 or step == steps - 1:
             print(f"step {step:4d}  task {task.item():.4f}  mac fraction {macs.item():.3f}  {time.time() - start:.0f}s", flush=True)

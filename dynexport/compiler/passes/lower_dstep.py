@@ -75,8 +75,7 @@ def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
         decisions=builder.tensor(f"{name}.decisions", (out_channels,), Role.SCRATCH, DType.INT32),
         active=builder.tensor(f"{name}.active", (grid.num_blocks + 1,), Role.SCRATCH, DType.INT32),
     )
-    builder.program.layers.append(layer)
-    index = len(builder.program.layers) - 1
+    index = builder.add_layer(layer, weight)
 
     base = _segment_name(name)
     policy_outputs = [t for t in (layer.spatial_logits, layer.channel_logits) if t != 0xFFFFFFFF] + [pooled]

@@ -79,8 +79,7 @@ def lower_skip_conv(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
         layer.gate_weight = builder.program.add_constants(gate_kernel.flatten().tolist())
         layer.gate_weight_count = gate_kernel.numel()
         layer.gate_bias = float(-F.softplus(constant(gm, gate_bias_node))[0])
-    builder.program.layers.append(layer)
-    index = len(builder.program.layers) - 1
+    index = builder.add_layer(layer, weight)
 
     conv_args = (stride, [0, 0], dilation, groups)
     tiles = builder.add_segment(SegmentArtifact(

@@ -1,0 +1,166 @@
+"""``dynexport build``: model file -> output folder with the plan, backend artifacts, runtime
+sources and a manifest.
+
+The folder is written under a temporary name beside OUT and renamed at the end, so a failed
+build leaves nothing half-written, and an existing OUT is replaced only with ``force``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from dynexport import __version__
+from dynexport.errors import CompileError
+
+TARGETS = {"android": ("executorch",), "host": ("executorch",)}
+PLAN_FILE = "plan.dxfp"
+MANIFEST_FILE = "manifest.json"
+ARTIFACT_FILES = {"executorch": "model.pte"}
+RUNTIME_SOURCES = ("runtime_android",)
+
+
+@dataclasses.dataclass
+class BuildResult:
+    out: Path
+    manifest: dict
+    seconds: float
+
+
+def build(model_path, out, target: str = "android", backend: str | None = None, input_shape=None,
+          force: bool = False, allow_pickle: bool = False, dense_cutoff: float | None = None,
+          input_scale: float = 1.0 / 255.0, progress: Callable[[str], None] | None = None) -> BuildResult:
+    from dynexport.compiler.frontend import parse_input_shape
+    from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
+    from dynexport.loading import load_model
+
+    start = time.perf_counter()
+    say = progress or (lambda message: None)
+    if target not in TARGETS:
+        raise CompileError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
+    backends = (backend,) if backend else TARGETS[target]
+    for name in backends:
+        if name not in TARGETS[target]:
+            raise CompileError(f"--backend {name!r} is not available for target {target}; "
+                               f"available: {', '.join(TARGETS[target])}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise CompileError(f"output folder '{out}' exists; pass --force to replace it")
+    if isinstance(input_shape, str):
+        input_shape = parse_input_shape(input_shape)
+
+    say("load model")
+    model = load_model(model_path, allow_pickle=allow_pickle)
+    if input_shape is None:
+        recorded = getattr(model, "dynexport_input_shape", None)
+        input_shape = tuple(recorded) if recorded is not None else None
+    say("export and lower gates")
+    compiled = compile_model(model, input_shape, DEFAULT_DENSE_CUTOFF if dense_cutoff is None else dense_cutoff)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        plan_bytes = compiled.program.to_bytes()
+        (staging / PLAN_FILE).write_bytes(plan_bytes)
+        artifacts = {PLAN_FILE: _sha256(plan_bytes)}
+        versions = {"dynexport": __version__, "torch": _version("torch")}
+        for name in backends:
+            emit = _emitter(name)
+            data = emit(compiled.segments, progress=lambda step, name=name: say(f"{name}: {step}"))
+            (staging / ARTIFACT_FILES[name]).write_bytes(data)
+            artifacts[ARTIFACT_FILES[name]] = _sha256(data)
+            versions[name] = _version(name)
+        _copy_runtime_sources(staging)
+        manifest = make_manifest(compiled, target, backends, versions, artifacts, input_scale,
+                                 time.perf_counter() - start)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        say("finish")
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return BuildResult(out, manifest, time.perf_counter() - start)
+
+
+def _emitter(backend: str):
+    if backend == "executorch":
+        from targets.executorch.emitter import emit_executorch
+
+        return emit_executorch
+    raise CompileError(f"unknown backend {backend!r}")
+
+
+def _replace(staging: Path, out: Path) -> None:
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, trash / out.name)
+        os.replace(staging, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def _copy_runtime_sources(staging: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    for folder in RUNTIME_SOURCES:
+        source = root / folder
+        if source.is_dir():
+            shutil.copytree(source, staging / "runtime" / folder, ignore=shutil.ignore_patterns("build*", "__pycache__"))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def make_manifest(compiled, target, backends, versions, artifacts, input_scale, seconds) -> dict:
+    from dynexport.plan.frame_program import LayerKind, Role
+
+    program = compiled.program
+    layers = []
+    for layer, dense_macs in zip(program.layers, compiled.layer_dense_macs):
+        grid = layer.grid
+        layers.append({
+            "name": layer.name,
+            "kind": LayerKind(layer.kind).name.lower(),
+            "input_size": list(grid.input_size),
+            "output_size": list(grid.output_size),
+            "block": grid.block,
+            "blocks": list(grid.blocks),
+            "tile": list(grid.tile_size),
+            "dense_macs": int(dense_macs),
+            "dense_cutoff_blocks": layer.dense_cutoff,
+            "realized_savings": "blocks" if layer.kind == LayerKind.SKIP_CONV else "patches (channel skip/reuse computed, not yet saved)",
+        })
+    state = [t for t in program.tensors if t.role == Role.STATE]
+    return {
+        "format": "dynexport-build/1",
+        "target": target,
+        "backends": list(backends),
+        "versions": versions,
+        "input": {"shape": list(compiled.input_shape), "dtype": "float32", "layout": "NCHW",
+                  "plan_layout": "NHWC", "normalization": {"scale": input_scale, "offset": 0.0,
+                                                            "note": "float = uint8 * scale + offset"}},
+        "output": {"shape": list(compiled.output_shape), "dtype": "float32"},
+        "state_bytes": sum(t.nbytes for t in state),
+        "plan": {"file": PLAN_FILE, "segments": len(program.segments), "instructions": len(program.instructions),
+                 "tensors": len(program.tensors)},
+        "layers": layers,
+        "artifacts": artifacts,
+        "build_seconds": round(seconds, 2),
+    }

@@ -1,0 +1,51 @@
+"""``dynexport build``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dynexport.cli.options import AllowPickle, InputShape
+
+
+def build(
+    model: Annotated[Path, typer.Argument(help="model.pt (torch.save'd module) or model.pt2 (torch.export.save).",
+                                          show_default=False)],
+    target: Annotated[str, typer.Option("--target", help="Platform: android or host.")] = "android",
+    backend: Annotated[Optional[str], typer.Option("--backend", help="Backend [default: all of the target's: executorch].")] = None,
+    input_shape: InputShape = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("out"),
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    dense_cutoff: Annotated[Optional[float], typer.Option(
+        "--dense-cutoff", help="Fraction of active blocks above which a gated layer runs densely [default: 0.5].")] = None,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Compile MODEL into a frame program, backend artifacts and runtime sources in OUT.
+
+    Gates become explicit control flow in the plan (plan.dxfp) and static block-sparse
+    segments in the backend artifact (model.pte); manifest.json lists versions, shapes,
+    state bytes, block grids and checksums. A failed build leaves OUT untouched.
+
+    Examples:
+
+      dynexport build examples/skipconv_heatmap/model.pt -o out
+
+      dynexport build model.pt --target host --input-shape 1x3x128x128 -o out --force
+    """
+    from rich.console import Console
+
+    from dynexport.build import build as run_build
+
+    console = Console(stderr=True)
+    with console.status("building") as status:
+        result = run_build(model, output, target=target, backend=backend, input_shape=input_shape, force=force,
+                           allow_pickle=allow_pickle, dense_cutoff=dense_cutoff,
+                           progress=lambda message: status.update(f"building: {message}"))
+    manifest = result.manifest
+    typer.echo(
+        f"built {result.out} in {result.seconds:.1f} s: {len(manifest['layers'])} gated layers, "
+        f"{manifest['plan']['segments']} segments, state {manifest['state_bytes'] / 1024:.1f} KiB "
+        f"({', '.join(manifest['backends'])})"
+    )

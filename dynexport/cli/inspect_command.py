@@ -1,0 +1,68 @@
+"""``dynexport inspect``."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from dynexport.cli.options import OutDir
+from dynexport.errors import PlanError
+
+
+def inspect(out: OutDir) -> None:
+    """Print a built plan: gated layers, segments and state.
+
+    Shows each gated layer's block grid, dense MACs and dense cut-off, every backend segment
+    with its tensors, and the state tensors kept between frames with their bytes.
+
+    Example: dynexport inspect out
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from dynexport.build import MANIFEST_FILE, PLAN_FILE
+    from dynexport.plan.frame_program import LayerKind, PlanFormatError, Role, FrameProgram
+
+    if not (out / MANIFEST_FILE).is_file() or not (out / PLAN_FILE).is_file():
+        raise PlanError(f"'{out}' is not a dynexport build folder (expected {MANIFEST_FILE} and {PLAN_FILE})")
+    try:
+        manifest = json.loads((out / MANIFEST_FILE).read_text())
+        program = FrameProgram.from_bytes((out / PLAN_FILE).read_bytes())
+    except (PlanFormatError, json.JSONDecodeError) as exc:
+        raise PlanError(f"'{out}': {exc}") from exc
+    console = Console()
+    console.print(f"[bold]{out}[/]  target {manifest['target']}, backends {', '.join(manifest['backends'])}, "
+                  f"input {'x'.join(map(str, manifest['input']['shape']))}, output "
+                  f"{'x'.join(map(str, manifest['output']['shape']))}")
+    console.print(f"plan: {len(program.segments)} segments, {len(program.instructions)} instructions, "
+                  f"{len(program.tensors)} tensors; state {program.state_bytes():,} bytes")
+
+    layers = Table(title="gated layers")
+    for column in ("layer", "kind", "input", "output", "block", "blocks", "tile", "dense MACs", "dense cut-off"):
+        layers.add_column(column, justify="right" if column not in ("layer", "kind") else "left")
+    for layer, info in zip(program.layers, manifest["layers"]):
+        grid = layer.grid
+        rows, cols = grid.blocks
+        layers.add_row(layer.name, LayerKind(layer.kind).name.lower(), "x".join(map(str, grid.input_size)),
+                       "x".join(map(str, grid.output_size)), str(grid.block), f"{rows}x{cols}={rows * cols}",
+                       "x".join(map(str, grid.tile_size)), f"{info['dense_macs']:,}",
+                       f"> {layer.dense_cutoff} active")
+    console.print(layers)
+
+    segments = Table(title="segments")
+    for column in ("segment", "inputs", "outputs", "batch"):
+        segments.add_column(column)
+    for segment in program.segments:
+        describe = lambda ids: ", ".join(f"{program.tensors[i].name}{list(program.tensors[i].shape)}" for i in ids)
+        segments.add_row(segment.name, describe(program.segment_inputs(segment)), describe(program.segment_outputs(segment)),
+                         f"1..{segment.max_batch}" if segment.max_batch else "fixed")
+    console.print(segments)
+
+    state = Table(title="state tensors (kept between frames)")
+    for column in ("tensor", "dims (NHWC)", "bytes"):
+        state.add_column(column, justify="right" if column == "bytes" else "left")
+    for tensor in program.tensors:
+        if tensor.role == Role.STATE:
+            state.add_row(tensor.name, "x".join(map(str, tensor.shape)), f"{tensor.nbytes:,}")
+    console.print(state)

@@ -1,0 +1,34 @@
+from torch import nn
+
+from dynexport.compiler.pipeline import compile_model
+from dynexport.nn import DStepConv2d
+from dynexport.plan.frame_program import DSTEP_SOURCE_DENSE, DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, NO_LAYER, LayerKind, Op
+
+
+def test_dstep_layer_lowers_to_policy_decide_and_three_apply_paths():
+    model = nn.Sequential(DStepConv2d(3, 6, 3, padding=1, patch=4)).eval()
+    compiled = compile_model(model, (1, 3, 16, 16))
+    program = compiled.program
+    [layer] = program.layers
+    assert layer.kind == LayerKind.DSTEP
+    ops = [(Op(i.op), i.a, i.b) for i in program.instructions]
+    pooled, previous_pooled = program.instructions[2].a, program.instructions[2].b
+    assert ops == [
+        (Op.RUN_SEGMENT, 0, NO_LAYER),  # policy: logits + pooled input
+        (Op.DSTEP_DECIDE, 0, 0),
+        (Op.COPY_TENSOR, pooled, previous_pooled),
+        (Op.BRANCH_IF_NONE, 0, 12),
+        (Op.BRANCH_IF_DENSE, 0, 9),
+        (Op.GATHER_TILES, 0, 0),
+        (Op.RUN_SEGMENT, 1, 0),  # tiles of active patches
+        (Op.DSTEP_APPLY, 0, DSTEP_SOURCE_TILES),
+        (Op.JUMP, 13, 0),
+        (Op.RUN_SEGMENT, 2, NO_LAYER),  # dense
+        (Op.DSTEP_APPLY, 0, DSTEP_SOURCE_DENSE),
+        (Op.JUMP, 13, 0),
+        (Op.DSTEP_APPLY, 0, DSTEP_SOURCE_NONE),
+    ]
+    names = [s.name for s in program.segments]
+    assert names == ["layer_0_policy", "layer_0_tiles", "layer_0_dense"]
+    assert program.tensors[layer.spatial_logits].shape == (1, 4, 4, 2)
+    assert program.tensors[layer.channel_logits].shape == (1, 6, 3)

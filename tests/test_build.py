@@ -1,0 +1,122 @@
+"""``dynexport build`` / ``inspect`` end to end on the examples, and the folder guarantees:
+nothing half-written on failure, nothing overwritten without --force."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dynexport.build import build
+from dynexport.errors import CompileError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = {
+    "skipconv_heatmap": "1x3x64x64",
+    "dstep_action": "1x3x64x64",
+}
+CLI = [sys.executable, "-m", "dynexport.cli.main"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_cli_builds_each_example_under_a_minute(tmp_path, example):
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    result = subprocess.run([*CLI, "build", "--target", "android", str(ROOT / "examples" / example / "model.pt"),
+                             "-o", str(out)], capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert seconds < 60, f"build took {seconds:.1f} s"
+    assert {"manifest.json", "plan.dxfp", "model.pte"} <= {p.name for p in out.iterdir()}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == [1, 3, 64, 64]
+    assert manifest["state_bytes"] > 0 and manifest["layers"]
+    assert set(manifest["artifacts"]) == {"plan.dxfp", "model.pte"}
+    assert {"dynexport", "torch", "executorch"} <= set(manifest["versions"])
+    shown = subprocess.run([*CLI, "inspect", str(out)], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "gated layers" in shown.stdout and manifest["layers"][0]["name"] in shown.stdout
+
+
+def tiny_model_file(tmp_path, model=None):
+    model = model or nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    path = tmp_path / "tiny.pt"
+    torch.save(model.eval(), path)
+    return path
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(CompileError, match="--force"):
+        build(tiny_model_file(tmp_path), out, input_shape="1x3x16x16")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+class Unsupported(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, dim=2)
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y if y.sum() > 0 else -y
+
+
+def test_unsupported_op_names_op_and_module_path(tmp_path):
+    model = tiny_model_file(tmp_path, nn.Sequential(nn.Conv2d(3, 3, 1), Unsupported()))
+    with pytest.raises(CompileError, match=r"aten\.cumsum\.default at 1 \(Unsupported\)"):
+        build(model, tmp_path / "out", input_shape="1x3x16x16", allow_pickle=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt"]
+
+
+def test_failure_while_writing_artifacts_leaves_nothing_behind(tmp_path, monkeypatch):
+    import dynexport.build as build_module
+
+    def failing_emitter(segments, progress=None):
+        raise CompileError("injected failure while emitting")
+
+    monkeypatch.setattr(build_module, "_emitter", lambda backend: failing_emitter)
+    model = tiny_model_file(tmp_path)
+    for out in (tmp_path / "new", tmp_path / "existing"):
+        if out.name == "existing":
+            out.mkdir()
+            (out / "keep.txt").write_text("mine")
+        with pytest.raises(CompileError, match="injected"):
+            build(model, out, input_shape="1x3x16x16", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "tiny.pt"]
+    assert (tmp_path / "existing" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("shape, message", [
+    ("1x3x16", "NxCxHxW"), ("2x3x16x16", "batch 2"), ("1x4x16x16", "does not run"),
+])
+def test_bad_input_shapes_are_named(tmp_path, shape, message):
+    with pytest.raises(CompileError, match=message):
+        build(tiny_model_file(tmp_path), tmp_path / "out", input_shape=shape)
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_dependent_control_flow_is_a_clear_error(tmp_path):
+    with pytest.raises(CompileError, match="control flow"):
+        build(tiny_model_file(tmp_path, Branchy()), tmp_path / "out", input_shape="1x3x8x8", allow_pickle=True)
+
+
+def test_cli_reports_errors_in_one_line(tmp_path):
+    result = subprocess.run([*CLI, "build", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "o")],
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "no such file" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([*CLI, "inspect", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 1 and "not a dynexport build folder" in result.stderr
