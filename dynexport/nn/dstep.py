@@ -131,7 +131,7 @@ class SpatialPolicy(nn.Module):
         self.patch = patch
         self.conv = nn.Conv2d(2, 2, 3, padding=1)
         with torch.no_grad():  # start by computing everything: training removes work
-            self.conv.bias.copy_(torch.tensor([0.0, 3.0]))
+            self.conv.bias.copy_(torch.tensor([0.0, 5.0]))
 
     def forward(self, x: Tensor, grid) -> Tensor:
         return spatial_logits(x, grid, self.conv.weight, self.conv.bias)
@@ -148,7 +148,7 @@ class ChannelPolicy(nn.Module):
         self.fc1 = nn.Linear(2 * channels, hidden)
         self.fc2 = nn.Linear(hidden, 3 * out_channels)
         with torch.no_grad():
-            self.fc2.bias.copy_(torch.tensor([0.0, 0.0, 3.0]).repeat(out_channels))
+            self.fc2.bias.copy_(torch.tensor([0.0, 0.0, 5.0]).repeat(out_channels))
 
     def forward(self, pooled: Tensor, previous_pooled: Tensor) -> Tensor:
         return channel_logits(pooled, previous_pooled, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)

@@ -74,15 +74,24 @@ def make_dataset(clips: int, frames: int, size: int, seed: int):
     return torch.from_numpy(inputs), labels
 
 
-def train(steps: int = 300, batch: int = 8, frames: int = 4, size: int = 64, mac_weight: float = 0.2,
+def train(steps: int = 500, batch: int = 12, frames: int = 4, size: int = 64, mac_weight: float = 1.0,
           seed: int = 0, log_every: int = 50) -> nn.Module:
+    """Two phases: the classifier learns with the policies frozen at "compute" (their
+    initial bias), then the policies learn to skip and reuse under the MAC loss."""
     torch.manual_seed(seed)
     model = build_model()
     inputs, labels = make_dataset(clips=1024, frames=frames, size=size, seed=seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+    policies = [p for name, p in model.named_parameters() if "policy" in name]
+    for p in policies:
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-4)
     model.train()
     start = time.time()
     for step in range(steps):
+        if step == steps // 2:
+            for p in policies:
+                p.requires_grad_(True)
+            optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
         idx = torch.randint(0, inputs.shape[0], (batch,))
         dynexport.reset(model)
         task, correct = 0.0, 0
@@ -92,9 +101,7 @@ def train(steps: int = 300, batch: int = 8, frames: int = 4, size: int = 64, mac
             correct += int((logits.argmax(1) == labels[idx]).sum())
         task = task / frames
         macs = mac_loss(model)
-        # Learn the task first, then ramp the MAC budget in over the second half.
-        ramp = min(1.0, max(0.0, 2.0 * step / steps - 0.5))
-        loss = task + ramp * mac_weight * macs
+        loss = task + (mac_weight * macs if step >= steps // 2 else 0.0)
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -122,7 +129,7 @@ def evaluate(model: nn.Module, clips: int = 16, frames: int = 16, size: int = 64
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("-o", "--output", type=Path, default=HERE / "model.pt")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -130,6 +137,7 @@ def main() -> None:
     model = train(steps=args.steps)
     print("held-out:", evaluate(model))
     dynexport.reset(model)
+    model.dynexport_input_shape = (1, 3, 64, 64)  # what `dynexport build` uses by default
     torch.save(model, args.output)
     print(f"wrote {args.output}")
 

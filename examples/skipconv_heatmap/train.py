@@ -60,7 +60,7 @@ def make_dataset(clips: int, frames: int, size: int, seed: int):
     return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets))
 
 
-def train(steps: int = 300, batch: int = 8, frames: int = 6, size: int = 64, mac_weight: float = 2.0,
+def train(steps: int = 500, batch: int = 8, frames: int = 6, size: int = 64, mac_weight: float = 2.0,
           seed: int = 0, log_every: int = 50) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model()
@@ -111,7 +111,7 @@ def evaluate(model: nn.Module, clips: int = 8, frames: int = 16, size: int = 64,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("-o", "--output", type=Path, default=HERE / "model.pt")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -119,6 +119,7 @@ def main() -> None:
     model = train(steps=args.steps)
     print("held-out:", evaluate(model))
     dynexport.reset(model)
+    model.dynexport_input_shape = (1, 3, 64, 64)  # what `dynexport build` uses by default
     torch.save(model, args.output)
     print(f"wrote {args.output}")
 

@@ -32,3 +32,18 @@ def test_dstep_layer_lowers_to_policy_decide_and_three_apply_paths():
     assert names == ["layer_0_policy", "layer_0_tiles", "layer_0_dense"]
     assert program.tensors[layer.spatial_logits].shape == (1, 4, 4, 2)
     assert program.tensors[layer.channel_logits].shape == (1, 6, 3)
+
+
+def test_policy_is_appended_to_the_segment_that_produces_its_input():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), DStepConv2d(4, 6, 3, padding=1, patch=4)).eval()
+    compiled = compile_model(model, (1, 3, 16, 16))
+    program = compiled.program
+    assert [s.name for s in program.segments] == ["segment_0", "layer_2_tiles", "layer_2_dense"]
+    assert compiled.segments["segment_0"].kind == "dense+policy"
+    first = program.segments[0]
+    layer = program.layers[0]
+    assert program.segment_outputs(first)[0] == layer.input
+    assert program.segment_outputs(first)[1:3] == [layer.spatial_logits, layer.channel_logits]
+    ops = [Op(i.op) for i in program.instructions]
+    assert ops[:3] == [Op.RUN_SEGMENT, Op.DSTEP_DECIDE, Op.COPY_TENSOR]
+    assert ops.count(Op.RUN_SEGMENT) == 3

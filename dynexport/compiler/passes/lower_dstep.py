@@ -3,7 +3,9 @@ decisions, and the same block machinery as skip conv with zero-fill instead of r
 
 Emits, for D-STEP layer L with input X and output state Y::
 
-        RUN_SEGMENT L_policy         (X, previous pooled, primed) -> logits, pooled
+        RUN_SEGMENT L_policy         (X, previous pooled, primed) -> logits, pooled; when X
+                                     comes from the dense segment just run, the policy is
+                                     appended to that segment instead (one call fewer)
         DSTEP_DECIDE L               argmax per patch and per channel -> active patches,
                                      channel decisions (first frame: reuse -> compute)
         COPY_TENSOR pooled -> previous pooled
@@ -29,6 +31,8 @@ tensors; the reference semantics of ``dynexport.nn.dstep`` hold.
 
 from __future__ import annotations
 
+from torch import nn
+
 from dynexport.compiler.graph import constant
 from dynexport.compiler.passes.lower_skip_conv import _layer_name, _segment_name, dense_cutoff_blocks
 from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, example_tensor
@@ -37,6 +41,45 @@ from dynexport.nn.skip_conv import make_grid
 from dynexport.plan.frame_program import (
     DSTEP_SOURCE_DENSE, DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, NO_LAYER, DType, GateKind, Layer, LayerKind, Op, Role,
 )
+
+
+class PolicyAfterSegment(nn.Module):
+    """A dense segment followed by a D-STEP policy on one of its outputs, in one call."""
+
+    def __init__(self, producer: nn.Module, policy: nn.Module, feature_index: int, producer_inputs: int):
+        super().__init__()
+        self.producer, self.policy = producer, policy
+        self.feature_index, self.producer_inputs = feature_index, producer_inputs
+
+    def forward(self, *args):
+        outputs = tuple(self.producer(*args[: self.producer_inputs]))
+        return outputs + tuple(self.policy(outputs[self.feature_index], *args[self.producer_inputs:]))
+
+
+def _fuse_into_producer(builder: PlanBuilder, feature: int, policy, extra_inputs, extra_outputs) -> bool:
+    """Append the policy to the dense segment that just produced ``feature`` (the last
+    instruction, run every frame): one backend call and one method fewer."""
+    program = builder.program
+    if not program.instructions or program.instructions[-1].op != Op.RUN_SEGMENT:
+        return False
+    last = program.instructions[-1]
+    segment = program.segments[last.a]
+    artifact = builder.segments[segment.name]
+    outputs = program.segment_outputs(segment)
+    if last.b != NO_LAYER or artifact.kind != "dense" or feature not in outputs:
+        return False
+    inputs = program.segment_inputs(segment)
+    artifact.module = PolicyAfterSegment(artifact.module, policy, outputs.index(feature), len(inputs))
+    artifact.example_inputs = artifact.example_inputs + (
+        example_tensor(program.tensors[extra_inputs[0]].shape), example_tensor((1,)).abs())
+    artifact.kind = "dense+policy"
+    segment.input_begin = len(program.operands)
+    program.operands.extend(inputs + list(extra_inputs))
+    segment.input_count = len(inputs) + len(extra_inputs)
+    segment.output_begin = len(program.operands)
+    program.operands.extend(outputs + list(extra_outputs))
+    segment.output_count = len(outputs) + len(extra_outputs)
+    return True
 
 
 def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
@@ -79,10 +122,13 @@ def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
 
     base = _segment_name(name)
     policy_outputs = [t for t in (layer.spatial_logits, layer.channel_logits) if t != 0xFFFFFFFF] + [pooled]
-    policy = builder.add_segment(SegmentArtifact(
-        f"{base}_policy", DStepPolicySegment(grid, spatial, channel),
-        (example_tensor(in_shape), example_tensor((1, in_channels)), example_tensor((1,)).abs()), kind="policy"),
-        [layer.input, previous_pooled, layer.primed], policy_outputs)
+    policy_module = DStepPolicySegment(grid, spatial, channel)
+    fused = _fuse_into_producer(builder, layer.input, policy_module, [previous_pooled, layer.primed], policy_outputs)
+    if not fused:
+        policy = builder.add_segment(SegmentArtifact(
+            f"{base}_policy", policy_module,
+            (example_tensor(in_shape), example_tensor((1, in_channels)), example_tensor((1,)).abs()), kind="policy"),
+            [layer.input, previous_pooled, layer.primed], policy_outputs)
     tiles = builder.add_segment(SegmentArtifact(
         f"{base}_tiles", ConvSegment(weight, bias, stride, [0, 0], dilation, groups),
         (example_tensor((max_batch, in_channels, th, tw)),), max_batch=max_batch, kind="tiles"),
@@ -92,7 +138,8 @@ def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
         (example_tensor(in_shape),), kind="dense"),
         [layer.input], [layer.dense_output])
 
-    builder.emit(Op.RUN_SEGMENT, policy, NO_LAYER)
+    if not fused:
+        builder.emit(Op.RUN_SEGMENT, policy, NO_LAYER)
     builder.emit(Op.DSTEP_DECIDE, index)
     builder.emit(Op.COPY_TENSOR, pooled, previous_pooled)
     to_none = builder.emit(Op.BRANCH_IF_NONE, index)
