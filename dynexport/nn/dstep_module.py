@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from dynexport.nn import ops as _ops  # noqa: F401  (registers torch.ops.dynexport.*)
 from dynexport.nn.dstep import COMPUTE, ChannelPolicy, SpatialPolicy, dstep_conv_step
 from dynexport.nn.gated import GatedLayer, LayerFrameStats
-from dynexport.nn.skip_conv import make_grid
 
 
 class DStepConv2d(GatedLayer):
@@ -36,13 +34,9 @@ class DStepConv2d(GatedLayer):
         self.register_buffer("previous_pooled", torch.zeros(0), persistent=False)
         self._mac_terms: list[tuple[Tensor, int]] = []
 
-    def conv_args(self):
-        c = self.conv
-        return list(_pair(c.stride)), list(_pair(c.padding)), list(_pair(c.dilation)), c.groups
-
-    def block_grid(self, input_size):
-        stride, padding, dilation, _ = self.conv_args()
-        return make_grid(input_size, self.conv.weight.shape, stride, padding, dilation, self.patch)
+    @property
+    def block_edge(self) -> int:
+        return self.patch
 
     def extra_repr(self) -> str:
         return f"spatial={self.spatial_policy is not None}, channel={self.channel_policy is not None}, patch={self.patch}"
@@ -114,13 +108,9 @@ class DStepConv2d(GatedLayer):
             macs += x_shape[1] * x_shape[2] * x_shape[3] + self.channel_policy.macs()
         return macs
 
-    def _patch_positions(self, grid) -> Tensor:
-        rows, cols = grid.blocks
-        return torch.tensor([grid.block_positions(r, c) for r in range(rows) for c in range(cols)], dtype=torch.float32)
-
     def _record_stats(self, x: Tensor, patch_mask: Tensor, decision: Tensor) -> None:
         grid = self.block_grid(x.shape[-2:])
-        positions = self._patch_positions(grid).to(x.device)
+        positions = self.block_positions(grid).to(x.device)
         n = x.shape[0]
         out_positions = grid.output_size[0] * grid.output_size[1]
         computed_positions = (patch_mask.float() * positions).sum(1)  # [N]
@@ -138,7 +128,7 @@ class DStepConv2d(GatedLayer):
 
     def _record_training_macs(self, x, patch_signal, channel_signal, patch_mask, decision) -> None:
         grid = self.block_grid(x.shape[-2:])
-        positions = self._patch_positions(grid).to(x.device)
+        positions = self.block_positions(grid).to(x.device)
         patch = patch_signal if patch_signal is not None else patch_mask.to(x.dtype)
         channels = (channel_signal[..., COMPUTE] if channel_signal is not None
                     else (decision == COMPUTE).to(x.dtype))

@@ -13,8 +13,10 @@ import dataclasses
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 from dynexport.errors import FrameError
+from dynexport.nn.skip_conv import make_grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,25 @@ class GatedLayer(nn.Module):
             if buf is None or tuple(buf.shape) != tuple(shape):
                 return False
         return True
+
+    # -- geometry ---------------------------------------------------------------------------
+    @property
+    def block_edge(self) -> int:
+        """Edge of a block / patch in output positions."""
+        raise NotImplementedError
+
+    def conv_args(self):
+        c = self.conv
+        return list(_pair(c.stride)), list(_pair(c.padding)), list(_pair(c.dilation)), c.groups
+
+    def block_grid(self, input_size):
+        stride, padding, dilation, _ = self.conv_args()
+        return make_grid(input_size, self.conv.weight.shape, stride, padding, dilation, self.block_edge)
+
+    def block_positions(self, grid) -> Tensor:
+        """[blocks] float: real output positions per block (fewer at the border)."""
+        rows, cols = grid.blocks
+        return torch.tensor([grid.block_positions(r, c) for r in range(rows) for c in range(cols)], dtype=torch.float32)
 
     # -- input checks -------------------------------------------------------------------
     def _check_input(self, x: Tensor, in_channels: int) -> None:

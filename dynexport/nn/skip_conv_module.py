@@ -6,11 +6,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
 
 from dynexport.nn import ops as _ops  # noqa: F401  (registers torch.ops.dynexport.*)
 from dynexport.nn.gated import GatedLayer, LayerFrameStats
-from dynexport.nn.skip_conv import GATES, make_grid, skip_conv_step
+from dynexport.nn.skip_conv import GATES, skip_conv_step
 
 DEFAULT_THRESHOLDS = {"input_norm": 0.1, "output_norm": 0.1, "gumbel": 0.5}
 
@@ -60,13 +59,9 @@ class SkipConv2d(GatedLayer):
     def bias(self) -> Tensor | None:
         return self.conv.bias
 
-    def conv_args(self):
-        c = self.conv
-        return list(_pair(c.stride)), list(_pair(c.padding)), list(_pair(c.dilation)), c.groups
-
-    def block_grid(self, input_size):
-        stride, padding, dilation, _ = self.conv_args()
-        return make_grid(input_size, self.conv.weight.shape, stride, padding, dilation, self.block)
+    @property
+    def block_edge(self) -> int:
+        return self.block
 
     def extra_repr(self) -> str:
         return f"gate={self.gate}, threshold={self.threshold}, block={self.block}"
@@ -136,15 +131,9 @@ class SkipConv2d(GatedLayer):
         kh, kw = self.conv.weight.shape[-2:]
         return self.conv.in_channels * kh * kw
 
-    def _block_positions(self, grid) -> Tensor:
-        rows, cols = grid.blocks
-        return torch.tensor(
-            [grid.block_positions(r, c) for r in range(rows) for c in range(cols)], dtype=torch.float32
-        )
-
     def _record_stats(self, x: Tensor, block_mask: Tensor, gate_evaluated: bool) -> None:
         grid = self.block_grid(x.shape[-2:])
-        positions = self._block_positions(grid).to(x.device)
+        positions = self.block_positions(grid).to(x.device)
         out_positions = grid.output_size[0] * grid.output_size[1]
         n = x.shape[0]
         computed = float((block_mask.float() * positions).sum())
@@ -160,7 +149,7 @@ class SkipConv2d(GatedLayer):
 
     def _record_training_macs(self, x: Tensor, signal: Tensor | None, block_mask: Tensor) -> None:
         grid = self.block_grid(x.shape[-2:])
-        positions = self._block_positions(grid).to(x.device)
+        positions = self.block_positions(grid).to(x.device)
         fraction_source = signal if signal is not None else block_mask.to(x.dtype)
         executed = (fraction_source * positions).sum(1).mean() * self.macs_per_position()
         dense = grid.output_size[0] * grid.output_size[1] * self.macs_per_position()

@@ -34,12 +34,11 @@ from __future__ import annotations
 from torch import nn
 
 from dynexport.compiler.graph import constant
-from dynexport.compiler.passes.lower_skip_conv import _layer_name, _segment_name, dense_cutoff_blocks
+from dynexport.compiler.passes.gated_conv import add_conv_segments, gated_conv, new_layer
 from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, example_tensor
-from dynexport.compiler.segment_modules import ConvSegment, DStepPolicySegment
-from dynexport.nn.skip_conv import make_grid
+from dynexport.compiler.segment_modules import DStepPolicySegment
 from dynexport.plan.frame_program import (
-    DSTEP_SOURCE_DENSE, DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, NO_LAYER, DType, GateKind, Layer, LayerKind, Op, Role,
+    DSTEP_SOURCE_DENSE, DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, NO_LAYER, NO_TENSOR, DType, GateKind, LayerKind, Op, Role,
 )
 
 
@@ -83,63 +82,35 @@ def _fuse_into_producer(builder: PlanBuilder, feature: int, policy, extra_inputs
 
 
 def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
-    node = step.node
     (x, weight_node, bias_node, sw, sb, cw1, cb1, cw2, cb2, _prev_out, _prev_pooled, _primed,
-     stride, padding, dilation, groups, patch) = node.args
-    name = _layer_name(node, builder)
-    weight = constant(gm, weight_node)
-    bias = constant(gm, bias_node)
-    in_shape = builder.value_shapes[step.input]
-    grid = make_grid(in_shape, weight.shape, stride, padding, dilation, patch)
-    out_channels, in_channels = weight.shape[0], in_shape[1]
-    out_shape = (1, out_channels, *grid.output_size)
-    th, tw = grid.tile_size
+     stride, padding, dilation, groups, patch) = step.node.args
+    conv = gated_conv(builder, step, gm, weight_node, bias_node, stride, padding, dilation, groups, patch, dense_cutoff)
+    name, grid = conv.name, conv.grid
     rows, cols = grid.blocks
-    cutoff = dense_cutoff_blocks(grid.num_blocks, dense_cutoff)
-    max_batch = max(1, cutoff)
     spatial = (constant(gm, sw), constant(gm, sb)) if sw is not None else None
     channel = tuple(constant(gm, n) for n in (cw1, cb1, cw2, cb2)) if cw1 is not None else None
-
-    output = builder.tensor(f"{name}.output", out_shape, Role.STATE)
-    builder.bind_value(step.output, output, out_shape)
-    previous_pooled = builder.tensor(f"{name}.previous_pooled", (1, in_channels), Role.STATE)
-    pooled = builder.tensor(f"{name}.pooled", (1, in_channels), Role.SCRATCH)
-    layer = Layer(
-        name=name, kind=LayerKind.DSTEP, gate=GateKind.DSTEP_POLICY,
-        input_size=grid.input_size, kernel=grid.kernel, stride=grid.stride, padding=grid.padding,
-        dilation=grid.dilation, block=grid.block, in_channels=in_channels, out_channels=out_channels,
-        dense_cutoff=cutoff, input=builder.value_tensors[step.input], output=output,
-        tiles=builder.tensor(f"{name}.tiles", (max_batch, in_channels, th, tw), Role.SCRATCH),
-        tile_output=builder.tensor(f"{name}.tile_output", (max_batch, out_channels, grid.block, grid.block), Role.SCRATCH),
-        dense_output=builder.tensor(f"{name}.dense_output", out_shape, Role.SCRATCH),
-        primed=builder.tensor(f"{name}.primed", (1,), Role.STATE),
-        spatial_logits=builder.tensor(f"{name}.spatial_logits", (1, 2, rows, cols), Role.SCRATCH) if spatial else 0xFFFFFFFF,
-        channel_logits=builder.tensor(f"{name}.channel_logits", (1, out_channels, 3), Role.SCRATCH) if channel else 0xFFFFFFFF,
-        decisions=builder.tensor(f"{name}.decisions", (out_channels,), Role.SCRATCH, DType.INT32),
-        active=builder.tensor(f"{name}.active", (grid.num_blocks + 1,), Role.SCRATCH, DType.INT32),
+    previous_pooled = builder.tensor(f"{name}.previous_pooled", (1, conv.in_channels), Role.STATE)
+    pooled = builder.tensor(f"{name}.pooled", (1, conv.in_channels), Role.SCRATCH)
+    layer = new_layer(
+        builder, conv, step, kind=LayerKind.DSTEP, gate=GateKind.DSTEP_POLICY,
+        spatial_logits=builder.tensor(f"{name}.spatial_logits", (1, 2, rows, cols), Role.SCRATCH) if spatial else NO_TENSOR,
+        channel_logits=builder.tensor(f"{name}.channel_logits", (1, conv.out_channels, 3), Role.SCRATCH) if channel else NO_TENSOR,
+        decisions=builder.tensor(f"{name}.decisions", (conv.out_channels,), Role.SCRATCH, DType.INT32),
     )
-    index = builder.add_layer(layer, weight)
+    index = builder.add_layer(layer, conv.weight)
 
-    base = _segment_name(name)
-    policy_outputs = [t for t in (layer.spatial_logits, layer.channel_logits) if t != 0xFFFFFFFF] + [pooled]
+    policy_outputs = [t for t in (layer.spatial_logits, layer.channel_logits) if t != NO_TENSOR] + [pooled]
     policy_module = DStepPolicySegment(grid, spatial, channel)
     fused = _fuse_into_producer(builder, layer.input, policy_module, [previous_pooled, layer.primed], policy_outputs)
     if not fused:
         policy = builder.add_segment(SegmentArtifact(
-            f"{base}_policy", policy_module,
-            (example_tensor(in_shape), example_tensor((1, in_channels)), example_tensor((1,)).abs()), kind="policy"),
+            f"{conv.segment_prefix}_policy", policy_module,
+            (example_tensor(conv.in_shape), example_tensor((1, conv.in_channels)), example_tensor((1,)).abs()),
+            kind="policy"),
             [layer.input, previous_pooled, layer.primed], policy_outputs)
-    tiles = builder.add_segment(SegmentArtifact(
-        f"{base}_tiles", ConvSegment(weight, bias, stride, [0, 0], dilation, groups),
-        (example_tensor((max_batch, in_channels, th, tw)),), max_batch=max_batch, kind="tiles"),
-        [layer.tiles], [layer.tile_output])
-    dense = builder.add_segment(SegmentArtifact(
-        f"{base}_dense", ConvSegment(weight, bias, stride, padding, dilation, groups),
-        (example_tensor(in_shape),), kind="dense"),
-        [layer.input], [layer.dense_output])
-
-    if not fused:
         builder.emit(Op.RUN_SEGMENT, policy, NO_LAYER)
+    tiles, dense = add_conv_segments(builder, conv, layer)
+
     builder.emit(Op.DSTEP_DECIDE, index)
     builder.emit(Op.COPY_TENSOR, pooled, previous_pooled)
     to_none = builder.emit(Op.BRANCH_IF_NONE, index)

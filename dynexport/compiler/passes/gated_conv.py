@@ -1,0 +1,107 @@
+"""What lower_skip_conv and lower_dstep share: a gated convolution's geometry, the plan
+tensors of its block machinery (output state, packed tiles, tile and dense outputs, active
+list), and its two convolution segments (tiles without padding, dense with padding)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from dynexport.compiler.graph import constant, module_path
+from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, example_tensor
+from dynexport.compiler.segment_modules import ConvSegment
+from dynexport.nn.block_grid import BlockGrid
+from dynexport.nn.skip_conv import make_grid
+from dynexport.plan.frame_program import DType, Layer, Role
+
+
+@dataclasses.dataclass
+class GatedConv:
+    name: str
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    grid: BlockGrid
+    groups: int
+    in_shape: tuple[int, ...]
+    dense_cutoff: int  # above this many active blocks the dense segment runs
+    max_batch: int  # the tile segment's batch bound
+
+    @property
+    def in_channels(self) -> int:
+        return self.in_shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return (1, self.out_channels, *self.grid.output_size)
+
+    @property
+    def segment_prefix(self) -> str:
+        return "layer_" + "".join(c if c.isalnum() else "_" for c in self.name)
+
+
+def dense_cutoff_blocks(num_blocks: int, fraction: float) -> int:
+    return max(0, min(num_blocks, math.floor(fraction * num_blocks)))
+
+
+def gated_conv(builder: PlanBuilder, step, gm, weight_node, bias_node, stride, padding, dilation, groups,
+               block, dense_cutoff: float) -> GatedConv:
+    weight = constant(gm, weight_node)
+    in_shape = builder.value_shapes[step.input]
+    grid = make_grid(in_shape, weight.shape, stride, padding, dilation, block)
+    cutoff = dense_cutoff_blocks(grid.num_blocks, dense_cutoff)
+    return GatedConv(_layer_name(step.node, builder), weight, constant(gm, bias_node), grid, groups, in_shape,
+                     cutoff, max(1, cutoff))
+
+
+def new_layer(builder: PlanBuilder, conv: GatedConv, step, **fields) -> Layer:
+    """A Layer record with the geometry and block-machinery tensors filled in; the gate's
+    output value is bound to the layer's output state."""
+    name, grid = conv.name, conv.grid
+    th, tw = grid.tile_size
+    output = builder.tensor(f"{name}.output", conv.out_shape, Role.STATE)
+    builder.bind_value(step.output, output, conv.out_shape)
+    return Layer(
+        name=name, input_size=grid.input_size, kernel=grid.kernel, stride=grid.stride, padding=grid.padding,
+        dilation=grid.dilation, block=grid.block, in_channels=conv.in_channels, out_channels=conv.out_channels,
+        dense_cutoff=conv.dense_cutoff, input=builder.value_tensors[step.input], output=output,
+        tiles=builder.tensor(f"{name}.tiles", (conv.max_batch, conv.in_channels, th, tw), Role.SCRATCH),
+        tile_output=builder.tensor(f"{name}.tile_output", (conv.max_batch, conv.out_channels, grid.block, grid.block),
+                                   Role.SCRATCH),
+        dense_output=builder.tensor(f"{name}.dense_output", conv.out_shape, Role.SCRATCH),
+        primed=builder.tensor(f"{name}.primed", (1,), Role.STATE),
+        active=builder.tensor(f"{name}.active", (grid.num_blocks + 1,), Role.SCRATCH, DType.INT32),
+        **fields,
+    )
+
+
+def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tuple[int, int]:
+    """The tile segment (no padding: tiles carry their halo) and the dense segment."""
+    grid = conv.grid
+    tiles = builder.add_segment(SegmentArtifact(
+        f"{conv.segment_prefix}_tiles", ConvSegment(conv.weight, conv.bias, grid.stride, (0, 0), grid.dilation, conv.groups),
+        (example_tensor((conv.max_batch, conv.in_channels, *grid.tile_size)),), max_batch=conv.max_batch, kind="tiles"),
+        [layer.tiles], [layer.tile_output])
+    dense = builder.add_segment(SegmentArtifact(
+        f"{conv.segment_prefix}_dense",
+        ConvSegment(conv.weight, conv.bias, grid.stride, grid.padding, grid.dilation, conv.groups),
+        (example_tensor(conv.in_shape),), kind="dense"),
+        [layer.input], [layer.dense_output])
+    return tiles, dense
+
+
+def _layer_name(node, builder: PlanBuilder) -> str:
+    path = module_path(node).split(" ")[0]
+    if path == "<model>":
+        path = node.name
+    names = {layer.name for layer in builder.program.layers}
+    name, i = path, 1
+    while name in names:
+        i += 1
+        name = f"{path}#{i}"
+    return name
