@@ -98,7 +98,7 @@ class _Shape:
     color: np.ndarray
 
 
-def _new_shapes(rng, scene: Scene, kinds=None) -> list[_Shape]:
+def _new_shapes(rng, scene: Scene, kinds=None, colors=None) -> list[_Shape]:
     shapes = []
     for i in range(scene.shapes):
         kind = int(kinds[i]) if kinds is not None else int(rng.integers(len(SHAPES)))
@@ -110,7 +110,7 @@ def _new_shapes(rng, scene: Scene, kinds=None) -> list[_Shape]:
             vy=speed * np.sin(direction), vx=speed * np.cos(direction),
             radius=rng.uniform(*scene.shape_size), angle=rng.uniform(0, np.pi),
             spin=rng.uniform(-scene.spin, scene.spin),
-            color=rng.uniform(0, 255, size=3).astype(np.float32),
+            color=np.asarray(colors[i], np.float32) if colors is not None else rng.uniform(0, 255, size=3).astype(np.float32),
         ))
     return shapes
 
@@ -125,10 +125,10 @@ def _move(shape: _Shape, scene: Scene) -> None:
         shape.vx = -shape.vx
 
 
-def generate(scene: Scene | str = "static_camera", seed: int = 0, kinds=None, **overrides) -> Clip:
+def generate(scene: Scene | str = "static_camera", seed: int = 0, kinds=None, colors=None, **overrides) -> Clip:
     """Render a clip. ``scene`` is a ``Scene`` or a preset name (see ``PRESETS``); keyword
-    overrides change fields of it (e.g. ``frames=8, height=48``). ``kinds`` fixes the shape
-    kinds (indices into ``SHAPES``) instead of drawing them."""
+    overrides change fields of it (e.g. ``frames=8, height=48``). ``kinds`` and ``colors``
+    fix the shapes' kinds (indices into ``SHAPES``) and RGB colors instead of drawing them."""
     if isinstance(scene, str):
         if scene not in PRESETS:
             raise ValueError(f"unknown synthetic clip {scene!r}; expected one of {', '.join(PRESETS)}")
@@ -140,7 +140,7 @@ def generate(scene: Scene | str = "static_camera", seed: int = 0, kinds=None, **
 
     def new_world():
         background = _texture(rng, scene.height + 2 * margin, scene.width + 2 * margin, scene.texture_scale)
-        return background, _new_shapes(rng, scene, kinds)
+        return background, _new_shapes(rng, scene, kinds, colors)
 
     background, shapes = new_world()
     frames = np.zeros((scene.frames, 3, scene.height, scene.width), np.uint8)

@@ -50,16 +50,20 @@ def build_model(widths=(16, 32, 64, 128), classes: int = len(ACTIONS)) -> nn.Mod
     return nn.Sequential(*layers)
 
 
+ACTOR_COLORS = ((220, 60, 60), (60, 90, 220), (240, 200, 40), (170, 70, 200))
+
+
 def make_clip(action: int, seed: int, frames: int, size: int) -> np.ndarray:
-    """The actor (a large shape of the action's kind, with that action's motion) plus two
-    small distractors of random kinds."""
+    """The actor (a large shape of the action's kind and color family, with that action's
+    motion) plus two small distractors of random kinds and colors."""
     rng = np.random.default_rng(seed)
+    actor_color = np.clip(np.array(ACTOR_COLORS[action]) + rng.normal(0, 25, size=3), 0, 255)
     distractors = rng.integers(len(video.SHAPES), size=2)
     kinds = [action, *distractors]
     clip = video.generate("static_camera", seed=seed, frames=frames, height=size, width=size,
                           shapes=3, kinds=kinds, shape_size=(4.0, 7.0))
     actor = video.generate("static_camera", seed=seed + 7919, frames=frames, height=size, width=size,
-                           shapes=1, kinds=[action], shape_size=(10.0, 14.0), noise_std=0.0,
+                           shapes=1, kinds=[action], colors=[actor_color], shape_size=(10.0, 14.0), noise_std=0.0,
                            speed=(2.0, 1.5, 0.7, 0.0)[action], spin=(0.0, 0.0, 0.05, 0.3)[action])
     # Paste the actor over the scene: where the actor-only render differs from its background.
     background = video.generate("static_camera", seed=seed + 7919, frames=frames, height=size, width=size,
@@ -68,19 +72,13 @@ def make_clip(action: int, seed: int, frames: int, size: int) -> np.ndarray:
     return np.where(mask, actor.frames, clip.frames).astype(np.float32) / 255.0
 
 
-def make_dataset(clips: int, frames: int, size: int, seed: int):
-    labels = torch.arange(clips) % len(ACTIONS)
-    inputs = np.stack([make_clip(int(a), seed + i, frames, size) for i, a in enumerate(labels)])
-    return torch.from_numpy(inputs), labels
-
-
 def train(steps: int = 500, batch: int = 12, frames: int = 4, size: int = 64, mac_weight: float = 1.0,
           seed: int = 0, log_every: int = 50) -> nn.Module:
     """Two phases: the classifier learns with the policies frozen at "compute" (their
     initial bias), then the policies learn to skip and reuse under the MAC loss."""
     torch.manual_seed(seed)
     model = build_model()
-    inputs, labels = make_dataset(clips=1024, frames=frames, size=size, seed=seed)
+    rng = np.random.default_rng(seed)
     policies = [p for name, p in model.named_parameters() if "policy" in name]
     for p in policies:
         p.requires_grad_(False)
@@ -92,13 +90,15 @@ def train(steps: int = 500, batch: int = 12, frames: int = 4, size: int = 64, ma
             for p in policies:
                 p.requires_grad_(True)
             optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-        idx = torch.randint(0, inputs.shape[0], (batch,))
+        # fresh clips every step: with a fixed set the model memorizes backgrounds
+        labels = torch.from_numpy(rng.integers(len(ACTIONS), size=batch))
+        clips = torch.from_numpy(np.stack([make_clip(int(a), int(rng.integers(1 << 30)), frames, size) for a in labels]))
         dynexport.reset(model)
         task, correct = 0.0, 0
         for t in range(frames):
-            logits = model(inputs[idx, t])
-            task = task + nn.functional.cross_entropy(logits, labels[idx])
-            correct += int((logits.argmax(1) == labels[idx]).sum())
+            logits = model(clips[:, t])
+            task = task + nn.functional.cross_entropy(logits, labels)
+            correct += int((logits.argmax(1) == labels).sum())
         task = task / frames
         macs = mac_loss(model)
         loss = task + (mac_weight * macs if step >= steps // 2 else 0.0)

@@ -86,7 +86,7 @@ def moving_square_clip(frames=6, size=(16, 16), channels=4, step=2):
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("gate", ["input_norm", "output_norm", "gumbel"])
 def test_matches_naive_block_loop(layout, size, gate):
-    layer = SkipConv2d(**LAYOUTS[layout], gate=gate, threshold=0.5 if gate != "gumbel" else 0.5, block=4).eval()
+    layer = SkipConv2d(**LAYOUTS[layout], gate=gate, threshold=0.5, block=4).eval()
     if gate == "gumbel":
         with torch.no_grad():
             layer.gate_conv.weight.uniform_(0.0, 0.3)
