@@ -7,6 +7,7 @@ build leaves nothing half-written, and an existing OUT is replaced only with ``f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from dynexport import __version__
 from dynexport.errors import CompileError
@@ -38,7 +41,6 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
           force: bool = False, allow_pickle: bool = False, dense_cutoff: float | None = None,
           input_scale: float = 1.0 / 255.0, progress: Callable[[str], None] | None = None) -> BuildResult:
     from dynexport.compiler.frontend import parse_input_shape
-    from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
     from dynexport.loading import load_model
 
     start = time.perf_counter()
@@ -58,6 +60,14 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
 
     say("load model")
     model = load_model(model_path, allow_pickle=allow_pickle)
+    with contextlib.ExitStack() as stack:
+        prepared = {name: stack.enter_context(_prepare_backend(name, model)) for name in backends}
+        return _build(model, out, target, backends, prepared, input_shape, dense_cutoff, input_scale, say, start)
+
+
+def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, input_scale, say, start) -> BuildResult:
+    from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
+
     if input_shape is None:
         recorded = getattr(model, "dynexport_input_shape", None)
         input_shape = tuple(recorded) if recorded is not None else None
@@ -73,7 +83,7 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
         versions = {"dynexport": __version__, "torch": _version("torch")}
         for name in backends:
             emit = _emitter(name)
-            data = emit(compiled.segments, progress=lambda step, name=name: say(f"{name}: {step}"))
+            data = emit(compiled.segments, progress=lambda step, name=name: say(f"{name}: {step}"), **prepared[name])
             (staging / ARTIFACT_FILES[name]).write_bytes(data)
             artifacts[ARTIFACT_FILES[name]] = _sha256(data)
             versions[name] = _version(name)
@@ -87,6 +97,23 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return BuildResult(out, manifest, time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _prepare_backend(backend: str, model):
+    """Start what a backend's emitter needs before the model is compiled (ExecuTorch, for
+    models large enough to lower in parallel: its worker processes, whose imports then
+    overlap the compile). Yields the emitter's extra keyword arguments."""
+    if backend == "executorch":
+        from targets.executorch.emitter import LoweringWorkers, workers_for
+
+        convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) if isinstance(model, torch.nn.Module) else 0
+        count = workers_for(2 * convolutions)  # about two segments per convolution
+        if count > 0:
+            with LoweringWorkers(count) as workers:
+                yield {"workers": workers}
+            return
+    yield {}
 
 
 def _emitter(backend: str):

@@ -11,6 +11,7 @@ parallel worker processes and the programs merged (``merge_programs``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -38,55 +39,156 @@ def export_segment(artifact) -> torch.export.ExportedProgram:
         raise CompileError(f"segment {artifact.name}: torch.export failed: {exc}") from exc
 
 
+@contextlib.contextmanager
+def _materialize_cia_ops_once():
+    """torch.export re-materializes every CompositeImplicitAutograd op into ``torch.ops`` at
+    each of the ~7 ``run_decompositions`` a method's lowering does: measured here, a quarter
+    of the lowering time. The result only changes when an op is registered, so skip the
+    walk while the dispatcher's CIA registrations are the same as last time."""
+    import torch._export.utils as export_utils
+
+    original = export_utils._materialize_cpp_cia_ops
+    seen: list = [None]
+
+    def materialize_if_changed() -> None:
+        current = torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")
+        if current != seen[0]:
+            original()
+            seen[0] = current
+
+    export_utils._materialize_cpp_cia_ops = materialize_if_changed
+    try:
+        yield
+    finally:
+        export_utils._materialize_cpp_cia_ops = original
+
+
 def lower_segments(segments: dict) -> bytes:
     """Export and lower a group of segments into one .pte (runs in a worker process too)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    programs = {name: export_segment(artifact) for name, artifact in segments.items()}
-    try:
-        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
-        return bytes(edge.to_executorch().buffer)
-    except Exception as exc:
-        raise CompileError(f"ExecuTorch lowering failed for {', '.join(segments)}: {type(exc).__name__}: {exc}") from exc
+    with _materialize_cia_ops_once():
+        programs = {name: export_segment(artifact) for name, artifact in segments.items()}
+        try:
+            edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+            return bytes(edge.to_executorch().buffer)
+        except Exception as exc:
+            raise CompileError(
+                f"ExecuTorch lowering failed for {', '.join(segments)}: {type(exc).__name__}: {exc}") from exc
 
 
-def emit_executorch(segments: dict, progress: Callable[[str], None] | None = None, jobs: int | None = None) -> bytes:
-    """Segments (name -> SegmentArtifact) -> bytes of a .pte with one method per segment."""
-    from targets.executorch.merge_programs import merge_programs
+class LoweringWorkers:
+    """Worker processes that import torch and ExecuTorch (about 11 s here) *before* they are
+    needed, so the import overlaps the compiler's own work; each lowers one group of
+    segments. Fresh interpreters, not forks: forking a process that ran torch threads can
+    hang, and multiprocessing's spawn would re-run the caller's main script."""
 
-    say = progress or (lambda message: None)
-    jobs = jobs or min(len(segments) // PARALLEL_FROM + 1, os.cpu_count() or 1)
-    if jobs <= 1:
-        say(f"lower {len(segments)} segments to XNNPACK")
-        return lower_segments(segments)
-    names = list(segments)
-    groups = [{name: segments[name] for name in names[i::jobs]} for i in range(jobs)]
-    say(f"lower {len(segments)} segments to XNNPACK in {jobs} processes")
-    parts = _lower_in_workers(groups)
-    say("merge methods into one program")
-    return merge_programs(parts)
+    def __init__(self, count: int):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the workers fill the cores
+        self._tmp = tempfile.TemporaryDirectory(prefix="dynexport-lower-")
+        # stderr to files, not pipes: a worker's warnings must never block it
+        self._logs = [open(Path(self._tmp.name) / f"worker{i}.log", "w+b") for i in range(count)]
+        self._processes = [
+            subprocess.Popen([sys.executable, "-m", "targets.executorch.lower_worker"], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=log, env=env)
+            for log in self._logs
+        ]
 
+    def __len__(self) -> int:
+        return len(self._processes)
 
-def _lower_in_workers(groups: list[dict]) -> list[bytes]:
-    """Run ``lower_segments`` on each group in its own Python process (fresh interpreters:
-    forking a process that ran torch threads can hang, and multiprocessing's spawn would
-    re-run the caller's main script)."""
-    with tempfile.TemporaryDirectory(prefix="dynexport-lower-") as tmp:
-        workers = []
-        for i, group in enumerate(groups):
-            request, result = Path(tmp) / f"group{i}.pkl", Path(tmp) / f"group{i}.pte"
+    def lower(self, groups: list[dict], in_process: dict | None = None) -> list[bytes]:
+        """Lower each group in a worker and, meanwhile, ``in_process`` here; returns the
+        programs, the in-process one first."""
+        if len(groups) > len(self._processes):
+            raise ValueError("more segment groups than workers")
+        results = []
+        for i, (process, group) in enumerate(zip(self._processes, groups)):
+            request, result = Path(self._tmp.name) / f"group{i}.pkl", Path(self._tmp.name) / f"group{i}.pte"
             with open(request, "wb") as f:
                 pickle.dump(group, f)  # our own segment modules, read back by our own worker
-            command = [sys.executable, "-m", "targets.executorch.lower_worker", str(request), str(result)]
-            workers.append((subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), result))
-        parts, failures = [], []
-        for process, result in workers:
-            _, stderr = process.communicate()
+            process.stdin.write(f"{request}\t{result}\n".encode())
+            process.stdin.close()
+            results.append(result)
+        parts = [lower_segments(in_process)] if in_process else []
+        failures = []
+        for process, result, log in zip(self._processes, results, self._logs):
+            process.wait()
             if process.returncode != 0:
-                failures.append(stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no message)"])
+                log.seek(0)
+                failures.append((log.read().decode(errors="replace").strip().splitlines() or ["(no message)"])[-1])
             else:
                 parts.append(result.read_bytes())
         if failures:
-            raise CompileError("ExecuTorch lowering failed in a worker: " + "; ".join(f[0] for f in failures))
+            raise CompileError("ExecuTorch lowering failed in a worker: " + "; ".join(failures))
         return parts
+
+    def close(self) -> None:
+        for process in self._processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for log in self._logs:
+            log.close()
+        self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def lowering_cost(artifact) -> float:
+    """Relative lowering time of a segment, from measurements here: a fixed cost per method
+    plus a little per graph node."""
+    graph = getattr(artifact.module, "graph", None)
+    nodes = len(graph.nodes) if graph is not None else 1
+    if artifact.kind == "dense+policy":
+        nodes += 12
+    return 2.0 + 0.15 * nodes
+
+
+# this process still has to import ExecuTorch when it starts lowering (~8 s, about 3 methods)
+IN_PROCESS_HEAD_START = 6.0
+
+
+def balance(segments: dict, jobs: int) -> list[dict]:
+    """Split segments into ``jobs`` groups of about equal lowering time (greedy, largest first);
+    group 0, lowered in this process, starts with the import it still has to do."""
+    loads = [IN_PROCESS_HEAD_START] + [0.0] * (jobs - 1)
+    groups: list[dict] = [{} for _ in range(jobs)]
+    for name in sorted(segments, key=lambda n: -lowering_cost(segments[n])):
+        target = loads.index(min(loads))
+        groups[target][name] = segments[name]
+        loads[target] += lowering_cost(segments[name])
+    return groups
+
+
+def workers_for(segment_count: int) -> int:
+    """Worker processes to start for this many segments; this process lowers a share too."""
+    if segment_count < PARALLEL_FROM:
+        return 0
+    return min(segment_count // PARALLEL_FROM + 1, os.cpu_count() or 1) - 1
+
+
+def emit_executorch(segments: dict, progress: Callable[[str], None] | None = None,
+                    workers: LoweringWorkers | None = None) -> bytes:
+    """Segments (name -> SegmentArtifact) -> bytes of a .pte with one method per segment.
+    ``workers`` (optional) are already started lowering processes to use."""
+    from targets.executorch.merge_programs import merge_programs
+
+    say = progress or (lambda message: None)
+    count = len(workers) if workers is not None else workers_for(len(segments))
+    if count == 0 or len(segments) < PARALLEL_FROM:
+        say(f"lower {len(segments)} segments to XNNPACK")
+        return lower_segments(segments)
+    groups = balance(segments, count + 1)
+    say(f"lower {len(segments)} segments to XNNPACK in {count + 1} processes")
+    with contextlib.ExitStack() as stack:
+        if workers is None:
+            workers = stack.enter_context(LoweringWorkers(count))
+        parts = workers.lower(groups[1:], in_process=groups[0])
+    say("merge methods into one program")
+    return merge_programs(parts)

@@ -1,17 +1,24 @@
-"""Worker process of the parallel ExecuTorch emitter: ``python -m targets.executorch.lower_worker
-REQUEST.pkl RESULT.pte`` lowers the pickled segment group the emitter wrote and writes the .pte."""
+"""Worker process of the parallel ExecuTorch emitter (see ``LoweringWorkers``): imports torch
+and ExecuTorch at once, then reads one line ``REQUEST.pkl<TAB>RESULT.pte`` from stdin, lowers
+the pickled segment group the emitter wrote and writes the .pte. An empty line: exit."""
 
 import pickle
 import sys
 from pathlib import Path
 
+import torch
+
+from targets.executorch.emitter import lower_segments
+
 
 def main() -> None:
-    request, result = map(Path, sys.argv[1:3])
+    torch.set_num_threads(1)
+    line = sys.stdin.readline().strip()
+    if not line:
+        return
+    request, result = map(Path, line.split("\t"))
     with open(request, "rb") as f:
         segments = pickle.load(f)
-    from targets.executorch.emitter import lower_segments
-
     result.write_bytes(lower_segments(segments))
 
 

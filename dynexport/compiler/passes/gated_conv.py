@@ -14,7 +14,7 @@ from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, exampl
 from dynexport.compiler.segment_modules import ConvSegment
 from dynexport.nn.block_grid import BlockGrid
 from dynexport.nn.skip_conv import make_grid
-from dynexport.plan.frame_program import DType, Layer, Role
+from dynexport.plan.frame_program import NO_TENSOR, DType, Layer, Role
 
 
 @dataclasses.dataclass
@@ -39,6 +39,12 @@ class GatedConv:
     @property
     def out_shape(self) -> tuple[int, ...]:
         return (1, self.out_channels, *self.grid.output_size)
+
+    @property
+    def has_tile_path(self) -> bool:
+        """A cut-off of 0 blocks (e.g. a one-block map) makes every active frame dense: no
+        tile segment is emitted then."""
+        return self.dense_cutoff > 0
 
     @property
     def segment_prefix(self) -> str:
@@ -70,9 +76,10 @@ def new_layer(builder: PlanBuilder, conv: GatedConv, step, **fields) -> Layer:
         name=name, input_size=grid.input_size, kernel=grid.kernel, stride=grid.stride, padding=grid.padding,
         dilation=grid.dilation, block=grid.block, in_channels=conv.in_channels, out_channels=conv.out_channels,
         dense_cutoff=conv.dense_cutoff, input=builder.value_tensors[step.input], output=output,
-        tiles=builder.tensor(f"{name}.tiles", (conv.max_batch, conv.in_channels, th, tw), Role.SCRATCH),
+        tiles=builder.tensor(f"{name}.tiles", (conv.max_batch, conv.in_channels, th, tw), Role.SCRATCH)
+        if conv.has_tile_path else NO_TENSOR,
         tile_output=builder.tensor(f"{name}.tile_output", (conv.max_batch, conv.out_channels, grid.block, grid.block),
-                                   Role.SCRATCH),
+                                   Role.SCRATCH) if conv.has_tile_path else NO_TENSOR,
         dense_output=builder.tensor(f"{name}.dense_output", conv.out_shape, Role.SCRATCH),
         primed=builder.tensor(f"{name}.primed", (1,), Role.STATE),
         active=builder.tensor(f"{name}.active", (grid.num_blocks + 1,), Role.SCRATCH, DType.INT32),
@@ -80,13 +87,18 @@ def new_layer(builder: PlanBuilder, conv: GatedConv, step, **fields) -> Layer:
     )
 
 
-def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tuple[int, int]:
-    """The tile segment (no padding: tiles carry their halo) and the dense segment."""
+def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tuple[int | None, int]:
+    """The tile segment (no padding: tiles carry their halo; None without a tile path) and
+    the dense segment."""
     grid = conv.grid
-    tiles = builder.add_segment(SegmentArtifact(
-        f"{conv.segment_prefix}_tiles", ConvSegment(conv.weight, conv.bias, grid.stride, (0, 0), grid.dilation, conv.groups),
-        (example_tensor((conv.max_batch, conv.in_channels, *grid.tile_size)),), max_batch=conv.max_batch, kind="tiles"),
-        [layer.tiles], [layer.tile_output])
+    tiles = None
+    if conv.has_tile_path:
+        tiles = builder.add_segment(SegmentArtifact(
+            f"{conv.segment_prefix}_tiles",
+            ConvSegment(conv.weight, conv.bias, grid.stride, (0, 0), grid.dilation, conv.groups),
+            (example_tensor((conv.max_batch, conv.in_channels, *grid.tile_size)),), max_batch=conv.max_batch,
+            kind="tiles"),
+            [layer.tiles], [layer.tile_output])
     dense = builder.add_segment(SegmentArtifact(
         f"{conv.segment_prefix}_dense",
         ConvSegment(conv.weight, conv.bias, grid.stride, grid.padding, grid.dilation, conv.groups),

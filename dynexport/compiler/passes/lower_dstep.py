@@ -114,12 +114,14 @@ def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
     builder.emit(Op.DSTEP_DECIDE, index)
     builder.emit(Op.COPY_TENSOR, pooled, previous_pooled)
     to_none = builder.emit(Op.BRANCH_IF_NONE, index)
-    to_dense = builder.emit(Op.BRANCH_IF_DENSE, index)
-    builder.emit(Op.GATHER_TILES, index)
-    builder.emit(Op.RUN_SEGMENT, tiles, index)
-    builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_TILES)
-    to_end = [builder.emit(Op.JUMP)]
-    builder.patch_target(to_dense, builder.pc)
+    to_end = []
+    if tiles is not None:  # without a tile path every active frame is dense
+        to_dense = builder.emit(Op.BRANCH_IF_DENSE, index)
+        builder.emit(Op.GATHER_TILES, index)
+        builder.emit(Op.RUN_SEGMENT, tiles, index)
+        builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_TILES)
+        to_end.append(builder.emit(Op.JUMP))
+        builder.patch_target(to_dense, builder.pc)
     builder.emit(Op.RUN_SEGMENT, dense, NO_LAYER)
     builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_DENSE)
     to_end.append(builder.emit(Op.JUMP))
