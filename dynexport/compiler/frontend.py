@@ -1,6 +1,6 @@
 """Front end: a user model (nn.Module or .pt2 ExportedProgram) at a named input shape becomes
-a plain ``torch.fx.GraphModule`` in core ATen ops, constants as get_attr, and each gate one
-custom-op node.
+a plain ``torch.fx.GraphModule`` of ATen ops (torch.export's IR, not decomposed further),
+constants as get_attr, and each gate one custom-op node.
 
 Invariant after ``export_graph``: the graph has one placeholder (the frame, NCHW float32,
 batch 1), one output, no state mutation nodes (the frame program owns state), and every
@@ -73,7 +73,8 @@ def export_graph(model, input_shape: tuple[int, ...] | None) -> tuple[fx.GraphMo
                 "Data-dependent Python control flow outside dynexport gates cannot be compiled; "
                 "express it with dynexport.nn modules or torch.cond"
             ) from exc
-    program = program.run_decompositions({})
+    # No run_decompositions here: it costs seconds, and every segment is exported and
+    # decomposed again by its backend anyway.
     graph_module = program.module()
     _strip_state_updates(graph_module)
     return graph_module, tuple(input_shape)

@@ -45,8 +45,19 @@ def test_one_gated_layer_lowers_to_the_documented_program():
 
 def test_several_gated_layers_each_get_their_own_block_machinery():
     model = nn.Sequential(SkipConv2d(3, 4, 3, padding=1), nn.ReLU(), SkipConv2d(4, 4, 3, padding=1, groups=4)).eval()
-    program = compile_model(model, (1, 3, 16, 16)).program
+    program = compile_model(model, (1, 3, 32, 32)).program
     assert len(program.layers) == 2
     assert [Op(i.op) for i in program.instructions].count(Op.SKIP_GATE) == 2
     assert len(program.segments) == 5  # tiles, dense, relu, tiles, dense
-    assert program.state_bytes() == 4 * (2 * 16 * 16 * 4 + 4 * 10 * 10 * 3 + 4 * 10 * 10 * 4 + 2)
+    assert program.state_bytes() == 4 * (2 * 32 * 32 * 4 + 16 * 10 * 10 * 3 + 16 * 10 * 10 * 4 + 2)
+
+
+def test_small_grid_uses_the_tile_path_for_every_count_and_one_block_only_the_dense_path():
+    small = compile_model(nn.Sequential(SkipConv2d(3, 4, 3, padding=1)).eval(), (1, 3, 16, 16)).program
+    assert [s.name for s in small.segments] == ["layer_0_tiles"]
+    assert small.segments[0].max_batch == 4 and small.layers[0].dense_cutoff == 4
+    assert Op.BRANCH_IF_DENSE not in [Op(i.op) for i in small.instructions]
+    single = compile_model(nn.Sequential(SkipConv2d(3, 4, 3, padding=1)).eval(), (1, 3, 8, 8)).program
+    assert [s.name for s in single.segments] == ["layer_0_dense"]
+    assert [Op(i.op) for i in single.instructions] == [
+        Op.SKIP_GATE, Op.BRANCH_IF_NONE, Op.RUN_SEGMENT, Op.COPY_BLOCKS, Op.STORE_REFERENCE]

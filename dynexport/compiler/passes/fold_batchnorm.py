@@ -27,7 +27,9 @@ from torch import fx
 
 from dynexport.compiler.graph import DSTEP, SKIP_CONV, add_constant, constant, is_gate
 
-BATCH_NORMS = (torch.ops.aten._native_batch_norm_legit_no_training.default,)
+# eval-mode batch norm as torch.export's training IR (one tensor) and as core ATen
+# (a tuple whose item 0 is the output); eps is at a different position in each
+BATCH_NORMS = {torch.ops.aten.batch_norm.default: 7, torch.ops.aten._native_batch_norm_legit_no_training.default: 6}
 CONVS = (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default)
 
 
@@ -41,7 +43,9 @@ def fold_batchnorm(gm: fx.GraphModule) -> bool:
         if conv is None:
             continue
         gamma, beta, mean, var = (constant(gm, n) for n in bn.args[1:5])
-        eps = bn.args[6]
+        eps = bn.args[BATCH_NORMS[bn.target]]
+        if bn.target == torch.ops.aten.batch_norm.default and bn.args[5]:
+            continue  # training-mode statistics: nothing constant to fold
         scale = (gamma if gamma is not None else torch.ones_like(mean)) / torch.sqrt(var + eps)
         shift = beta if beta is not None else torch.zeros_like(mean)
         weight = constant(gm, conv.args[1])
@@ -57,7 +61,9 @@ def fold_batchnorm(gm: fx.GraphModule) -> bool:
         if conv.target == SKIP_CONV and args[13] == "output_norm":
             args[14] = float(args[14]) * float(_kernel_norm(new_weight) / _kernel_norm(weight))
         conv.args = tuple(args)
-        # bn returns (out, mean, rstd); only getitem 0 is used in inference graphs
+        if bn.target == torch.ops.aten.batch_norm.default:
+            bn.replace_all_uses_with(source)
+        # the core ATen form returns (out, mean, rstd); only item 0 is used in inference graphs
         for user in list(bn.users):
             if user.target is operator.getitem and user.args[1] == 0:
                 user.replace_all_uses_with(source)

@@ -47,11 +47,23 @@ class GatedConv:
         return self.dense_cutoff > 0
 
     @property
+    def has_dense_segment(self) -> bool:
+        return self.dense_cutoff < self.grid.num_blocks
+
+    @property
     def segment_prefix(self) -> str:
         return "layer_" + "".join(c if c.isalnum() else "_" for c in self.name)
 
 
+# On a grid this small, tiles of every block compute exactly the dense output positions and
+# gather little more than the map itself: the tile segment serves as the dense path too,
+# which saves the backend a method (seconds of lowering each).
+SMALL_GRID_BLOCKS = 4
+
+
 def dense_cutoff_blocks(num_blocks: int, fraction: float) -> int:
+    if 1 < num_blocks <= SMALL_GRID_BLOCKS:
+        return num_blocks  # never branch to a dense segment: there is none
     return max(0, min(num_blocks, math.floor(fraction * num_blocks)))
 
 
@@ -80,16 +92,17 @@ def new_layer(builder: PlanBuilder, conv: GatedConv, step, **fields) -> Layer:
         if conv.has_tile_path else NO_TENSOR,
         tile_output=builder.tensor(f"{name}.tile_output", (conv.max_batch, conv.out_channels, grid.block, grid.block),
                                    Role.SCRATCH) if conv.has_tile_path else NO_TENSOR,
-        dense_output=builder.tensor(f"{name}.dense_output", conv.out_shape, Role.SCRATCH),
+        dense_output=builder.tensor(f"{name}.dense_output", conv.out_shape, Role.SCRATCH)
+        if conv.has_dense_segment else NO_TENSOR,
         primed=builder.tensor(f"{name}.primed", (1,), Role.STATE),
         active=builder.tensor(f"{name}.active", (grid.num_blocks + 1,), Role.SCRATCH, DType.INT32),
         **fields,
     )
 
 
-def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tuple[int | None, int]:
+def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tuple[int | None, int | None]:
     """The tile segment (no padding: tiles carry their halo; None without a tile path) and
-    the dense segment."""
+    the dense segment (None on small grids, where the tile path takes every count)."""
     grid = conv.grid
     tiles = None
     if conv.has_tile_path:
@@ -99,11 +112,13 @@ def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tu
             (example_tensor((conv.max_batch, conv.in_channels, *grid.tile_size)),), max_batch=conv.max_batch,
             kind="tiles"),
             [layer.tiles], [layer.tile_output])
-    dense = builder.add_segment(SegmentArtifact(
-        f"{conv.segment_prefix}_dense",
-        ConvSegment(conv.weight, conv.bias, grid.stride, grid.padding, grid.dilation, conv.groups),
-        (example_tensor(conv.in_shape),), kind="dense"),
-        [layer.input], [layer.dense_output])
+    dense = None
+    if conv.has_dense_segment:
+        dense = builder.add_segment(SegmentArtifact(
+            f"{conv.segment_prefix}_dense",
+            ConvSegment(conv.weight, conv.bias, grid.stride, grid.padding, grid.dilation, conv.groups),
+            (example_tensor(conv.in_shape),), kind="dense"),
+            [layer.input], [layer.dense_output])
     return tiles, dense
 
 

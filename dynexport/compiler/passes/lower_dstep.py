@@ -116,15 +116,17 @@ def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
     to_none = builder.emit(Op.BRANCH_IF_NONE, index)
     to_end = []
     if tiles is not None:  # without a tile path every active frame is dense
-        to_dense = builder.emit(Op.BRANCH_IF_DENSE, index)
+        to_dense = builder.emit(Op.BRANCH_IF_DENSE, index) if dense is not None else None
         builder.emit(Op.GATHER_TILES, index)
         builder.emit(Op.RUN_SEGMENT, tiles, index)
         builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_TILES)
         to_end.append(builder.emit(Op.JUMP))
-        builder.patch_target(to_dense, builder.pc)
-    builder.emit(Op.RUN_SEGMENT, dense, NO_LAYER)
-    builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_DENSE)
-    to_end.append(builder.emit(Op.JUMP))
+        if dense is not None:
+            builder.patch_target(to_dense, builder.pc)
+    if dense is not None:
+        builder.emit(Op.RUN_SEGMENT, dense, NO_LAYER)
+        builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_DENSE)
+        to_end.append(builder.emit(Op.JUMP))
     builder.patch_target(to_none, builder.pc)
     builder.emit(Op.DSTEP_APPLY, index, DSTEP_SOURCE_NONE)
     for pc in to_end:

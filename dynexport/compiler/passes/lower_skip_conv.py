@@ -6,7 +6,9 @@ Emits, for gated layer L with input X and output state Y::
         SKIP_GATE L                  score every block of X against its reference tile
         BRANCH_IF_NONE L  -> end     no active block: Y already holds the output
         BRANCH_IF_DENSE L -> dense   more than L.dense_cutoff active blocks (the tile path,
-                                     down to the JUMP, is left out when the cut-off is 0)
+                                     down to the JUMP, is left out when the cut-off is 0;
+                                     on grids of <= 4 blocks the tile path takes every
+                                     count and the dense part is left out)
         GATHER_TILES L               X -> packed NHWC tiles [K, th, tw, C] (halo, zero padding)
         RUN_SEGMENT L_tiles (batch K)  tiles -> [K, b, b, Co]
         SCATTER_TILES L              -> active blocks of Y (border blocks clipped)
@@ -60,16 +62,18 @@ def lower_skip_conv(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
     builder.emit(Op.SKIP_GATE, index)
     to_end = [builder.emit(Op.BRANCH_IF_NONE, index)]
     if tiles is not None:
-        to_dense = builder.emit(Op.BRANCH_IF_DENSE, index)
+        to_dense = builder.emit(Op.BRANCH_IF_DENSE, index) if dense is not None else None
         builder.emit(Op.GATHER_TILES, index)
         builder.emit(Op.RUN_SEGMENT, tiles, index)
         builder.emit(Op.SCATTER_TILES, index)
         builder.emit(Op.STORE_REFERENCE, index)
-        to_end.append(builder.emit(Op.JUMP))
-        builder.patch_target(to_dense, builder.pc)
-    builder.emit(Op.RUN_SEGMENT, dense, NO_LAYER)
-    builder.emit(Op.COPY_BLOCKS, index)
-    builder.emit(Op.STORE_REFERENCE, index)
+        if dense is not None:
+            to_end.append(builder.emit(Op.JUMP))
+            builder.patch_target(to_dense, builder.pc)
+    if dense is not None:
+        builder.emit(Op.RUN_SEGMENT, dense, NO_LAYER)
+        builder.emit(Op.COPY_BLOCKS, index)
+        builder.emit(Op.STORE_REFERENCE, index)
     for pc in to_end:
         builder.patch_target(pc, builder.pc)
     return index
