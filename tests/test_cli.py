@@ -25,7 +25,7 @@ def test_help_lists_commands_and_is_fast():
 
 
 def test_commands_not_built_yet_say_so_and_fail():
-    for command in ("build", "verify", "bench", "inspect"):
+    for command in ("verify", "bench"):
         result = run(command)
         assert result.returncode == 2, command
         assert "not built yet" in result.stderr
