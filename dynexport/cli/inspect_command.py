@@ -10,6 +10,14 @@ from dynexport.cli.options import OutDir
 from dynexport.errors import PlanError
 
 
+def _cutoff_text(cutoff: int, blocks: int) -> str:
+    if cutoff == 0:
+        return "always dense"
+    if cutoff >= blocks:
+        return "never (tiles only)"
+    return f"> {cutoff} active"
+
+
 def inspect(out: OutDir) -> None:
     """Print a built plan: gated layers, segments and state.
 
@@ -47,7 +55,7 @@ def inspect(out: OutDir) -> None:
         layers.add_row(layer.name, LayerKind(layer.kind).name.lower(), "x".join(map(str, grid.input_size)),
                        "x".join(map(str, grid.output_size)), str(grid.block), f"{rows}x{cols}={rows * cols}",
                        "x".join(map(str, grid.tile_size)), f"{info['dense_macs']:,}",
-                       f"> {layer.dense_cutoff} active")
+                       _cutoff_text(layer.dense_cutoff, rows * cols))
     console.print(layers)
 
     segments = Table(title="segments")

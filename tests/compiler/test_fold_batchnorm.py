@@ -50,3 +50,18 @@ def test_leaves_batchnorm_after_add_and_dstep_with_channel_policy_alone(exported
     assert fold_batchnorm(gm) is False and count(gm, BN) == 1
     gm = exported(nn.Sequential(DStepConv2d(3, 4, 3, padding=1, spatial=True, channel=False), nn.BatchNorm2d(4)))
     assert fold_batchnorm(gm) is True and count(gm, BN) == 0
+
+
+def test_core_aten_batchnorm_form_folds_too():
+    """A .pt2 saved after run_decompositions() carries the core ATen batch norm."""
+    from dynexport.compiler.frontend import _strip_state_updates
+    from tests.compiler.conftest import randomize_batchnorms
+
+    model = randomize_batchnorms(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval())
+    x = torch.randn(1, 3, 12, 12)
+    gm = torch.export.export(model, (x,)).run_decompositions().module()
+    _strip_state_updates(gm)
+    core = torch.ops.aten._native_batch_norm_legit_no_training.default
+    assert count(gm, core) == 1
+    assert fold_batchnorm(gm) is True and count(gm, core) == 0
+    torch.testing.assert_close(gm(x), model(x), atol=1e-5, rtol=1e-5)
