@@ -69,3 +69,10 @@ def value_shape(node: fx.Node) -> tuple[int, ...]:
     if val is None or not hasattr(val, "shape"):
         raise ValueError(f"node {node.name} has no tensor shape")
     return tuple(int(d) for d in val.shape)
+
+
+def finish_rewrite(gm: fx.GraphModule) -> None:
+    """After a pass changed the graph: drop dead nodes, check it, regenerate its code."""
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()

@@ -49,17 +49,13 @@ class DStepConv2d(GatedLayer):
             ch.fc2.weight if ch else None, ch.fc2.bias if ch else None,
         )
 
-    def _ensure_state(self, x: Tensor) -> None:
+    def _state_shapes(self, x: Tensor):
         grid = self.block_grid(x.shape[-2:])
         n = x.shape[0]
-        shapes = {
+        return {
             "previous_output": (n, self.conv.out_channels, *grid.output_size),
             "previous_pooled": (n, self.conv.in_channels),
         }
-        if not self._state_matches(shapes):
-            for name, shape in shapes.items():
-                self._buffers[name] = x.new_zeros(shape)
-            self._buffers["primed"] = torch.zeros((), dtype=torch.bool, device=x.device)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, self.conv.in_channels)

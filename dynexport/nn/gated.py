@@ -67,12 +67,19 @@ class GatedLayer(nn.Module):
         else:
             self._buffers[name] = value
 
-    def _state_matches(self, expected: dict[str, tuple[int, ...]]) -> bool:
-        for name, shape in expected.items():
-            buf = self._buffers.get(name)
-            if buf is None or tuple(buf.shape) != tuple(shape):
-                return False
-        return True
+    def _state_shapes(self, x: Tensor) -> dict[str, tuple[int, ...]]:
+        """Shape of each state buffer for input ``x``."""
+        raise NotImplementedError
+
+    def _ensure_state(self, x: Tensor) -> None:
+        """(Re)allocate the state when the input's size or batch differs from what it was
+        sized for; a new allocation starts unprimed (the next frame is dense)."""
+        shapes = self._state_shapes(x)
+        if any(self._buffers.get(name) is None or tuple(self._buffers[name].shape) != tuple(shape)
+               for name, shape in shapes.items()):
+            for name, shape in shapes.items():
+                self._buffers[name] = x.new_zeros(shape)
+            self._buffers["primed"] = torch.zeros((), dtype=torch.bool, device=x.device)
 
     # -- geometry ---------------------------------------------------------------------------
     @property

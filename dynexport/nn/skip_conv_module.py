@@ -74,13 +74,6 @@ class SkipConv2d(GatedLayer):
             "previous_output": (n, self.conv.out_channels, *grid.output_size),
         }
 
-    def _ensure_state(self, x: Tensor) -> None:
-        shapes = self._state_shapes(x)
-        if not self._state_matches(shapes):
-            for name, shape in shapes.items():
-                self._buffers[name] = x.new_zeros(shape)
-            self._buffers["primed"] = torch.zeros((), dtype=torch.bool, device=x.device)
-
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, self.conv.in_channels)
         gate_evaluated = False

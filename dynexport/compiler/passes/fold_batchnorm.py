@@ -25,7 +25,7 @@ import operator
 import torch
 from torch import fx
 
-from dynexport.compiler.graph import DSTEP, SKIP_CONV, add_constant, constant, is_gate
+from dynexport.compiler.graph import finish_rewrite, DSTEP, SKIP_CONV, add_constant, constant, is_gate
 
 # eval-mode batch norm as torch.export's training IR (one tensor) and as core ATen
 # (a tuple whose item 0 is the output); eps is at a different position in each
@@ -69,9 +69,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> bool:
                 user.replace_all_uses_with(source)
         changed = True
     if changed:
-        gm.graph.eliminate_dead_code()
-        gm.graph.lint()
-        gm.recompile()
+        finish_rewrite(gm)
     return changed
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from dynexport.compiler.graph import add_constant, constant, is_gate
+from dynexport.compiler.graph import finish_rewrite, add_constant, constant, is_gate
 
 
 def fold_constants(gm: fx.GraphModule) -> bool:
@@ -34,7 +34,5 @@ def fold_constants(gm: fx.GraphModule) -> bool:
         gm.graph.erase_node(node)
         changed = True
     if changed:
-        gm.graph.eliminate_dead_code()
-        gm.graph.lint()
-        gm.recompile()
+        finish_rewrite(gm)
     return changed
