@@ -13,6 +13,7 @@ _LAZY = {
     "frame_stats": "dynexport.streaming",
     "FrameStats": "dynexport.streaming",
     "load_model": "dynexport.loading",
+    "save_model": "dynexport.loading",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -113,3 +113,17 @@ def _load_pickled_module(path: Path, allow_pickle: bool):
             return torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:
         raise ModelLoadError(f"model file '{path}': could not be loaded safely: {exc}. {ALLOW_PICKLE_HINT}.") from exc
+
+
+def save_model(model, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> None:
+    """Save a model so that ``load_model`` / ``dynexport build`` take it as is: state reset,
+    eval mode, and (optionally) the frame shape ``build`` uses when no --input-shape is given."""
+    import torch
+
+    import dynexport
+
+    dynexport.reset(model)
+    model.eval()
+    if input_shape is not None:
+        model.dynexport_input_shape = tuple(int(d) for d in input_shape)
+    torch.save(model, path)

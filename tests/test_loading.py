@@ -127,3 +127,14 @@ def test_pt2_archive_keeps_gate_nodes(tmp_path):
     (tmp_path / "bad.pt2").write_bytes((tmp_path / "model.pt2").read_bytes()[:500])
     with pytest.raises(ModelLoadError, match="bad.pt2"):
         load_model(tmp_path / "bad.pt2")
+
+
+def test_save_model_records_the_build_shape_and_resets_state(tmp_path):
+    import dynexport
+
+    model = gated_model()
+    list(dynexport.stream(model, torch.randn(2, 3, 16, 16)))
+    dynexport.save_model(model, tmp_path / "model.pt", input_shape=(1, 3, 16, 16))
+    loaded = load_model(tmp_path / "model.pt")
+    assert loaded.dynexport_input_shape == (1, 3, 16, 16)
+    assert not bool(loaded[0].primed)

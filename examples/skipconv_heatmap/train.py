@@ -1,7 +1,7 @@
 """A ResNet-style per-frame heatmap model (pose-like: one keypoint heatmap per shape kind at
 half resolution) whose convolutions are SkipConv2d with trained Gumbel gates.
 
-    python examples/skipconv_heatmap/train.py            # trains (~2 min on 2 cores), writes model.pt
+    python examples/skipconv_heatmap/train.py            # trains (~4.5 min on 2 cores), writes model.pt
 
 The model is built only from torch.nn and dynexport.nn modules, so ``model.pt`` loads with
 dynexport's allow-list (no --allow-pickle), and it is fully convolutional: it runs at any
@@ -118,9 +118,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     model = train(steps=args.steps)
     print("held-out:", evaluate(model))
-    dynexport.reset(model)
-    model.dynexport_input_shape = (1, 3, 64, 64)  # what `dynexport build` uses by default
-    torch.save(model, args.output)
+    dynexport.save_model(model, args.output, input_shape=(1, 3, 64, 64))
     print(f"wrote {args.output}")
 
 
