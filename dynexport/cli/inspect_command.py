@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import typer
 
 from dynexport.cli.options import OutDir
 from dynexport.errors import PlanError

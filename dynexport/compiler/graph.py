@@ -23,13 +23,6 @@ def is_gate_output(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target is operator.getitem and is_gate(node.args[0])
 
 
-def gate_output(gate: fx.Node, index: int = 0) -> fx.Node | None:
-    for user in gate.users:
-        if user.target is operator.getitem and user.args[1] == index:
-            return user
-    return None
-
-
 def constant(gm: fx.GraphModule, node) -> torch.Tensor | None:
     """The tensor behind a get_attr node (None for None)."""
     if node is None:

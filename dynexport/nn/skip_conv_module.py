@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynexport.nn import ops as _ops  # noqa: F401  (registers torch.ops.dynexport.*)

@@ -256,9 +256,6 @@ class FrameProgram:
     def segment_outputs(self, segment: Segment) -> list[int]:
         return self.operands[segment.output_begin: segment.output_begin + segment.output_count]
 
-    def tensors_with_role(self, role: Role) -> list[int]:
-        return [i for i, t in enumerate(self.tensors) if t.role == role]
-
     def state_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors if t.role == Role.STATE)
 

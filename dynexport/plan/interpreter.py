@@ -52,8 +52,6 @@ class FrameProgramInterpreter:
             for t in program.tensors
         ]
         self.counts = [0] * len(program.layers)
-        self.decisions_log: list[list] = []  # per frame: per layer the hard decisions
-        self.executed_instructions = 0
 
     # -- public -------------------------------------------------------------------------
     def reset(self) -> None:
@@ -72,7 +70,6 @@ class FrameProgramInterpreter:
             raise FrameError("plan input: frame contains NaN or Inf; rejected before any state changed")
         _logical(input_buffer).copy_(frame)
         self._run()
-        self.decisions_log.append(self.layer_decisions())
         return _logical(self.buffers[self.program.outputs[0]]).clone()
 
     def layer_decisions(self) -> list:
@@ -91,7 +88,6 @@ class FrameProgramInterpreter:
         pc, instructions = 0, self.program.instructions
         while pc < len(instructions):
             ins = instructions[pc]
-            self.executed_instructions += 1
             op = Op(ins.op)
             pc += 1
             if op == Op.JUMP:

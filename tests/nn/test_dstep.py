@@ -3,7 +3,6 @@ documented, reuse returns the previous frame's channel, training reduces the MAC
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import dynexport
 from dynexport.errors import FrameError

@@ -1,7 +1,6 @@
 """In eval mode every gate is exactly one custom-op node in torch.export's graph, with its
 parameters and state as explicit inputs, and the exported program computes the reference."""
 
-import pytest
 import torch
 from torch import nn
 
