@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ import torch
 
 from dynexport import __version__
 from dynexport.errors import CompileError
+from dynexport.plan.frame_program import Artifact
 
 TARGETS = {"android": ("executorch",), "host": ("executorch",)}
 PLAN_FILE = "plan.dxfp"
@@ -77,16 +79,20 @@ def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, in
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        plan_bytes = compiled.program.to_bytes()
-        (staging / PLAN_FILE).write_bytes(plan_bytes)
-        artifacts = {PLAN_FILE: _sha256(plan_bytes)}
+        artifacts = {}
         versions = {"dynexport": __version__, "torch": _version("torch")}
+        compiled.program.artifacts = []
         for name in backends:
             emit = _emitter(name)
             data = emit(compiled.segments, progress=lambda step, name=name: say(f"{name}: {step}"), **prepared[name])
             (staging / ARTIFACT_FILES[name]).write_bytes(data)
             artifacts[ARTIFACT_FILES[name]] = _sha256(data)
             versions[name] = _version(name)
+            # the plan names the artifact it was built with: a runtime refuses any other
+            compiled.program.artifacts.append(Artifact(name, len(data), zlib.crc32(data)))
+        plan_bytes = compiled.program.to_bytes()
+        (staging / PLAN_FILE).write_bytes(plan_bytes)
+        artifacts[PLAN_FILE] = _sha256(plan_bytes)
         _copy_runtime_sources(staging)
         manifest = make_manifest(compiled, target, backends, versions, artifacts, input_scale,
                                  time.perf_counter() - start)

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,11 @@ def test_cli_builds_each_example(tmp_path, example):
     assert manifest["state_bytes"] > 0 and manifest["layers"]
     assert set(manifest["artifacts"]) == {"plan.dxfp", "model.pte"}
     assert {"dynexport", "torch", "executorch"} <= set(manifest["versions"])
+    from dynexport.plan.frame_program import Artifact, FrameProgram
+
+    pte = (out / "model.pte").read_bytes()
+    plan = FrameProgram.from_bytes((out / "plan.dxfp").read_bytes())
+    assert plan.artifacts == [Artifact("executorch", len(pte), zlib.crc32(pte))]
     shown = subprocess.run([*CLI, "inspect", str(out)], capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert "gated layers" in shown.stdout and manifest["layers"][0]["name"] in shown.stdout

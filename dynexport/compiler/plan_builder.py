@@ -46,10 +46,16 @@ class PlanBuilder:
     layer_dense_macs: list[int] = dataclasses.field(default_factory=list)  # per gated layer, plan order
 
     def add_layer(self, layer, weight: torch.Tensor) -> int:
-        """Append a gated layer; its dense MACs come from its (folded) kernel."""
+        """Append a gated layer; its MACs come from its (folded) kernel. Skip-conv gates score
+        the residual over each position's receptive field (all input channels)."""
+        from dynexport.plan.frame_program import LayerKind
+
         out_h, out_w = layer.grid.output_size
+        layer.macs_per_position = weight[0].numel() * weight.shape[0]
+        if layer.kind == LayerKind.SKIP_CONV:
+            layer.gate_macs_per_position = layer.in_channels * layer.kernel[0] * layer.kernel[1]
         self.program.layers.append(layer)
-        self.layer_dense_macs.append(out_h * out_w * weight[0].numel() * weight.shape[0])
+        self.layer_dense_macs.append(out_h * out_w * layer.macs_per_position)
         return len(self.program.layers) - 1
 
     def tensor(self, name: str, logical_shape, role: Role, dtype: DType = DType.FLOAT32) -> int:

@@ -9,12 +9,13 @@ one frame). Every 4-D tensor is stored NHWC; ``dims`` are the physical dims.
 Binary format (little-endian; one place, mirrored by the C parser)::
 
     header   magic "DXFP" | u16 major | u16 minor | u32 payload_bytes | u32 crc32(payload)
-    payload  u32 counts[9]   (tensors, segments, layers, instructions, operands,
-                                         inputs, outputs, string_bytes, constant_bytes)
-             TensorRecord[tensors]      TENSOR_FORMAT
-             SegmentRecord[segments]    SEGMENT_FORMAT
-             LayerRecord[layers]        LAYER_FORMAT
-             InstructionRecord[instructions]  INSTRUCTION_FORMAT
+    payload  u32 counts[10]  (tensors, segments, layers, instructions, artifacts, operands,
+                              inputs, outputs, string_bytes, constant_bytes)
+             TensorRecord[tensors]      Tensor.FORMAT
+             SegmentRecord[segments]    Segment.FORMAT
+             LayerRecord[layers]        Layer.FORMAT
+             InstructionRecord[instructions]  Instruction.FORMAT
+             ArtifactRecord[artifacts]  Artifact.FORMAT (backend name, size, CRC32 of its file)
              u32 operands[operands]     (segment input/output tensor ids, sliced by begin/count)
              u32 inputs[inputs]         u32 outputs[outputs]   (tensor ids)
              strings (NUL-terminated UTF-8, referenced by byte offset)
@@ -33,7 +34,7 @@ import zlib
 from typing import ClassVar
 
 MAGIC = b"DXFP"
-VERSION = (1, 0)
+VERSION = (2, 0)  # 2.0: per-layer MACs, artifact table
 HEADER = struct.Struct("<4sHHII")
 
 
@@ -189,8 +190,10 @@ class Layer(_Record):
     channel_logits: int = NO_TENSOR  # D-STEP: [1, Co, 3] or NO_TENSOR
     decisions: int = NO_TENSOR  # D-STEP scratch int32 [Co]: 0 skip, 1 reuse, 2 compute
     active: int = NO_TENSOR  # scratch int32 [blocks + 1]: count, then active block indices
+    macs_per_position: int = 0  # the convolution's MACs per output position (all out channels)
+    gate_macs_per_position: int = 0  # the gate's MACs per output position of a scored block
 
-    FORMAT: ClassVar = struct.Struct("<3I10I4I3f2I11I")
+    FORMAT: ClassVar = struct.Struct("<3I10I4I3f2I11I2I")
 
     @property
     def grid(self):
@@ -211,7 +214,18 @@ class Instruction(_Record):
     FORMAT: ClassVar = struct.Struct("<5I")
 
 
-COUNTS = struct.Struct("<9I")
+@dataclasses.dataclass
+class Artifact(_Record):
+    """The backend artifact a plan was built with: a runtime refuses another one."""
+
+    name: str | int = ""  # backend name, e.g. "executorch"
+    size: int = 0
+    crc32: int = 0
+
+    FORMAT: ClassVar = struct.Struct("<3I")
+
+
+COUNTS = struct.Struct("<10I")
 
 
 @dataclasses.dataclass
@@ -220,6 +234,7 @@ class FrameProgram:
     segments: list[Segment] = dataclasses.field(default_factory=list)
     layers: list[Layer] = dataclasses.field(default_factory=list)
     instructions: list[Instruction] = dataclasses.field(default_factory=list)
+    artifacts: list[Artifact] = dataclasses.field(default_factory=list)
     operands: list[int] = dataclasses.field(default_factory=list)
     inputs: list[int] = dataclasses.field(default_factory=list)
     outputs: list[int] = dataclasses.field(default_factory=list)
@@ -275,14 +290,15 @@ class FrameProgram:
             return [dataclasses.replace(r, name=intern(r.name)) for r in records]
 
         tensors, segments, layers = named(self.tensors), named(self.segments), named(self.layers)
+        artifacts = named(self.artifacts)
         while len(strings) % 4:
             strings.append(0)
         constants = struct.pack(f"<{len(self.constants)}f", *self.constants)
         payload = b"".join([
-            COUNTS.pack(len(tensors), len(segments), len(layers), len(self.instructions), len(self.operands),
-                        len(self.inputs), len(self.outputs), len(strings), len(constants)),
+            COUNTS.pack(len(tensors), len(segments), len(layers), len(self.instructions), len(artifacts),
+                        len(self.operands), len(self.inputs), len(self.outputs), len(strings), len(constants)),
             *(r.pack() for r in tensors), *(r.pack() for r in segments), *(r.pack() for r in layers),
-            *(r.pack() for r in self.instructions),
+            *(r.pack() for r in self.instructions), *(r.pack() for r in artifacts),
             struct.pack(f"<{len(self.operands)}I", *self.operands),
             struct.pack(f"<{len(self.inputs)}I", *self.inputs),
             struct.pack(f"<{len(self.outputs)}I", *self.outputs),
@@ -307,12 +323,14 @@ class FrameProgram:
             raise PlanFormatError("plan: checksum mismatch (the file was modified or damaged)")
         reader = _Reader(payload)
         counts = reader.take(COUNTS)
-        n_tensors, n_segments, n_layers, n_instructions, n_operands, n_inputs, n_outputs, n_strings, n_constants = counts
+        (n_tensors, n_segments, n_layers, n_instructions, n_artifacts, n_operands, n_inputs, n_outputs, n_strings,
+         n_constants) = counts
         program = cls()
         program.tensors = reader.records(Tensor, n_tensors)
         program.segments = reader.records(Segment, n_segments)
         program.layers = reader.records(Layer, n_layers)
         program.instructions = reader.records(Instruction, n_instructions)
+        program.artifacts = reader.records(Artifact, n_artifacts)
         program.operands = reader.u32s(n_operands)
         program.inputs = reader.u32s(n_inputs)
         program.outputs = reader.u32s(n_outputs)
@@ -322,7 +340,7 @@ class FrameProgram:
         program.constants = list(struct.unpack(f"<{n_constants // 4}f", reader.raw(n_constants)))
         if reader.offset != len(payload):
             raise PlanFormatError(f"plan: {len(payload) - reader.offset} unexpected trailing bytes")
-        for record in (*program.tensors, *program.segments, *program.layers):
+        for record in (*program.tensors, *program.segments, *program.layers, *program.artifacts):
             record.name = _string_at(strings, record.name)
         program.validate()
         return program

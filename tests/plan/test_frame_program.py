@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynexport.plan.frame_program import (
-    HEADER, NO_LAYER, NO_TENSOR, DType, FrameProgram, Layer, Op, PlanFormatError, Role,
+    HEADER, NO_LAYER, VERSION, NO_TENSOR, DType, FrameProgram, Layer, Op, PlanFormatError, Role,
 )
 
 
@@ -75,7 +75,7 @@ def test_any_flipped_byte_is_rejected():
 
 def _reseal(payload: bytes) -> bytes:
     """A tampered payload with a valid checksum: validation must still catch it."""
-    return HEADER.pack(b"DXFP", 1, 0, len(payload), zlib.crc32(payload)) + payload
+    return HEADER.pack(b"DXFP", *VERSION, len(payload), zlib.crc32(payload)) + payload
 
 
 def _payload(program: FrameProgram) -> bytearray:
@@ -139,3 +139,15 @@ def test_resealed_mutations_are_rejected_or_valid(mutations):
     except PlanFormatError:
         return
     program.validate()  # whatever was accepted is internally consistent
+
+
+def test_artifact_table_and_layer_macs_round_trip():
+    from dynexport.plan.frame_program import Artifact
+
+    program = small_program()
+    program.layers[0].macs_per_position = 108
+    program.layers[0].gate_macs_per_position = 27
+    program.artifacts = [Artifact("executorch", 1234, 0xDEADBEEF)]
+    again = FrameProgram.from_bytes(program.to_bytes())
+    assert again.artifacts == [Artifact("executorch", 1234, 0xDEADBEEF)]
+    assert (again.layers[0].macs_per_position, again.layers[0].gate_macs_per_position) == (108, 27)
