@@ -29,7 +29,11 @@ TARGETS = {"android": ("executorch",), "host": ("executorch",)}
 PLAN_FILE = "plan.dxfp"
 MANIFEST_FILE = "manifest.json"
 ARTIFACT_FILES = {"executorch": "model.pte"}
-RUNTIME_SOURCES = ("runtime_android",)
+# what an app needs to embed the runtime: the C core (dynrt) and each backend's native adapter,
+# copied to OUT/runtime/ under the same relative paths so their CMake projects still find each other
+RUNTIME_SOURCES = ("dynexport/runtime/include", "dynexport/runtime/src", "dynexport/runtime/CMakeLists.txt",
+                   "targets/executorch/native", "runtime_android")
+REFERENCE_DIR = "reference"
 
 
 @dataclasses.dataclass
@@ -64,10 +68,13 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
     model = load_model(model_path, allow_pickle=allow_pickle)
     with contextlib.ExitStack() as stack:
         prepared = {name: stack.enter_context(_prepare_backend(name, model)) for name in backends}
-        return _build(model, out, target, backends, prepared, input_shape, dense_cutoff, input_scale, say, start)
+        reference = {"source": Path(model_path), "allow_pickle": allow_pickle}
+        return _build(model, out, target, backends, prepared, input_shape, dense_cutoff, input_scale, say, start,
+                      reference)
 
 
-def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, input_scale, say, start) -> BuildResult:
+def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, input_scale, say, start,
+           reference) -> BuildResult:
     from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
 
     if input_shape is None:
@@ -94,8 +101,14 @@ def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, in
         (staging / PLAN_FILE).write_bytes(plan_bytes)
         artifacts[PLAN_FILE] = _sha256(plan_bytes)
         _copy_runtime_sources(staging)
+        # the PyTorch reference travels with the build: verify and bench compare against it
+        reference_file = f"{REFERENCE_DIR}/model{reference['source'].suffix or '.pt'}"
+        (staging / REFERENCE_DIR).mkdir()
+        shutil.copyfile(reference["source"], staging / reference_file)
+        artifacts[reference_file] = _sha256((staging / reference_file).read_bytes())
         manifest = make_manifest(compiled, target, backends, versions, artifacts, input_scale,
                                  time.perf_counter() - start)
+        manifest["reference"] = {"file": reference_file, "allow_pickle": reference["allow_pickle"]}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")
         _replace(staging, out)
@@ -142,10 +155,13 @@ def _replace(staging: Path, out: Path) -> None:
 
 def _copy_runtime_sources(staging: Path) -> None:
     root = Path(__file__).resolve().parent.parent
-    for folder in RUNTIME_SOURCES:
-        source = root / folder
-        if source.is_dir():
-            shutil.copytree(source, staging / "runtime" / folder, ignore=shutil.ignore_patterns("build*", "__pycache__"))
+    for relative in RUNTIME_SOURCES:
+        source, target = root / relative, staging / "runtime" / relative
+        if source.is_dir() and any(source.iterdir()):
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("build*", "__pycache__"))
+        elif source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
 
 
 def _sha256(data: bytes) -> str:

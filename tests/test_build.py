@@ -31,19 +31,14 @@ BUILD_SECONDS_BOUND = 100
 
 @pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES)
-def test_cli_builds_each_example(tmp_path, example):
-    out = tmp_path / "out"
-    start = time.perf_counter()
-    result = subprocess.run([*CLI, "build", "--target", "android", str(ROOT / "examples" / example / "model.pt"),
-                             "-o", str(out)], capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_cli_builds_each_example(built_example, example):
+    out, seconds = built_example(example)
     assert seconds < BUILD_SECONDS_BOUND, f"build took {seconds:.1f} s"
     assert {"manifest.json", "plan.dxfp", "model.pte"} <= {p.name for p in out.iterdir()}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["input"]["shape"] == [1, 3, 64, 64]
     assert manifest["state_bytes"] > 0 and manifest["layers"]
-    assert set(manifest["artifacts"]) == {"plan.dxfp", "model.pte"}
+    assert set(manifest["artifacts"]) == {"plan.dxfp", "model.pte", "reference/model.pt"}
     assert {"dynexport", "torch", "executorch"} <= set(manifest["versions"])
     from dynexport.plan.frame_program import Artifact, FrameProgram
 

@@ -25,10 +25,16 @@ def test_help_lists_commands_and_is_fast():
 
 
 def test_commands_not_built_yet_say_so_and_fail():
-    for command in ("verify", "bench"):
+    for command in ("bench",):
         result = run(command)
         assert result.returncode == 2, command
         assert "not built yet" in result.stderr
+
+
+def test_verify_of_a_folder_that_is_no_build_names_it(tmp_path):
+    result = run("verify", str(tmp_path))
+    assert result.returncode == 1
+    assert "not a dynexport build" in result.stderr and str(tmp_path) in result.stderr
 
 
 def test_clip_writes_a_preset(tmp_path):

@@ -12,9 +12,11 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
   exit 1
 fi
 
-# System packages the native runtime build needs (compilers, cross toolchains) are added
-# here as the runtime grows; apt-get runs only when one is missing.
-APT_PACKAGES=(${DYNEXPORT_APT_PACKAGES:-})
+# System packages of the native runtime (apt-get runs only when one is missing): compilers
+# and ninja for the host build, clang + its runtime libraries for the sanitizers and libFuzzer,
+# the aarch64 cross toolchain and qemu user-mode emulation for the ARM64 build and run.
+APT_PACKAGES=(build-essential ninja-build clang libclang-rt-14-dev g++-aarch64-linux-gnu qemu-user
+              ${DYNEXPORT_APT_PACKAGES:-})
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -30,5 +32,8 @@ fi
 # requirements.lock pins every transitive dependency, so a new release cannot break set-up.
 .venv/bin/python -m pip install -q -r requirements.txt -c requirements.lock
 .venv/bin/python -m pip install -q --no-deps -e .
+# the native runtime (C core, ExecuTorch adapter, verify driver): host and ARM64 builds
+bash tools/build_runtime.sh host --quiet
+bash tools/build_runtime.sh aarch64 --quiet
 .venv/bin/dynexport --version
 echo "setup: done. Activate with 'source .venv/bin/activate', or run .venv/bin/dynexport."

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from dynexport import __version__
-from dynexport.cli import build_command, clip_command, inspect_command, planned_commands
+from dynexport.cli import build_command, clip_command, inspect_command, planned_commands, verify_command
 
 app = typer.Typer(
     name="dynexport",
@@ -42,6 +42,7 @@ def _root(
 app.command("build")(build_command.build)
 app.command("inspect")(inspect_command.inspect)
 app.command("clip")(clip_command.clip)
+app.command("verify")(verify_command.verify)
 for _name, _fn in planned_commands.COMMANDS.items():
     app.command(_name)(_fn)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dynexport.errors import NotBuiltYetError
 
 _PLANNED = {
-    "verify": ("stream a clip through the PyTorch reference and the compiled artifacts and compare",
-               "the native runtime (issue: dynrt, dynexport verify)"),
     "bench": ("measure the realized speedup of the dynamic plan against the dense export",
               "the benchmark (issue: dynexport bench)"),
 }

@@ -1,0 +1,110 @@
+"""Where the native runtime runs: this machine, an ARM64 CPU under qemu user-mode emulation,
+or an Android device over adb. Each runs the same verify driver
+(targets/executorch/native/dynrt_verify_driver.cpp) on the same files; only how the program
+is started differs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from dynexport.errors import DynexportError
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DEVICES = ("host", "qemu-arm64", "adb")
+DRIVER = "dynrt_verify_driver"
+ANDROID_DIR = "/data/local/tmp/dynexport"
+
+
+class DeviceError(DynexportError):
+    """The device cannot run the driver (not built, not attached, ...)."""
+
+
+class DriverError(DynexportError):
+    """The driver ran and reported an error (its message says which)."""
+
+
+def driver_command(device: str) -> list[str]:
+    """The command that starts the verify driver on ``device`` (host paths)."""
+    if device == "host":
+        driver = ROOT / "build" / "host" / "bin" / DRIVER
+        if not driver.exists():
+            raise DeviceError(f"native runtime not built ({driver} is missing): run 'make setup'")
+        return [str(driver)]
+    if device == "qemu-arm64":
+        runner = ROOT / "build" / "aarch64" / "bin" / "qemu-run"
+        driver = ROOT / "build" / "aarch64" / "bin" / DRIVER
+        if not driver.exists() or not runner.exists():
+            raise DeviceError(f"ARM64 runtime not built ({driver}): run 'tools/build_runtime.sh aarch64' "
+                              "(make setup does it when g++-aarch64-linux-gnu and qemu-user are installed)")
+        if shutil.which("qemu-aarch64") is None:
+            raise DeviceError("qemu-aarch64 not found: install Debian's qemu-user (make setup does)")
+        return [str(runner), str(driver)]
+    raise DeviceError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
+
+
+def run_driver(device: str, files: dict[str, Path], options: list[str], timeout: float | None = None) -> str:
+    """Run the driver with ``--<name> <file>`` for each of ``files`` plus ``options``;
+    returns its stdout. Output files named in ``files`` are written by the driver."""
+    if device == "adb":
+        return _run_on_android(files, options, timeout)
+    arguments = [a for name, path in files.items() for a in (f"--{name}", str(path))]
+    command = driver_command(device) + arguments + options
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DriverError(f"the native runtime on {device} did not finish within {timeout:.0f} s") from None
+    if done.returncode != 0:
+        message = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise DriverError(f"native runtime on {device} failed (exit {done.returncode}): {message}")
+    return done.stdout
+
+
+# driver outputs, pulled back from the device after the run
+_OUTPUT_FILES = ("outputs", "decisions", "stats")
+
+
+def _adb(*args, timeout=None) -> subprocess.CompletedProcess:
+    return subprocess.run(["adb", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _run_on_android(files: dict[str, Path], options: list[str], timeout: float | None) -> str:
+    if shutil.which("adb") is None:
+        raise DeviceError("--device adb: 'adb' is not installed (Android platform-tools)")
+    listed = _adb("devices").stdout.strip().splitlines()[1:]
+    attached = [line.split()[0] for line in listed if line.strip().endswith("device")]
+    if not attached:
+        raise DeviceError("--device adb: no Android device or emulator attached ('adb devices' lists none)")
+    build = ROOT / "build" / "android-arm64-v8a"
+    driver = build / "bin" / DRIVER
+    if not driver.exists():
+        raise DeviceError(f"--device adb: no Android build of the driver at {driver}; build it with the NDK "
+                          "(tools/build_runtime.sh android, needs ANDROID_NDK_HOME)")
+    _check(_adb("shell", "mkdir", "-p", ANDROID_DIR))
+    pushes = [driver, *sorted((build / "lib").glob("*.so"))]
+    remote = {}
+    for name, path in files.items():
+        remote[name] = f"{ANDROID_DIR}/{Path(path).name}"
+        if name not in _OUTPUT_FILES:
+            pushes.append(Path(path))
+    for path in pushes:
+        _check(_adb("push", str(path), f"{ANDROID_DIR}/{path.name}", timeout=timeout))
+    arguments = " ".join(f"--{name} {remote[name]}" for name in files)
+    done = _adb("shell", f"cd {ANDROID_DIR} && LD_LIBRARY_PATH={ANDROID_DIR} ./{DRIVER} {arguments} "
+                         + " ".join(options) + "; echo EXIT=$?", timeout=timeout)
+    _check(done)
+    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    if last != "EXIT=0":
+        raise DriverError(f"native runtime on the Android device failed: {done.stdout.strip()[-500:]}")
+    for name, path in files.items():
+        if name in _OUTPUT_FILES:
+            _check(_adb("pull", remote[name], str(path), timeout=timeout))
+    return done.stdout
+
+
+def _check(done: subprocess.CompletedProcess) -> None:
+    if done.returncode != 0:
+        raise DeviceError(f"adb {' '.join(done.args[1:3])} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
