@@ -1,0 +1,424 @@
+/*
+ * Session lifetime and queries. dynrt_session_create validates the plan, then makes ONE
+ * allocation (the arena) holding the session, its tables, its copies of the plan's strings
+ * and constants, the decision arrays, the gate scratch and every tensor buffer; step, reset
+ * and the queries never allocate.
+ *
+ * The arena is laid out by lay_out_arena twice with the same sequence of takes: first to
+ * measure (no memory yet), then to place. Sizes are uint64_t and saturate, so a plan whose
+ * buffers would not fit in memory fails with DYNRT_OUT_OF_MEMORY instead of wrapping.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "crc32.h"
+#include "plan_reader.h"
+#include "plan_validator.h"
+#include "session_internal.h"
+
+/* The largest arena a session may allocate. Builds that must not try huge allocations
+ * (the fuzzer, sanitizer runs) define a smaller limit; by default only memory limits it. */
+#ifndef DYNRT_MAX_ARENA_BYTES
+#define DYNRT_MAX_ARENA_BYTES ((uint64_t)SIZE_MAX - 64)
+#endif
+
+#define BUFFER_ALIGNMENT 64u  /* tensor buffers: cache lines and any SIMD width */
+#define TABLE_ALIGNMENT 16u   /* tables of structs, pointers, doubles */
+
+typedef struct arena_cursor {
+  unsigned char* base;  /* NULL while measuring */
+  uint64_t offset;
+} arena_cursor;
+
+/* The next `bytes` of the arena at `alignment` (a power of two), or NULL while measuring. */
+static void* arena_take(arena_cursor* arena, uint64_t bytes, uint64_t alignment) {
+  uint64_t start = dynrt_saturating_add(arena->offset, alignment - 1) & ~(alignment - 1);
+  arena->offset = dynrt_saturating_add(start, bytes);
+  return arena->base != NULL ? arena->base + start : NULL;
+}
+
+static void* arena_take_array(arena_cursor* arena, uint64_t count, size_t element_bytes, uint64_t alignment) {
+  return arena_take(arena, dynrt_saturating_multiply(count, element_bytes), alignment);
+}
+
+/* A table of `count` elements of `type` (NULL while measuring). */
+#define TAKE_TABLE(arena, type, count) ((type*)arena_take_array((arena), (count), sizeof(type), TABLE_ALIGNMENT))
+
+/* Takes every region of the session from the arena; while placing (arena->base set) it
+ * records where each went. Returns the session (NULL while measuring). */
+static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena) {
+  dynrt_session_t session = (dynrt_session_t)arena_take(arena, sizeof(struct dynrt_session), BUFFER_ALIGNMENT);
+  const int placing = session != NULL;
+  uint64_t largest_tile_values = 0, largest_tile_pixels = 0;
+  runtime_tensor* tensors = TAKE_TABLE(arena, runtime_tensor, plan->tensor_count);
+  runtime_segment* segments = TAKE_TABLE(arena, runtime_segment, plan->segment_count);
+  runtime_layer* layers = TAKE_TABLE(arena, runtime_layer, plan->layer_count);
+  plan_instruction* instructions = TAKE_TABLE(arena, plan_instruction, plan->instruction_count);
+  char* strings = (char*)arena_take(arena, (uint64_t)plan->string_bytes + 1, 1);
+  float* constants = TAKE_TABLE(arena, float, plan->constant_bytes / 4);
+  double* pixel_energy;
+  float* residual;
+  uint32_t i;
+
+  if (placing) {
+    session->tensors = tensors;
+    session->segments = segments;
+    session->layers = layers;
+    session->instructions = instructions;
+    memcpy(strings, plan->strings, plan->string_bytes);
+    strings[plan->string_bytes] = '\0';
+    for (i = 0; i < plan->constant_bytes / 4; ++i) constants[i] = dynrt_plan_constant(plan, i);
+  }
+  for (i = 0; i < plan->segment_count; ++i) {
+    plan_segment record;
+    dynrt_operand_info* input_info;
+    dynrt_operand_info* output_info;
+    void** input_buffers;
+    void** output_buffers;
+    dynrt_plan_segment(plan, i, &record);
+    input_info = TAKE_TABLE(arena, dynrt_operand_info, record.input_count);
+    output_info = TAKE_TABLE(arena, dynrt_operand_info, record.output_count);
+    input_buffers = TAKE_TABLE(arena, void*, record.input_count);
+    output_buffers = TAKE_TABLE(arena, void*, record.output_count);
+    if (placing) {
+      segments[i].name = strings + record.name;
+      segments[i].max_batch = record.max_batch;
+      segments[i].input_count = record.input_count;
+      segments[i].output_count = record.output_count;
+      segments[i].input_info = input_info;
+      segments[i].output_info = output_info;
+      segments[i].input_buffers = input_buffers;
+      segments[i].output_buffers = output_buffers;
+    }
+  }
+  for (i = 0; i < plan->layer_count; ++i) {
+    plan_layer record;
+    block_grid grid;
+    uint32_t* active_blocks;
+    uint8_t *block_mask, *tie_reference, *channel_decisions;
+    dynrt_plan_layer(plan, i, &record);
+    (void)dynrt_block_grid_from_layer(&record, &grid); /* validated */
+    active_blocks = TAKE_TABLE(arena, uint32_t, grid.block_count);
+    block_mask = (uint8_t*)arena_take(arena, grid.block_count, 1);
+    tie_reference = (uint8_t*)arena_take(arena, grid.block_count, 1);
+    channel_decisions = (uint8_t*)arena_take(arena, record.out_channels, 1);
+    if (record.tensors[SLOT_REFERENCE] != NO_TENSOR) { /* SKIP_GATE scores this layer's tiles */
+      uint64_t pixels = grid.tile_size[0] * grid.tile_size[1];  /* validated: < 2^31 */
+      if (pixels > largest_tile_pixels) largest_tile_pixels = pixels;
+      if (pixels * record.in_channels > largest_tile_values) largest_tile_values = pixels * record.in_channels;
+    }
+    if (placing) {
+      runtime_layer* layer = &layers[i];
+      layer->name = strings + record.name;
+      layer->kind = record.kind;
+      layer->gate = record.gate;
+      layer->grid = grid;
+      layer->in_channels = record.in_channels;
+      layer->out_channels = record.out_channels;
+      layer->dense_cutoff = record.dense_cutoff;
+      layer->threshold = record.threshold;
+      layer->norm_scale = record.norm_scale;
+      layer->gate_bias = record.gate_bias;
+      layer->gate_weights = constants + record.gate_weight;
+      layer->macs_per_position = record.macs_per_position;
+      layer->gate_macs_per_position = record.gate_macs_per_position;
+      layer->active_blocks = active_blocks;
+      layer->block_mask = block_mask;
+      layer->tie_reference = tie_reference;
+      layer->channel_decisions = channel_decisions;
+      memset(channel_decisions, CHANNEL_COMPUTE, record.out_channels);
+    }
+  }
+  residual = (float*)arena_take_array(arena, largest_tile_values, sizeof(float), BUFFER_ALIGNMENT);
+  pixel_energy = (double*)arena_take_array(arena, largest_tile_pixels, sizeof(double), BUFFER_ALIGNMENT);
+  if (placing) {
+    session->gate_residual = residual;
+    session->gate_pixel_energy = pixel_energy;
+  }
+  for (i = 0; i < plan->tensor_count; ++i) {
+    plan_tensor record;
+    void* data;
+    dynrt_plan_tensor(plan, i, &record);
+    data = arena_take(arena, dynrt_tensor_bytes(&record), BUFFER_ALIGNMENT);
+    if (placing) {
+      runtime_tensor* tensor = &tensors[i];
+      uint32_t d;
+      tensor->name = strings + record.name;
+      tensor->dtype = record.dtype;
+      tensor->role = record.role;
+      tensor->rank = record.rank;
+      for (d = 0; d < 4; ++d) tensor->dims[d] = d < record.rank ? record.dims[d] : 0;
+      tensor->bytes = (size_t)dynrt_tensor_bytes(&record);
+      tensor->data = data;
+      if (record.role == ROLE_STATE) session->state_bytes += tensor->bytes;
+    }
+  }
+  return session;
+}
+
+/* Connects what refers to tensors (layers, segments, instructions, input/output) once every
+ * tensor has its buffer. */
+static void link_tables(dynrt_session_t session, const plan_view* plan) {
+  uint32_t i, k, slot;
+  session->tensor_count = plan->tensor_count;
+  session->segment_count = plan->segment_count;
+  session->layer_count = plan->layer_count;
+  session->instruction_count = plan->instruction_count;
+  session->input = &session->tensors[dynrt_plan_input(plan, 0)];
+  session->output = &session->tensors[dynrt_plan_output(plan, 0)];
+  for (i = 0; i < plan->instruction_count; ++i) dynrt_plan_instruction(plan, i, &session->instructions[i]);
+  for (i = 0; i < plan->segment_count; ++i) {
+    runtime_segment* segment = &session->segments[i];
+    plan_segment record;
+    dynrt_plan_segment(plan, i, &record);
+    for (k = 0; k < segment->input_count + segment->output_count; ++k) {
+      const int is_input = k < segment->input_count;
+      const uint32_t operand = is_input ? record.input_begin + k : record.output_begin + (k - segment->input_count);
+      const runtime_tensor* tensor = &session->tensors[dynrt_plan_operand(plan, operand)];
+      dynrt_operand_info* info = is_input ? &segment->input_info[k] : &segment->output_info[k - segment->input_count];
+      info->rank = tensor->rank;
+      memcpy(info->dims, tensor->dims, sizeof info->dims);
+      info->dtype = tensor->dtype;
+      if (is_input) segment->input_buffers[k] = tensor->data;
+      else segment->output_buffers[k - segment->input_count] = tensor->data;
+    }
+  }
+  for (i = 0; i < plan->layer_count; ++i) {
+    runtime_layer* layer = &session->layers[i];
+    plan_layer record;
+    dynrt_plan_layer(plan, i, &record);
+    for (slot = 0; slot < LAYER_TENSOR_SLOTS; ++slot) {
+      layer->tensor[slot] = record.tensors[slot] == NO_TENSOR ? NULL : &session->tensors[record.tensors[slot]];
+    }
+    /* the packed buffers' leading dims: how many active blocks a tile instruction can take */
+    if (layer->tensor[SLOT_TILES] != NULL) layer->tile_capacity = layer->tensor[SLOT_TILES]->dims[0];
+    if (layer->tensor[SLOT_TILE_OUTPUT] != NULL) layer->tile_output_capacity = layer->tensor[SLOT_TILE_OUTPUT]->dims[0];
+  }
+}
+
+static dynrt_status check_backend(dynrt_backend_t backend, error_sink* error) {
+  if (backend == NULL) return dynrt_fail(error, DYNRT_INVALID_ARGUMENT, "backend is NULL");
+  if (backend->api_version != DYNRT_BACKEND_API_VERSION) {
+    return dynrt_fail(error, DYNRT_INVALID_ARGUMENT, "backend API version %lu, this runtime speaks %lu",
+                      (unsigned long)backend->api_version, (unsigned long)DYNRT_BACKEND_API_VERSION);
+  }
+  if (backend->prepare_segment == NULL || backend->run_segment == NULL) {
+    return dynrt_fail(error, DYNRT_INVALID_ARGUMENT, "backend %s lacks prepare_segment or run_segment",
+                      backend->name != NULL ? backend->name : "(unnamed)");
+  }
+  if (backend->artifact != NULL && backend->name == NULL) {
+    return dynrt_fail(error, DYNRT_INVALID_ARGUMENT, "backend has an artifact but no name to look it up by");
+  }
+  return DYNRT_OK;
+}
+
+/* The backend's artifact must be the very file the plan was built with (size and CRC32 of
+ * the plan's artifact record of the same backend name). */
+static dynrt_status check_artifact(const plan_view* plan, dynrt_backend_t backend, error_sink* error) {
+  uint32_t i;
+  if (backend->artifact == NULL) return DYNRT_OK;
+  for (i = 0; i < plan->artifact_count; ++i) {
+    plan_artifact record;
+    const char* problem;
+    const char* name;
+    uint32_t crc;
+    dynrt_plan_artifact(plan, i, &record);
+    name = dynrt_plan_string(plan, record.name, &problem); /* validated */
+    if (name == NULL || strcmp(name, backend->name) != 0) continue;
+    if ((uint64_t)backend->artifact_bytes != record.size) {
+      return dynrt_fail(error, DYNRT_ARTIFACT_MISMATCH,
+                        "%s artifact is %llu bytes, the plan was built with one of %lu bytes (rebuild, or use the "
+                        "artifact from the same build)",
+                        backend->name, (unsigned long long)backend->artifact_bytes, (unsigned long)record.size);
+    }
+    crc = dynrt_crc32(backend->artifact, backend->artifact_bytes);
+    if (crc != record.crc32) {
+      return dynrt_fail(error, DYNRT_ARTIFACT_MISMATCH,
+                        "%s artifact has CRC32 %08lx, the plan was built with %08lx (rebuild, or use the artifact "
+                        "from the same build)",
+                        backend->name, (unsigned long)crc, (unsigned long)record.crc32);
+    }
+    return DYNRT_OK;
+  }
+  return dynrt_fail(error, DYNRT_ARTIFACT_MISMATCH, "the plan has no artifact record for backend %s (%lu records)",
+                    backend->name, (unsigned long)plan->artifact_count);
+}
+
+static dynrt_status prepare_segments(dynrt_session_t session, error_sink* error) {
+  dynrt_backend_t backend = session->backend;
+  uint32_t i;
+  session->segments_prepared = 1; /* even a partial preparation is released at destroy */
+  for (i = 0; i < session->segment_count; ++i) {
+    const runtime_segment* segment = &session->segments[i];
+    dynrt_segment_info info;
+    char reason[200];
+    dynrt_status status;
+    info.name = segment->name;
+    info.max_batch = segment->max_batch;
+    info.input_count = segment->input_count;
+    info.output_count = segment->output_count;
+    info.inputs = segment->input_info;
+    info.outputs = segment->output_info;
+    info.input_buffers = segment->input_buffers;
+    info.output_buffers = segment->output_buffers;
+    reason[0] = '\0';
+    status = backend->prepare_segment(backend->context, i, &info, reason, sizeof reason);
+    if (status != DYNRT_OK) {
+      reason[sizeof reason - 1] = '\0';
+      return dynrt_fail(error, status, "backend %s could not prepare segment %lu (%s): %s",
+                        backend->name != NULL ? backend->name : "(unnamed)", (unsigned long)i, segment->name,
+                        reason[0] != '\0' ? reason : dynrt_status_string(status));
+    }
+  }
+  return DYNRT_OK;
+}
+
+dynrt_status dynrt_session_create(const void* plan, size_t plan_bytes, dynrt_backend_t backend, char* error_message,
+                                  size_t error_capacity, dynrt_session_t* session_out) {
+  error_sink error;
+  plan_view view;
+  arena_cursor arena;
+  dynrt_session_t session;
+  void* allocation;
+  uint64_t arena_bytes;
+  dynrt_status status;
+
+  error.text = error_message;
+  error.capacity = error_message != NULL ? error_capacity : 0;
+  if (error.capacity > 0) error_message[0] = '\0';
+  if (session_out == NULL) return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "session_out is NULL");
+  *session_out = NULL;
+  if (plan == NULL) return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "plan is NULL");
+  if ((status = check_backend(backend, &error)) != DYNRT_OK) return status;
+  if ((status = dynrt_plan_open(plan, plan_bytes, &view, &error)) != DYNRT_OK) return status;
+  if ((status = dynrt_plan_validate(&view, &error)) != DYNRT_OK) return status;
+  if ((status = check_artifact(&view, backend, &error)) != DYNRT_OK) return status;
+
+  arena.base = NULL;
+  arena.offset = 0;
+  (void)lay_out_arena(&view, &arena);
+  arena_bytes = arena.offset;
+  if (arena_bytes > (uint64_t)DYNRT_MAX_ARENA_BYTES) {
+    return dynrt_fail(&error, DYNRT_OUT_OF_MEMORY,
+                      "the plan needs %llu bytes of buffers, more than this build allows (%llu)",
+                      (unsigned long long)arena_bytes, (unsigned long long)DYNRT_MAX_ARENA_BYTES);
+  }
+  /* calloc: tensors start at zero, as in the interpreter */
+  allocation = calloc(1, (size_t)arena_bytes + BUFFER_ALIGNMENT);
+  if (allocation == NULL) {
+    return dynrt_fail(&error, DYNRT_OUT_OF_MEMORY, "could not allocate the session's %llu bytes",
+                      (unsigned long long)arena_bytes);
+  }
+  /* the arena starts at the first 64-byte boundary of the allocation */
+  arena.base = (unsigned char*)allocation +
+               (BUFFER_ALIGNMENT - (uintptr_t)allocation % BUFFER_ALIGNMENT) % BUFFER_ALIGNMENT;
+  arena.offset = 0;
+  session = lay_out_arena(&view, &arena);
+  session->allocation = allocation;
+  session->arena_bytes = (size_t)arena_bytes + BUFFER_ALIGNMENT;
+  session->backend = backend;
+  link_tables(session, &view);
+
+  status = prepare_segments(session, &error);
+  if (status != DYNRT_OK) {
+    dynrt_session_destroy(session);
+    return status;
+  }
+  *session_out = session;
+  return DYNRT_OK;
+}
+
+void dynrt_session_destroy(dynrt_session_t session) {
+  if (session == NULL) return;
+  if (session->segments_prepared && session->backend->release_segments != NULL) {
+    session->backend->release_segments(session->backend->context);
+  }
+  free(session->allocation);
+}
+
+static void describe_tensor(const runtime_tensor* tensor, uint32_t* rank, uint32_t dims[4], size_t* bytes) {
+  *rank = tensor->rank;
+  memcpy(dims, tensor->dims, 4 * sizeof dims[0]);
+  *bytes = tensor->bytes;
+}
+
+dynrt_status dynrt_session_describe(dynrt_const_session_t session, dynrt_session_info* info_out) {
+  if (session == NULL || info_out == NULL) return DYNRT_INVALID_ARGUMENT;
+  memset(info_out, 0, sizeof *info_out);
+  describe_tensor(session->input, &info_out->input_rank, info_out->input_dims, &info_out->input_bytes);
+  describe_tensor(session->output, &info_out->output_rank, info_out->output_dims, &info_out->output_bytes);
+  info_out->layer_count = session->layer_count;
+  info_out->segment_count = session->segment_count;
+  info_out->state_bytes = session->state_bytes;
+  info_out->arena_bytes = session->arena_bytes;
+  return DYNRT_OK;
+}
+
+void dynrt_reset_primed(dynrt_session_t session) {
+  uint32_t i;
+  for (i = 0; i < session->layer_count; ++i) {
+    float* primed = (float*)session->layers[i].tensor[SLOT_PRIMED]->data;
+    primed[0] = 0.0f;
+  }
+}
+
+dynrt_status dynrt_session_reset(dynrt_session_t session) {
+  if (session == NULL) return DYNRT_INVALID_ARGUMENT;
+  dynrt_reset_primed(session);
+  return DYNRT_OK;
+}
+
+const char* dynrt_session_last_error(dynrt_const_session_t session) {
+  return session != NULL ? session->last_error : "session is NULL";
+}
+
+dynrt_status dynrt_session_layer_decisions(dynrt_const_session_t session, uint32_t layer_index, uint8_t* block_mask,
+                                           size_t block_capacity, uint8_t* channel_decisions, size_t channel_capacity) {
+  const runtime_layer* layer;
+  if (session == NULL || layer_index >= session->layer_count) return DYNRT_INVALID_ARGUMENT;
+  layer = &session->layers[layer_index];
+  if ((block_mask != NULL && block_capacity < layer->grid.block_count) ||
+      (channel_decisions != NULL && channel_capacity < layer->out_channels)) {
+    return DYNRT_WRONG_BUFFER_SIZE;
+  }
+  if (block_mask != NULL) memcpy(block_mask, layer->block_mask, (size_t)layer->grid.block_count);
+  if (channel_decisions != NULL) memcpy(channel_decisions, layer->channel_decisions, layer->out_channels);
+  return DYNRT_OK;
+}
+
+dynrt_status dynrt_session_describe_layer(dynrt_const_session_t session, uint32_t layer_index,
+                                         dynrt_layer_info* info_out) {
+  const runtime_layer* layer;
+  if (session == NULL || info_out == NULL || layer_index >= session->layer_count) return DYNRT_INVALID_ARGUMENT;
+  layer = &session->layers[layer_index];
+  /* validated: the block count fits the layer's int32 active tensor, so all of these fit */
+  info_out->blocks = (uint32_t)layer->grid.block_count;
+  info_out->block_rows = (uint32_t)layer->grid.blocks[0];
+  info_out->block_cols = (uint32_t)layer->grid.blocks[1];
+  info_out->out_channels = layer->out_channels;
+  info_out->name = layer->name;
+  return DYNRT_OK;
+}
+
+dynrt_status dynrt_session_set_tie_decisions(dynrt_session_t session, uint32_t layer_index,
+                                             const uint8_t* reference_mask, size_t blocks) {
+  error_sink error;
+  runtime_layer* layer;
+  size_t i;
+  if (session == NULL) return DYNRT_INVALID_ARGUMENT;
+  error.text = session->last_error;
+  error.capacity = sizeof session->last_error;
+  if (layer_index >= session->layer_count || reference_mask == NULL) {
+    return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "set_tie_decisions: layer %lu of %lu, mask %s",
+                      (unsigned long)layer_index, (unsigned long)session->layer_count,
+                      reference_mask == NULL ? "NULL" : "given");
+  }
+  layer = &session->layers[layer_index];
+  if (blocks != layer->grid.block_count) {
+    return dynrt_fail(&error, DYNRT_WRONG_BUFFER_SIZE, "set_tie_decisions: layer %s has %llu blocks, the mask %lu",
+                      layer->name, (unsigned long long)layer->grid.block_count, (unsigned long)blocks);
+  }
+  for (i = 0; i < blocks; ++i) layer->tie_reference[i] = reference_mask[i] != 0;
+  layer->tie_reference_pending = 1;
+  return DYNRT_OK;
+}

@@ -1,0 +1,112 @@
+/*
+ * The session's private structures, shared by the files that implement it:
+ *   session.c  create (one arena allocation), destroy, describe, reset, queries
+ *   step.c     the frame loop: input checks, the instruction interpreter, statistics
+ *   gates.c    SKIP_GATE scoring and DSTEP_DECIDE
+ *   tiles.c    tile gather / scatter and the other block copies
+ *
+ * Everything below lives in the session's arena. Tables are copies of the plan (names
+ * point into the session's copy of the string section). The decisions a layer made this
+ * frame are kept in private arrays: the plan's `active` / `decisions` tensors are written as
+ * copies for segments that read them, but the runtime never trusts what is in them, so a
+ * segment that overwrites them cannot make a copy go out of range.
+ */
+#ifndef DYNRT_SESSION_INTERNAL_H
+#define DYNRT_SESSION_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "block_grid.h"
+#include "dynrt.h"
+#include "dynrt_backend_impl.h"
+#include "plan_format.h"
+#include "status.h"
+
+typedef struct runtime_tensor {
+  const char* name;
+  uint32_t dtype, role, rank;
+  uint32_t dims[4];  /* dims[rank..4) are 0 */
+  size_t bytes;
+  void* data;        /* 64-byte aligned, zero at create */
+} runtime_tensor;
+
+typedef struct runtime_segment {
+  const char* name;
+  uint32_t max_batch;  /* > 0: tile segment */
+  uint32_t input_count, output_count;
+  dynrt_operand_info* input_info;
+  dynrt_operand_info* output_info;
+  void** input_buffers;   /* the same addresses on every call (adapters may bind once) */
+  void** output_buffers;
+} runtime_segment;
+
+typedef struct runtime_layer {
+  const char* name;
+  uint32_t kind, gate;
+  block_grid grid;
+  uint32_t in_channels, out_channels, dense_cutoff;
+  float threshold, norm_scale, gate_bias;
+  const float* gate_weights;  /* GUMBEL: [kernel_h, kernel_w, in_channels] */
+  uint64_t macs_per_position, gate_macs_per_position;
+  runtime_tensor* tensor[LAYER_TENSOR_SLOTS];  /* NULL when the plan has none */
+  uint32_t tile_capacity;         /* leading dim of tiles (0 without) */
+  uint32_t tile_output_capacity;  /* leading dim of tile_output (0 without) */
+
+  /* decisions of the last frame */
+  uint32_t active_count;
+  uint32_t* active_blocks;      /* [block_count], ascending; the first active_count are valid */
+  uint8_t* block_mask;          /* [block_count], 1 = computed */
+  uint8_t* channel_decisions;   /* [out_channels], enum channel_decision */
+
+  /* set_tie_decisions: the reference's mask for the next step */
+  uint8_t* tie_reference;       /* [block_count] */
+  int tie_reference_pending;
+
+  /* statistics of the frame being run */
+  uint32_t path;                /* dynrt_layer_path */
+  uint32_t ties;
+  int gate_scored;              /* a skip-conv gate scored its blocks (primed) this frame */
+} runtime_layer;
+
+struct dynrt_session {
+  dynrt_backend_t backend;
+  void* allocation;            /* the one block from malloc; the arena starts 64-aligned inside */
+  size_t arena_bytes;
+  size_t state_bytes;
+
+  uint32_t tensor_count, segment_count, layer_count, instruction_count;
+  runtime_tensor* tensors;
+  runtime_segment* segments;
+  runtime_layer* layers;
+  plan_instruction* instructions;
+  runtime_tensor* input;       /* the plan's frame input */
+  runtime_tensor* output;      /* the plan's result */
+
+  /* SKIP_GATE scratch, sized for the largest tile of any layer */
+  float* gate_residual;        /* [th * tw * C]: the block's tile minus its reference */
+  double* gate_pixel_energy;   /* [th * tw]: sum over channels of residual^2 per tile pixel */
+
+  int segments_prepared;       /* release_segments is due at destroy */
+  char last_error[256];
+};
+
+/* session.c: primed = 0 in every layer (the next frame is computed densely). */
+void dynrt_reset_primed(dynrt_session_t session);
+
+/* gates.c */
+void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer);
+void dynrt_dstep_decide(runtime_layer* layer);
+
+/* tiles.c; the batch capacity was checked by the caller */
+void dynrt_copy_input_tile(const runtime_layer* layer, uint32_t block, float* destination);
+void dynrt_gather_tiles(runtime_layer* layer);
+void dynrt_store_reference(runtime_layer* layer);
+void dynrt_scatter_tiles(runtime_layer* layer);
+void dynrt_copy_blocks(runtime_layer* layer);
+void dynrt_dstep_apply(runtime_layer* layer, uint32_t source);
+
+/* clock.c: a monotonic clock in nanoseconds (0 where the platform has none). */
+uint64_t dynrt_monotonic_ns(void);
+
+#endif /* DYNRT_SESSION_INTERNAL_H */

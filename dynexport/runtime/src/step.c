@@ -1,0 +1,242 @@
+/*
+ * One frame: argument checks, the NaN/Inf scan (before any state changes), the instruction
+ * interpreter (dynexport/plan/interpreter.py is its specification), and the statistics.
+ * Nothing here allocates.
+ */
+#include <string.h>
+
+#include "session_internal.h"
+
+static const char* const OPCODE_NAMES[OP_COUNT] = {
+    "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
+    "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR"};
+
+static error_sink session_errors(dynrt_session_t session) {
+  error_sink sink;
+  sink.text = session->last_error;
+  sink.capacity = sizeof session->last_error;
+  return sink;
+}
+
+/* Index of the first NaN or Inf of a float32 array, or `count` if there is none. Works on
+ * the bit pattern (all exponent bits set), so it holds under -ffast-math too, and reads
+ * through memcpy so an unaligned caller buffer is fine. */
+static size_t first_nonfinite(const float* values, size_t count, uint32_t* bits_out) {
+  const unsigned char* bytes = (const unsigned char*)values;
+  size_t i;
+  for (i = 0; i < count; ++i) {
+    uint32_t bits;
+    memcpy(&bits, bytes + 4 * i, 4);
+    if ((bits & 0x7F800000u) == 0x7F800000u) {
+      *bits_out = bits;
+      return i;
+    }
+  }
+  return count;
+}
+
+/* The count a layer's tile instructions work on must fit its packed buffers; a plan that
+ * reaches a tile instruction with more active blocks than that lacks its dense branch. */
+static dynrt_status check_tile_capacity(dynrt_session_t session, uint32_t pc, const runtime_layer* layer,
+                                        uint32_t capacity) {
+  error_sink error = session_errors(session);
+  if (layer->active_count <= capacity) return DYNRT_OK;
+  return dynrt_fail(&error, DYNRT_PLAN_INVALID,
+                    "instruction %lu (%s): layer %s has %lu active blocks, more than its tile batch of %lu (the "
+                    "plan lacks a dense branch); the session was reset",
+                    (unsigned long)pc, OPCODE_NAMES[session->instructions[pc].op], layer->name,
+                    (unsigned long)layer->active_count, (unsigned long)capacity);
+}
+
+static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t segment_index, uint32_t batch_layer,
+                                dynrt_frame_stats* stats) {
+  const runtime_segment* segment = &session->segments[segment_index];
+  dynrt_backend_t backend = session->backend;
+  error_sink error = session_errors(session);
+  uint32_t batch = 1;
+  uint64_t start, elapsed;
+  dynrt_status status;
+  if (batch_layer != NO_LAYER) {
+    runtime_layer* layer = &session->layers[batch_layer];
+    batch = layer->active_count;
+    status = check_tile_capacity(session, pc, layer, segment->max_batch);
+    if (status != DYNRT_OK) return status;
+    layer->path = DYNRT_PATH_TILES;
+    if (batch == 0) return DYNRT_OK; /* an empty batch computes nothing (the interpreter's [:0]) */
+  }
+  start = dynrt_monotonic_ns();
+  status = backend->run_segment(backend->context, segment_index, batch, segment->input_buffers,
+                                segment->output_buffers);
+  elapsed = dynrt_monotonic_ns() - start;
+  if (stats != NULL) {
+    stats->segments_ns += elapsed;
+    if (segment_index < stats->segment_capacity) stats->segment_ns[segment_index] += elapsed;
+  }
+  if (status != DYNRT_OK) {
+    return dynrt_fail(&error, DYNRT_BACKEND_ERROR,
+                      "segment %lu (%s) failed in backend %s with status %d (%s); the session was reset: the next "
+                      "frame is computed densely",
+                      (unsigned long)segment_index, segment->name, backend->name != NULL ? backend->name : "(unnamed)",
+                      (int)status, dynrt_status_string(status));
+  }
+  return DYNRT_OK;
+}
+
+/* Runs the instructions; every jump goes forward (validated), so this ends. */
+static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stats) {
+  uint32_t pc = 0;
+  while (pc < session->instruction_count) {
+    const plan_instruction* ins = &session->instructions[pc];
+    runtime_layer* layer = ins->op != OP_RUN_SEGMENT && ins->op != OP_JUMP && ins->op != OP_COPY_TENSOR
+                               ? &session->layers[ins->a]
+                               : NULL;
+    dynrt_status status = DYNRT_OK;
+    uint32_t next = pc + 1;
+    switch (ins->op) {
+      case OP_RUN_SEGMENT:
+        status = run_segment(session, pc, ins->a, ins->b, stats);
+        break;
+      case OP_SKIP_GATE:
+        dynrt_skip_gate(session, layer);
+        break;
+      case OP_BRANCH_IF_NONE:
+        if (layer->active_count == 0) {
+          layer->path = DYNRT_PATH_REUSE;
+          next = ins->b;
+        }
+        break;
+      case OP_BRANCH_IF_DENSE:
+        if (layer->active_count > layer->dense_cutoff) {
+          layer->path = DYNRT_PATH_DENSE;
+          next = ins->b;
+        }
+        break;
+      case OP_JUMP:
+        next = ins->a;
+        break;
+      case OP_GATHER_TILES:
+        status = check_tile_capacity(session, pc, layer, layer->tile_capacity);
+        if (status == DYNRT_OK) dynrt_gather_tiles(layer);
+        break;
+      case OP_SCATTER_TILES:
+        status = check_tile_capacity(session, pc, layer, layer->tile_output_capacity);
+        if (status == DYNRT_OK) dynrt_scatter_tiles(layer);
+        break;
+      case OP_COPY_BLOCKS:
+        dynrt_copy_blocks(layer);
+        break;
+      case OP_STORE_REFERENCE:
+        dynrt_store_reference(layer);
+        break;
+      case OP_DSTEP_DECIDE:
+        dynrt_dstep_decide(layer);
+        break;
+      case OP_DSTEP_APPLY:
+        if (ins->b == DSTEP_SOURCE_TILES) status = check_tile_capacity(session, pc, layer, layer->tile_output_capacity);
+        if (status == DYNRT_OK) dynrt_dstep_apply(layer, ins->b);
+        break;
+      case OP_COPY_TENSOR: {
+        const runtime_tensor* source = &session->tensors[ins->a];
+        /* memmove: a plan may copy a tensor onto itself */
+        memmove(session->tensors[ins->b].data, source->data, source->bytes);
+        break;
+      }
+      default:
+        break; /* unreachable: opcodes are validated */
+    }
+    if (status != DYNRT_OK) return status;
+    pc = next;
+  }
+  return DYNRT_OK;
+}
+
+static void begin_frame(dynrt_session_t session, dynrt_frame_stats* stats) {
+  uint32_t i;
+  for (i = 0; i < session->layer_count; ++i) {
+    runtime_layer* layer = &session->layers[i];
+    layer->path = DYNRT_PATH_REUSE;
+    layer->ties = 0;
+    layer->gate_scored = 0;
+  }
+  if (stats != NULL) {
+    stats->frame_ns = 0;
+    stats->segments_ns = 0;
+    if (stats->segment_ns != NULL) memset(stats->segment_ns, 0, stats->segment_capacity * sizeof(uint64_t));
+  }
+}
+
+/* Per-layer statistics of the frame just run; MACs as dynrt.h defines them. */
+static void finish_layer_stats(dynrt_session_t session, dynrt_frame_stats* stats) {
+  uint32_t i;
+  for (i = 0; i < session->layer_count && i < stats->layer_capacity; ++i) {
+    const runtime_layer* layer = &session->layers[i];
+    const block_grid* grid = &layer->grid;
+    const uint64_t positions = grid->output_size[0] * grid->output_size[1];
+    dynrt_layer_stats* out = &stats->layers[i];
+    out->active_blocks = layer->active_count;
+    out->total_blocks = (uint32_t)grid->block_count;
+    out->path = layer->path;
+    out->ties = layer->ties;
+    out->dense_macs = positions * layer->macs_per_position;
+    if (layer->path == DYNRT_PATH_TILES) {
+      out->executed_macs = (uint64_t)layer->active_count * grid->block * grid->block * layer->macs_per_position;
+    } else if (layer->path == DYNRT_PATH_DENSE) {
+      out->executed_macs = out->dense_macs;
+    } else {
+      out->executed_macs = 0;
+    }
+    if (layer->kind == LAYER_SKIP_CONV && layer->gate_scored) {
+      out->executed_macs += positions * layer->gate_macs_per_position;
+    }
+  }
+}
+
+dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, size_t input_bytes, float* output,
+                                size_t output_bytes, dynrt_frame_stats* stats) {
+  const uint64_t frame_start = dynrt_monotonic_ns();
+  error_sink error;
+  size_t bad_index;
+  uint32_t bad_bits = 0, i;
+  dynrt_status status;
+
+  if (session == NULL) return DYNRT_INVALID_ARGUMENT;
+  error = session_errors(session);
+  if (input == NULL || output == NULL) {
+    return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "step: %s buffer is NULL", input == NULL ? "input" : "output");
+  }
+  if (input_bytes != session->input->bytes) {
+    return dynrt_fail(&error, DYNRT_WRONG_BUFFER_SIZE, "step: input buffer is %lu bytes, the plan's input needs %lu",
+                      (unsigned long)input_bytes, (unsigned long)session->input->bytes);
+  }
+  if (output_bytes != session->output->bytes) {
+    return dynrt_fail(&error, DYNRT_WRONG_BUFFER_SIZE, "step: output buffer is %lu bytes, the plan's output needs %lu",
+                      (unsigned long)output_bytes, (unsigned long)session->output->bytes);
+  }
+  if (stats != NULL && ((stats->layers == NULL && stats->layer_capacity > 0) ||
+                        (stats->segment_ns == NULL && stats->segment_capacity > 0))) {
+    return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "step: stats has a capacity but a NULL array");
+  }
+  bad_index = first_nonfinite(input, input_bytes / 4, &bad_bits);
+  if (bad_index < input_bytes / 4) {
+    return dynrt_fail(&error, DYNRT_NONFINITE_INPUT,
+                      "step: input element %lu of %lu is %s; the frame was rejected and no state changed",
+                      (unsigned long)bad_index, (unsigned long)(input_bytes / 4),
+                      (bad_bits & 0x007FFFFFu) != 0 ? "NaN" : (bad_bits & 0x80000000u) ? "-Inf" : "+Inf");
+  }
+
+  memcpy(session->input->data, input, input_bytes);
+  begin_frame(session, stats);
+  status = run_program(session, stats);
+  for (i = 0; i < session->layer_count; ++i) session->layers[i].tie_reference_pending = 0;
+  if (status != DYNRT_OK) {
+    /* state may be half-updated: start over densely */
+    dynrt_reset_primed(session);
+  } else {
+    memcpy(output, session->output->data, output_bytes);
+  }
+  if (stats != NULL) {
+    finish_layer_stats(session, stats);
+    stats->frame_ns = dynrt_monotonic_ns() - frame_start;
+  }
+  return status;
+}

@@ -1,0 +1,772 @@
+/*
+ * C tests of the dynrt core, run on real plan files (tests/runtime writes them):
+ *
+ *     dynrt_test PLAN...            every test on every plan; exit 1 on any failure
+ *     dynrt_test --bench PLAN       the runtime's own time per frame (gates, copies), with a
+ *                                   backend that costs almost nothing
+ *
+ * Segments run in a built-in test backend whose outputs are a fixed function of the
+ * segment's first input, so two sessions fed the same frames must agree bit for bit.
+ * Allocations are counted by wrapping malloc/calloc/realloc/free at link time
+ * (-Wl,--wrap=...), which is how the no-allocation-after-create rule is checked.
+ *
+ * A plan that carries an artifact record named "dynrt_test" for the bytes of TEST_ARTIFACT
+ * also gets the artifact checks.
+ */
+#include <math.h> /* NAN */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crc32.h"
+#include "dynrt.h"
+#include "dynrt_backend_impl.h"
+#include "dynrt_callback.h"
+
+/* ---- allocation counting ------------------------------------------------------------ */
+
+void* __real_malloc(size_t size);
+void* __real_calloc(size_t count, size_t size);
+void* __real_realloc(void* pointer, size_t size);
+void __real_free(void* pointer);
+void* __wrap_malloc(size_t size);
+void* __wrap_calloc(size_t count, size_t size);
+void* __wrap_realloc(void* pointer, size_t size);
+void __wrap_free(void* pointer);
+
+static unsigned long allocator_calls; /* every malloc, calloc, realloc and free of non-NULL */
+
+void* __wrap_malloc(size_t size) {
+  ++allocator_calls;
+  return __real_malloc(size);
+}
+void* __wrap_calloc(size_t count, size_t size) {
+  ++allocator_calls;
+  return __real_calloc(count, size);
+}
+void* __wrap_realloc(void* pointer, size_t size) {
+  ++allocator_calls;
+  return __real_realloc(pointer, size);
+}
+void __wrap_free(void* pointer) {
+  if (pointer != NULL) ++allocator_calls;
+  __real_free(pointer);
+}
+
+/* ---- checks --------------------------------------------------------------------------- */
+
+static unsigned long checks_run, checks_failed;
+static const char* current_plan = "";
+
+#define CHECK(condition, ...)                                                              \
+  do {                                                                                     \
+    ++checks_run;                                                                          \
+    if (!(condition)) {                                                                    \
+      ++checks_failed;                                                                     \
+      fprintf(stderr, "FAIL %s:%d [%s] %s: ", __FILE__, __LINE__, current_plan, #condition); \
+      fprintf(stderr, __VA_ARGS__);                                                        \
+      fputc('\n', stderr);                                                                 \
+    }                                                                                      \
+  } while (0)
+
+static int is_plan_status(dynrt_status status) {
+  return status >= DYNRT_PLAN_TRUNCATED && status <= DYNRT_ARTIFACT_MISMATCH;
+}
+
+/* ---- the test backend ----------------------------------------------------------------- */
+
+#define TEST_MAX_SEGMENTS 1024
+#define TEST_MAX_OPERANDS 16
+static const char TEST_ARTIFACT[] = "dynrt test artifact v1";
+
+typedef struct operand_shape {
+  size_t elements_per_item; /* elements / dims[0] for the batch operand of a tile segment */
+  size_t elements;
+  uint32_t dtype;
+} operand_shape;
+
+typedef struct test_segment {
+  uint32_t max_batch, input_count, output_count;
+  operand_shape inputs[TEST_MAX_OPERANDS], outputs[TEST_MAX_OPERANDS];
+} test_segment;
+
+typedef struct test_backend {
+  struct dynrt_backend base;  /* first: the dynrt_backend_t points here */
+  long fail_on_call;          /* run_segment call number that fails (-1: none) */
+  long calls;
+  test_segment segments[TEST_MAX_SEGMENTS];
+} test_backend;
+
+static operand_shape shape_of(const dynrt_operand_info* info) {
+  operand_shape shape;
+  uint32_t d;
+  shape.elements = 1;
+  for (d = 0; d < info->rank; ++d) shape.elements *= info->dims[d];
+  shape.elements_per_item = info->rank > 0 && info->dims[0] > 0 ? shape.elements / info->dims[0] : shape.elements;
+  shape.dtype = info->dtype;
+  return shape;
+}
+
+static dynrt_status test_prepare(void* context, uint32_t segment, const dynrt_segment_info* info, char* message,
+                                 size_t capacity) {
+  test_backend* self = (test_backend*)context;
+  test_segment* s;
+  uint32_t k;
+  if (segment >= TEST_MAX_SEGMENTS || info->input_count > TEST_MAX_OPERANDS || info->output_count > TEST_MAX_OPERANDS) {
+    snprintf(message, capacity, "the test backend takes at most %d segments of %d operands", TEST_MAX_SEGMENTS,
+             TEST_MAX_OPERANDS);
+    return DYNRT_SEGMENT_MISMATCH;
+  }
+  s = &self->segments[segment];
+  s->max_batch = info->max_batch;
+  s->input_count = info->input_count;
+  s->output_count = info->output_count;
+  for (k = 0; k < info->input_count; ++k) s->inputs[k] = shape_of(&info->inputs[k]);
+  for (k = 0; k < info->output_count; ++k) s->outputs[k] = shape_of(&info->outputs[k]);
+  return DYNRT_OK;
+}
+
+/* output[i] = 0.5 * input0[i mod n] + 0.01 * (output index + 1): deterministic and bounded. */
+static dynrt_status test_run(void* context, uint32_t segment, uint32_t batch, void* const* inputs,
+                             void* const* outputs) {
+  test_backend* self = (test_backend*)context;
+  const test_segment* s = &self->segments[segment];
+  const float* source = NULL;
+  size_t source_count = 0, i;
+  uint32_t o;
+  if (self->fail_on_call >= 0 && self->calls++ == self->fail_on_call) return DYNRT_BACKEND_ERROR;
+  if (s->input_count > 0 && s->inputs[0].dtype == 0) {
+    source = (const float*)inputs[0];
+    source_count = s->max_batch > 0 ? batch * s->inputs[0].elements_per_item : s->inputs[0].elements;
+  }
+  for (o = 0; o < s->output_count; ++o) {
+    const size_t count = s->max_batch > 0 && o == 0 ? batch * s->outputs[0].elements_per_item : s->outputs[o].elements;
+    if (s->outputs[o].dtype != 0) {
+      memset(outputs[o], 0, count * 4);
+      continue;
+    }
+    for (i = 0; i < count; ++i) {
+      const float value = source_count > 0 ? 0.5f * source[i % source_count] : 0.0f;
+      ((float*)outputs[o])[i] = value + 0.01f * (float)(o + 1);
+    }
+  }
+  return DYNRT_OK;
+}
+
+static void test_destroy(struct dynrt_backend* backend) {
+  free(backend);
+}
+
+static test_backend* make_test_backend(const char* name, const void* artifact, size_t artifact_bytes) {
+  test_backend* self = (test_backend*)calloc(1, sizeof *self);
+  if (self == NULL) {
+    fprintf(stderr, "out of memory\n");
+    exit(2);
+  }
+  self->base.api_version = DYNRT_BACKEND_API_VERSION;
+  self->base.name = name;
+  self->base.context = self;
+  self->base.artifact = artifact;
+  self->base.artifact_bytes = artifact_bytes;
+  self->base.prepare_segment = test_prepare;
+  self->base.run_segment = test_run;
+  self->base.release_segments = NULL;
+  self->base.destroy = test_destroy;
+  self->fail_on_call = -1;
+  return self;
+}
+
+/* ---- plans and frames ------------------------------------------------------------------ */
+
+typedef struct plan_file {
+  const char* path;
+  unsigned char* bytes;
+  size_t size;
+} plan_file;
+
+static int read_plan(const char* path, plan_file* plan) {
+  FILE* file = fopen(path, "rb");
+  long size;
+  plan->path = path;
+  if (file == NULL || fseek(file, 0, SEEK_END) != 0 || (size = ftell(file)) < 0 || fseek(file, 0, SEEK_SET) != 0) {
+    if (file != NULL) fclose(file);
+    return 0;
+  }
+  plan->size = (size_t)size;
+  plan->bytes = (unsigned char*)malloc(plan->size + 1);
+  if (plan->bytes == NULL || fread(plan->bytes, 1, plan->size, file) != plan->size) {
+    fclose(file);
+    return 0;
+  }
+  fclose(file);
+  return 1;
+}
+
+/* A textured frame with a bright square that moves with t: some blocks change, most not. */
+static void make_frame(float* frame, const dynrt_session_info* info, int t) {
+  const size_t count = info->input_bytes / 4;
+  const size_t height = info->input_rank == 4 ? info->input_dims[1] : 1;
+  const size_t width = info->input_rank == 4 ? info->input_dims[2] : count;
+  const size_t channels = info->input_rank == 4 ? info->input_dims[3] : 1;
+  size_t i;
+  for (i = 0; i < count; ++i) {
+    const size_t c = i % channels, x = (i / channels) % width, y = (i / channels / width) % (height ? height : 1);
+    const size_t square_left = (size_t)(2 * t) % (width + 1);
+    const int in_square = x >= square_left && x < square_left + 6 && y >= 3 && y < 9;
+    const float texture = (float)((x * 7 + y * 13 + c * 5) % 17) / 17.0f; /* cheap: frames can be large */
+    frame[i] = 0.25f + 0.5f * texture + (in_square ? 0.3f : 0.0f);
+  }
+}
+
+typedef struct session_fixture {
+  test_backend* backend;
+  dynrt_session_t session;
+  dynrt_session_info info;
+  float* frame;
+  float* output;
+} session_fixture;
+
+static int open_fixture(const plan_file* plan, session_fixture* fixture) {
+  char why[256];
+  dynrt_status status;
+  memset(fixture, 0, sizeof *fixture);
+  fixture->backend = make_test_backend("dynrt_test", NULL, 0);
+  status = dynrt_session_create(plan->bytes, plan->size, &fixture->backend->base, why, sizeof why, &fixture->session);
+  CHECK(status == DYNRT_OK, "create failed: %s (%s)", dynrt_status_string(status), why);
+  if (status != DYNRT_OK) {
+    dynrt_backend_destroy(&fixture->backend->base);
+    return 0;
+  }
+  status = dynrt_session_describe(fixture->session, &fixture->info);
+  CHECK(status == DYNRT_OK, "describe: %s", dynrt_status_string(status));
+  fixture->frame = (float*)malloc(fixture->info.input_bytes);
+  fixture->output = (float*)malloc(fixture->info.output_bytes);
+  return fixture->frame != NULL && fixture->output != NULL;
+}
+
+static void close_fixture(session_fixture* fixture) {
+  dynrt_session_destroy(fixture->session);
+  dynrt_backend_destroy(&fixture->backend->base);
+  free(fixture->frame);
+  free(fixture->output);
+}
+
+static dynrt_status step_frame(session_fixture* fixture, int t, dynrt_frame_stats* stats) {
+  make_frame(fixture->frame, &fixture->info, t);
+  return dynrt_session_step(fixture->session, fixture->frame, fixture->info.input_bytes, fixture->output,
+                            fixture->info.output_bytes, stats);
+}
+
+/* ---- the tests ---------------------------------------------------------------------------- */
+
+static void test_describe(const plan_file* plan) {
+  session_fixture f;
+  size_t elements = 1;
+  uint32_t d;
+  if (!open_fixture(plan, &f)) return;
+  for (d = 0; d < f.info.input_rank; ++d) elements *= f.info.input_dims[d];
+  CHECK(f.info.input_bytes == 4 * elements, "input bytes %lu for %lu elements", (unsigned long)f.info.input_bytes,
+        (unsigned long)elements);
+  CHECK(f.info.arena_bytes >= f.info.state_bytes + f.info.input_bytes, "arena %lu smaller than what it holds",
+        (unsigned long)f.info.arena_bytes);
+  CHECK(strcmp(dynrt_session_last_error(f.session), "") == 0, "fresh session has an error: %s",
+        dynrt_session_last_error(f.session));
+  for (d = 0; d < f.info.layer_count; ++d) {
+    dynrt_layer_info layer;
+    CHECK(dynrt_session_describe_layer(f.session, d, &layer) == DYNRT_OK, "describe_layer %lu", (unsigned long)d);
+    CHECK(layer.blocks == layer.block_rows * layer.block_cols && layer.blocks > 0 && layer.out_channels > 0,
+          "layer %lu: %lu blocks = %lu x %lu, %lu channels", (unsigned long)d, (unsigned long)layer.blocks,
+          (unsigned long)layer.block_rows, (unsigned long)layer.block_cols, (unsigned long)layer.out_channels);
+    CHECK(layer.name != NULL && layer.name[0] != '\0', "layer %lu has no name", (unsigned long)d);
+  }
+  {
+    dynrt_layer_info layer;
+    CHECK(dynrt_session_describe_layer(f.session, f.info.layer_count, &layer) == DYNRT_INVALID_ARGUMENT,
+          "describe_layer out of range");
+    CHECK(dynrt_session_describe_layer(f.session, 0, NULL) == DYNRT_INVALID_ARGUMENT, "describe_layer into NULL");
+  }
+  close_fixture(&f);
+}
+
+static void test_null_arguments(const plan_file* plan) {
+  test_backend* backend = make_test_backend("dynrt_test", NULL, 0);
+  dynrt_session_t session = (dynrt_session_t)1;
+  dynrt_session_info info;
+  char why[256];
+  session_fixture f;
+  uint8_t mask[4];
+  int code;
+
+  CHECK(dynrt_session_create(NULL, plan->size, &backend->base, why, sizeof why, &session) ==
+            DYNRT_INVALID_ARGUMENT, "NULL plan");
+  CHECK(session == NULL, "session_out not cleared on failure");
+  CHECK(strstr(why, "plan") != NULL, "message does not name the plan: %s", why);
+  CHECK(dynrt_session_create(plan->bytes, plan->size, NULL, why, sizeof why, &session) == DYNRT_INVALID_ARGUMENT,
+        "NULL backend");
+  CHECK(dynrt_session_create(plan->bytes, plan->size, &backend->base, why, sizeof why, NULL) == DYNRT_INVALID_ARGUMENT,
+        "NULL session_out");
+  CHECK(dynrt_session_create(plan->bytes, plan->size, &backend->base, NULL, 0, NULL) == DYNRT_INVALID_ARGUMENT,
+        "NULL message buffer");
+  backend->base.api_version = 99;
+  CHECK(dynrt_session_create(plan->bytes, plan->size, &backend->base, why, sizeof why, &session) ==
+            DYNRT_INVALID_ARGUMENT, "wrong backend API version");
+  backend->base.api_version = DYNRT_BACKEND_API_VERSION;
+  backend->base.run_segment = NULL;
+  CHECK(dynrt_session_create(plan->bytes, plan->size, &backend->base, why, sizeof why, &session) ==
+            DYNRT_INVALID_ARGUMENT, "backend without run_segment");
+  dynrt_backend_destroy(&backend->base);
+
+  CHECK(dynrt_session_describe(NULL, &info) == DYNRT_INVALID_ARGUMENT, "describe NULL");
+  CHECK(dynrt_session_reset(NULL) == DYNRT_INVALID_ARGUMENT, "reset NULL");
+  CHECK(dynrt_session_step(NULL, NULL, 0, NULL, 0, NULL) == DYNRT_INVALID_ARGUMENT, "step NULL");
+  CHECK(dynrt_session_layer_decisions(NULL, 0, NULL, 0, NULL, 0) == DYNRT_INVALID_ARGUMENT, "decisions NULL");
+  CHECK(dynrt_session_set_tie_decisions(NULL, 0, mask, 1) == DYNRT_INVALID_ARGUMENT, "ties NULL");
+  CHECK(dynrt_session_last_error(NULL) != NULL, "last_error(NULL) is NULL");
+  dynrt_session_destroy(NULL);
+  dynrt_backend_destroy(NULL);
+  for (code = 0; code <= 600; ++code) {
+    CHECK(dynrt_status_string((dynrt_status)code) != NULL, "status %d has no string", code);
+  }
+  CHECK(dynrt_callback_backend_create(NULL, NULL, NULL) == DYNRT_INVALID_ARGUMENT, "callback backend NULL");
+
+  if (!open_fixture(plan, &f)) return;
+  make_frame(f.frame, &f.info, 0);
+  CHECK(dynrt_session_describe(f.session, NULL) == DYNRT_INVALID_ARGUMENT, "describe into NULL");
+  CHECK(dynrt_session_step(f.session, NULL, f.info.input_bytes, f.output, f.info.output_bytes, NULL) ==
+            DYNRT_INVALID_ARGUMENT, "NULL input");
+  CHECK(strstr(dynrt_session_last_error(f.session), "input") != NULL, "message: %s",
+        dynrt_session_last_error(f.session));
+  CHECK(dynrt_session_step(f.session, f.frame, f.info.input_bytes, NULL, f.info.output_bytes, NULL) ==
+            DYNRT_INVALID_ARGUMENT, "NULL output");
+  {
+    dynrt_frame_stats stats;
+    memset(&stats, 0, sizeof stats);
+    stats.layer_capacity = 3; /* with a NULL array */
+    CHECK(dynrt_session_step(f.session, f.frame, f.info.input_bytes, f.output, f.info.output_bytes, &stats) ==
+              DYNRT_INVALID_ARGUMENT, "stats capacity without an array");
+  }
+  CHECK(dynrt_session_layer_decisions(f.session, f.info.layer_count, NULL, 0, NULL, 0) == DYNRT_INVALID_ARGUMENT,
+        "layer out of range");
+  CHECK(dynrt_session_set_tie_decisions(f.session, f.info.layer_count, mask, 1) == DYNRT_INVALID_ARGUMENT,
+        "tie layer out of range");
+  if (f.info.layer_count > 0) {
+    CHECK(dynrt_session_set_tie_decisions(f.session, 0, NULL, 1) == DYNRT_INVALID_ARGUMENT, "tie mask NULL");
+  }
+  close_fixture(&f);
+}
+
+static void test_wrong_sizes(const plan_file* plan) {
+  session_fixture f;
+  uint8_t mask[1];
+  if (!open_fixture(plan, &f)) return;
+  make_frame(f.frame, &f.info, 0);
+  CHECK(dynrt_session_step(f.session, f.frame, f.info.input_bytes - 4, f.output, f.info.output_bytes, NULL) ==
+            DYNRT_WRONG_BUFFER_SIZE, "short input");
+  CHECK(strstr(dynrt_session_last_error(f.session), "input") != NULL, "message: %s",
+        dynrt_session_last_error(f.session));
+  CHECK(dynrt_session_step(f.session, f.frame, f.info.input_bytes + 4, f.output, f.info.output_bytes, NULL) ==
+            DYNRT_WRONG_BUFFER_SIZE, "long input");
+  CHECK(dynrt_session_step(f.session, f.frame, f.info.input_bytes, f.output, f.info.output_bytes - 4, NULL) ==
+            DYNRT_WRONG_BUFFER_SIZE, "short output");
+  CHECK(strstr(dynrt_session_last_error(f.session), "output") != NULL, "message: %s",
+        dynrt_session_last_error(f.session));
+  if (f.info.layer_count > 0) {
+    CHECK(dynrt_session_layer_decisions(f.session, 0, mask, 0, NULL, 0) == DYNRT_WRONG_BUFFER_SIZE,
+          "block mask too small");
+    CHECK(dynrt_session_layer_decisions(f.session, 0, NULL, 0, mask, 0) == DYNRT_WRONG_BUFFER_SIZE,
+          "channel array too small");
+    CHECK(dynrt_session_set_tie_decisions(f.session, 0, mask, 0) == DYNRT_WRONG_BUFFER_SIZE, "tie mask too small");
+  }
+  CHECK(step_frame(&f, 0, NULL) == DYNRT_OK, "a good frame after the bad calls: %s",
+        dynrt_session_last_error(f.session));
+  close_fixture(&f);
+}
+
+/* A NaN / Inf frame changes nothing: the next good frame gives what a session that never
+ * saw the bad frame gives, bit for bit. */
+static void test_nonfinite_frames(const plan_file* plan) {
+  static const uint32_t BAD_BITS[3] = {0x7FC00000u /* NaN */, 0x7F800000u /* +Inf */, 0xFF800000u /* -Inf */};
+  session_fixture a, b;
+  int kind;
+  if (!open_fixture(plan, &a)) return;
+  if (!open_fixture(plan, &b)) {
+    close_fixture(&a);
+    return;
+  }
+  CHECK(step_frame(&a, 0, NULL) == DYNRT_OK && step_frame(&b, 0, NULL) == DYNRT_OK, "first frames");
+  for (kind = 0; kind < 3; ++kind) {
+    const size_t index = (a.info.input_bytes / 4) * (size_t)(kind + 1) / 4;
+    char expected[64];
+    make_frame(a.frame, &a.info, 1);
+    memcpy(&a.frame[index], &BAD_BITS[kind], 4);
+    CHECK(dynrt_session_step(a.session, a.frame, a.info.input_bytes, a.output, a.info.output_bytes, NULL) ==
+              DYNRT_NONFINITE_INPUT, "bad frame %d accepted", kind);
+    snprintf(expected, sizeof expected, "element %lu ", (unsigned long)index);
+    CHECK(strstr(dynrt_session_last_error(a.session), expected) != NULL, "message does not name %s: %s", expected,
+          dynrt_session_last_error(a.session));
+  }
+  CHECK(step_frame(&a, 1, NULL) == DYNRT_OK && step_frame(&b, 1, NULL) == DYNRT_OK, "good frames");
+  CHECK(memcmp(a.output, b.output, a.info.output_bytes) == 0, "a rejected frame changed the state");
+  CHECK(step_frame(&a, 2, NULL) == DYNRT_OK && step_frame(&b, 2, NULL) == DYNRT_OK, "good frames");
+  CHECK(memcmp(a.output, b.output, a.info.output_bytes) == 0, "a rejected frame changed the state (frame 2)");
+  close_fixture(&a);
+  close_fixture(&b);
+}
+
+/* Every prefix of the plan is refused as truncated; a byte too many as invalid. */
+static void test_truncation(const plan_file* plan) {
+  test_backend* backend = make_test_backend("dynrt_test", NULL, 0);
+  unsigned char* longer = (unsigned char*)malloc(plan->size + 1);
+  dynrt_session_t session;
+  char why[256];
+  size_t length;
+  unsigned long wrong = 0;
+  for (length = 0; length < plan->size; ++length) {
+    dynrt_status status = dynrt_session_create(plan->bytes, length, &backend->base, why, sizeof why, &session);
+    if (status != DYNRT_PLAN_TRUNCATED || session != NULL || why[0] == '\0') {
+      ++wrong;
+      if (wrong < 5) CHECK(0, "prefix of %lu bytes: %s (%s)", (unsigned long)length, dynrt_status_string(status), why);
+      dynrt_session_destroy(session);
+    }
+  }
+  CHECK(wrong == 0, "%lu truncated plans were not refused as truncated", wrong);
+  memcpy(longer, plan->bytes, plan->size);
+  longer[plan->size] = 0;
+  CHECK(dynrt_session_create(longer, plan->size + 1, &backend->base, why, sizeof why, &session) == DYNRT_PLAN_INVALID,
+        "trailing byte: %s", why);
+  printf("  truncation: %lu prefixes refused as DYNRT_PLAN_TRUNCATED\n", (unsigned long)plan->size);
+  free(longer);
+  dynrt_backend_destroy(&backend->base);
+}
+
+/* One byte of the plan changed, at every position: refused by the checksum (or the header
+ * checks); then the same with the checksum resealed, so the validator has to catch it.
+ * Whatever the change, the result is a status, never a crash; a plan that still validates
+ * must run a frame. */
+static void test_byte_flips(const plan_file* plan) {
+  static const unsigned char PATTERNS[4] = {0x01, 0x80, 0xFF, 0x10};
+  test_backend* backend = make_test_backend("dynrt_test", NULL, 0);
+  unsigned char* copy = (unsigned char*)malloc(plan->size);
+  float* frame = NULL;
+  float* output = NULL;
+  unsigned long by_status[6] = {0, 0, 0, 0, 0, 0}, accepted = 0, frames_run = 0, other = 0;
+  /* every byte of the first KiB (header, counts, the first records), then an even stride
+   * through the rest so that a large plan costs about as much as a small one */
+  const size_t dense_prefix = 1024, budget = 2048;
+  const size_t stride = plan->size <= budget ? 1 : (plan->size - dense_prefix) / (budget - dense_prefix) + 1;
+  size_t position, positions = 0;
+  for (position = 0; position < plan->size; position += position < dense_prefix ? 1 : stride) {
+    int reseal;
+    ++positions;
+    for (reseal = 0; reseal < 2; ++reseal) {
+      dynrt_session_t session;
+      dynrt_status status;
+      char why[256];
+      memcpy(copy, plan->bytes, plan->size);
+      copy[position] ^= PATTERNS[position % 4];
+      if (reseal) {
+        const uint32_t crc = dynrt_crc32(copy + 16, plan->size - 16);
+        if (position >= 12 && position < 16) continue; /* the checksum field itself */
+        copy[12] = (unsigned char)crc;
+        copy[13] = (unsigned char)(crc >> 8);
+        copy[14] = (unsigned char)(crc >> 16);
+        copy[15] = (unsigned char)(crc >> 24);
+      }
+      why[0] = '\0';
+      status = dynrt_session_create(copy, plan->size, &backend->base, why, sizeof why, &session);
+      if (status == DYNRT_OK) {
+        dynrt_session_info info;
+        ++accepted;
+        CHECK(dynrt_session_describe(session, &info) == DYNRT_OK, "describe");
+        /* step the plan unless the flip made its buffers huge (that only costs time) */
+        if (info.arena_bytes < ((size_t)16 << 20)) {
+          dynrt_status step_status;
+          frame = (float*)realloc(frame, info.input_bytes);
+          output = (float*)realloc(output, info.output_bytes);
+          make_frame(frame, &info, 0);
+          step_status = dynrt_session_step(session, frame, info.input_bytes, output, info.output_bytes, NULL);
+          CHECK(step_status == DYNRT_OK || step_status == DYNRT_PLAN_INVALID || step_status == DYNRT_NONFINITE_INPUT,
+                "flip at %lu: step gave %s: %s", (unsigned long)position, dynrt_status_string(step_status),
+                dynrt_session_last_error(session));
+          ++frames_run;
+        }
+        dynrt_session_destroy(session);
+      } else if (is_plan_status(status)) {
+        ++by_status[status - DYNRT_PLAN_TRUNCATED];
+        CHECK(why[0] != '\0', "flip at %lu: %s without a message", (unsigned long)position,
+              dynrt_status_string(status));
+        CHECK(session == NULL, "session_out set on failure");
+      } else {
+        ++other;
+        CHECK(status == DYNRT_OUT_OF_MEMORY, "flip at %lu: unexpected %s: %s", (unsigned long)position,
+              dynrt_status_string(status), why);
+      }
+      if (!reseal && position >= 16) {
+        CHECK(status == DYNRT_PLAN_CHECKSUM, "payload flip at %lu not caught by the checksum: %s",
+              (unsigned long)position, dynrt_status_string(status));
+      }
+    }
+  }
+  printf("  byte flips: %lu of %lu positions x (as is, resealed): truncated %lu, bad magic %lu, version %lu, "
+         "checksum %lu, invalid %lu, artifact %lu, out of memory %lu, accepted %lu (%lu of them stepped)\n",
+         (unsigned long)positions, (unsigned long)plan->size, by_status[0], by_status[1], by_status[2], by_status[3],
+         by_status[4], by_status[5], other, accepted, frames_run);
+  free(copy);
+  free(frame);
+  free(output);
+  dynrt_backend_destroy(&backend->base);
+}
+
+static void test_artifact(const plan_file* plan) {
+  const size_t bytes = sizeof TEST_ARTIFACT - 1;
+  char tampered[sizeof TEST_ARTIFACT];
+  test_backend* good = make_test_backend("dynrt_test", TEST_ARTIFACT, bytes);
+  test_backend* changed = make_test_backend("dynrt_test", tampered, bytes);
+  test_backend* shorter = make_test_backend("dynrt_test", TEST_ARTIFACT, bytes - 1);
+  test_backend* unknown = make_test_backend("no_such_backend", TEST_ARTIFACT, bytes);
+  dynrt_session_t session;
+  char why[256];
+  dynrt_status status;
+  memcpy(tampered, TEST_ARTIFACT, sizeof tampered);
+  tampered[3] ^= 0x20;
+
+  status = dynrt_session_create(plan->bytes, plan->size, &good->base, why, sizeof why, &session);
+  if (status == DYNRT_OK) {
+    dynrt_session_destroy(session);
+    CHECK(dynrt_session_create(plan->bytes, plan->size, &changed->base, why, sizeof why, &session) ==
+              DYNRT_ARTIFACT_MISMATCH, "a changed artifact was accepted");
+    CHECK(strstr(why, "CRC32") != NULL, "message: %s", why);
+    CHECK(dynrt_session_create(plan->bytes, plan->size, &shorter->base, why, sizeof why, &session) ==
+              DYNRT_ARTIFACT_MISMATCH, "an artifact of another size was accepted");
+    printf("  artifact: matching accepted, changed CRC and size refused\n");
+  } else {
+    CHECK(status == DYNRT_ARTIFACT_MISMATCH, "no dynrt_test artifact record: %s", dynrt_status_string(status));
+  }
+  CHECK(dynrt_session_create(plan->bytes, plan->size, &unknown->base, why, sizeof why, &session) ==
+            DYNRT_ARTIFACT_MISMATCH, "an artifact of a backend the plan does not name was accepted");
+  CHECK(strstr(why, "no_such_backend") != NULL, "message: %s", why);
+  dynrt_backend_destroy(&good->base);
+  dynrt_backend_destroy(&changed->base);
+  dynrt_backend_destroy(&shorter->base);
+  dynrt_backend_destroy(&unknown->base);
+}
+
+/* A segment failing mid-frame: DYNRT_BACKEND_ERROR naming the segment; the next frame is
+ * computed densely (every skip-conv block), giving what a fresh session gives. */
+static void test_backend_failure(const plan_file* plan) {
+  session_fixture a, fresh;
+  dynrt_layer_stats layers[256], fresh_layers[256];
+  dynrt_frame_stats stats, fresh_stats;
+  long calls_per_frame;
+  uint32_t i;
+  if (!open_fixture(plan, &a)) return;
+  if (!open_fixture(plan, &fresh)) {
+    close_fixture(&a);
+    return;
+  }
+  memset(&stats, 0, sizeof stats);
+  stats.layers = layers;
+  stats.layer_capacity = 256;
+  fresh_stats = stats;
+  fresh_stats.layers = fresh_layers;
+  a.backend->fail_on_call = 1000000; /* count the calls of frame 0 */
+  a.backend->calls = 0;
+  CHECK(step_frame(&a, 0, NULL) == DYNRT_OK, "frame 0");
+  calls_per_frame = a.backend->calls;
+  if (calls_per_frame > 0) {
+    a.backend->calls = 0;
+    a.backend->fail_on_call = calls_per_frame / 2; /* the middle call of frame 1 */
+    CHECK(step_frame(&a, 1, NULL) == DYNRT_BACKEND_ERROR, "a failing segment did not fail the frame");
+    CHECK(strstr(dynrt_session_last_error(a.session), "segment") != NULL, "message does not name the segment: %s",
+          dynrt_session_last_error(a.session));
+    a.backend->fail_on_call = -1;
+    CHECK(step_frame(&a, 2, &stats) == DYNRT_OK, "frame after the failure");
+    CHECK(step_frame(&fresh, 2, &fresh_stats) == DYNRT_OK, "fresh session");
+    CHECK(memcmp(a.output, fresh.output, a.info.output_bytes) == 0,
+          "the frame after a backend failure differs from a fresh session's (not dense)");
+    for (i = 0; i < a.info.layer_count && i < 256; ++i) {
+      CHECK(layers[i].active_blocks == fresh_layers[i].active_blocks && layers[i].path == fresh_layers[i].path,
+            "layer %lu: %lu blocks after the failure, a fresh session computes %lu", (unsigned long)i,
+            (unsigned long)layers[i].active_blocks, (unsigned long)fresh_layers[i].active_blocks);
+    }
+    printf("  backend failure: call %ld of %ld failed the frame; the next frame matched a fresh session\n",
+           calls_per_frame / 2, calls_per_frame);
+  }
+  close_fixture(&a);
+  close_fixture(&fresh);
+}
+
+/* Creating allocates exactly once (the arena); step, reset and the queries never. */
+static void test_no_allocation_after_create(const plan_file* plan) {
+  session_fixture f;
+  dynrt_layer_stats layers[64];
+  uint64_t segment_ns[64];
+  dynrt_frame_stats stats;
+  unsigned long before;
+  uint8_t* mask;
+  uint8_t* channels;
+  dynrt_session_t second;
+  char why[256];
+  int t;
+  uint32_t layer;
+  if (!open_fixture(plan, &f)) return;
+  mask = (uint8_t*)malloc(1 << 20);
+  channels = (uint8_t*)malloc(1 << 16);
+  memset(&stats, 0, sizeof stats);
+  stats.layers = layers;
+  stats.layer_capacity = 64;
+  stats.segment_ns = segment_ns;
+  stats.segment_capacity = 64;
+
+  before = allocator_calls;
+  CHECK(dynrt_session_create(plan->bytes, plan->size, &f.backend->base, why, sizeof why, &second) == DYNRT_OK, "%s",
+        why);
+  CHECK(allocator_calls - before == 1, "create made %lu allocator calls, expected one (the arena)",
+        allocator_calls - before);
+  dynrt_session_destroy(second);
+
+  before = allocator_calls;
+  for (t = 0; t < 12; ++t) {
+    dynrt_session_info info;
+    CHECK(step_frame(&f, t, &stats) == DYNRT_OK, "frame %d: %s", t, dynrt_session_last_error(f.session));
+    CHECK(dynrt_session_describe(f.session, &info) == DYNRT_OK, "describe");
+    for (layer = 0; layer < f.info.layer_count; ++layer) {
+      CHECK(dynrt_session_layer_decisions(f.session, layer, mask, 1 << 20, channels, 1 << 16) == DYNRT_OK,
+            "decisions");
+      dynrt_layer_info shape;
+      CHECK(dynrt_session_describe_layer(f.session, layer, &shape) == DYNRT_OK, "describe_layer");
+      CHECK(dynrt_session_set_tie_decisions(f.session, layer, mask, shape.blocks) == DYNRT_OK, "ties");
+    }
+    if (t == 5) CHECK(dynrt_session_reset(f.session) == DYNRT_OK, "reset");
+    if (t == 7) {
+      f.frame[0] = (float)NAN;
+      CHECK(dynrt_session_step(f.session, f.frame, f.info.input_bytes, f.output, f.info.output_bytes, &stats) ==
+                DYNRT_NONFINITE_INPUT, "NaN frame");
+      CHECK(dynrt_session_step(f.session, f.frame, 4, f.output, f.info.output_bytes, &stats) == DYNRT_WRONG_BUFFER_SIZE,
+            "short frame");
+      (void)dynrt_session_last_error(f.session);
+    }
+  }
+  f.backend->fail_on_call = 0;
+  f.backend->calls = 0;
+  if (f.info.segment_count > 0) {
+    CHECK(step_frame(&f, 20, &stats) == DYNRT_BACKEND_ERROR, "backend failure");
+  }
+  CHECK(allocator_calls == before, "step/reset/queries made %lu allocator calls", allocator_calls - before);
+  printf("  allocations: create 1, step/reset/queries over 12 frames 0\n");
+  free(mask);
+  free(channels);
+  close_fixture(&f);
+}
+
+/* Statistics: consistent counts and MACs; frame and segment times measured. */
+static void test_stats(const plan_file* plan) {
+  session_fixture f;
+  dynrt_layer_stats layers[64];
+  uint64_t segment_ns[64];
+  dynrt_frame_stats stats;
+  uint32_t i;
+  int t;
+  if (!open_fixture(plan, &f)) return;
+  memset(&stats, 0, sizeof stats);
+  stats.layers = layers;
+  stats.layer_capacity = 64;
+  stats.segment_ns = segment_ns;
+  stats.segment_capacity = 64;
+  for (t = 0; t < 4; ++t) {
+    uint64_t sum = 0;
+    CHECK(step_frame(&f, t, &stats) == DYNRT_OK, "frame %d", t);
+    for (i = 0; i < f.info.layer_count && i < 64; ++i) {
+      CHECK(layers[i].active_blocks <= layers[i].total_blocks, "layer %lu: %lu of %lu blocks", (unsigned long)i,
+            (unsigned long)layers[i].active_blocks, (unsigned long)layers[i].total_blocks);
+      CHECK(layers[i].path <= DYNRT_PATH_DENSE, "path %lu", (unsigned long)layers[i].path);
+      CHECK(layers[i].path != DYNRT_PATH_REUSE || layers[i].active_blocks == 0, "reuse with active blocks");
+    }
+    for (i = 0; i < f.info.segment_count && i < 64; ++i) sum += segment_ns[i];
+    CHECK(sum == stats.segments_ns, "segment times do not add up");
+    CHECK(stats.frame_ns >= stats.segments_ns, "frame shorter than its segments");
+  }
+  close_fixture(&f);
+}
+
+/* ---- benchmark ----------------------------------------------------------------------- */
+
+static int compare_u64(const void* a, const void* b) {
+  const uint64_t x = *(const uint64_t*)a, y = *(const uint64_t*)b;
+  return x < y ? -1 : x > y;
+}
+
+static int run_benchmark(const plan_file* plan, int frames) {
+  session_fixture f;
+  dynrt_layer_stats layers[256];
+  dynrt_frame_stats stats;
+  uint64_t* own = (uint64_t*)calloc((size_t)frames, sizeof(uint64_t));
+  double active = 0, total = 0;
+  int t;
+  uint32_t i;
+  if (!open_fixture(plan, &f)) return 1;
+  memset(&stats, 0, sizeof stats);
+  stats.layers = layers;
+  stats.layer_capacity = 256;
+  for (t = 0; t < frames; ++t) {
+    if (step_frame(&f, t, &stats) != DYNRT_OK) {
+      fprintf(stderr, "bench: %s\n", dynrt_session_last_error(f.session));
+      return 1;
+    }
+    own[t] = stats.frame_ns - stats.segments_ns;
+    for (i = 0; i < f.info.layer_count && i < 256; ++i) {
+      active += layers[i].active_blocks;
+      total += layers[i].total_blocks;
+    }
+  }
+  qsort(own, (size_t)frames, sizeof own[0], compare_u64);
+  printf("bench %s: %d frames, runtime's own time per frame (everything but segments): min %.1f us, median %.1f us; "
+         "active blocks %.0f%%; arena %lu bytes\n",
+         plan->path, frames, (double)own[0] / 1e3, (double)own[frames / 2] / 1e3,
+         total > 0 ? 100.0 * active / total : 0.0, (unsigned long)f.info.arena_bytes);
+  free(own);
+  close_fixture(&f);
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  int first = 1, i;
+  if (argc > 2 && strcmp(argv[1], "--bench") == 0) {
+    plan_file plan;
+    const int frames = argc > 3 ? atoi(argv[3]) : 200;
+    if (!read_plan(argv[2], &plan)) {
+      fprintf(stderr, "cannot read %s\n", argv[2]);
+      return 2;
+    }
+    i = run_benchmark(&plan, frames > 1 ? frames : 200);
+    free(plan.bytes);
+    return i;
+  }
+  if (argc < 2) {
+    fprintf(stderr, "usage: dynrt_test PLAN.dxfp...   |   dynrt_test --bench PLAN.dxfp [FRAMES]\n");
+    return 2;
+  }
+  for (i = first; i < argc; ++i) {
+    plan_file plan;
+    if (!read_plan(argv[i], &plan)) {
+      fprintf(stderr, "FAIL cannot read plan %s\n", argv[i]);
+      ++checks_failed;
+      continue;
+    }
+    current_plan = argv[i];
+    printf("plan %s (%lu bytes)\n", argv[i], (unsigned long)plan.size);
+    test_describe(&plan);
+    test_null_arguments(&plan);
+    test_wrong_sizes(&plan);
+    test_nonfinite_frames(&plan);
+    test_stats(&plan);
+    test_backend_failure(&plan);
+    test_no_allocation_after_create(&plan);
+    test_artifact(&plan);
+    test_truncation(&plan);
+    test_byte_flips(&plan);
+    free(plan.bytes);
+  }
+  printf("dynrt_test: %lu checks, %lu failed, %d plans\n", checks_run, checks_failed, argc - first);
+  return checks_failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,662 @@
+// dynrt ExecuTorch backend adapter: one ExecuTorch method per plan segment.
+//
+// create:   Program::load over a BufferDataLoader on the caller's pte bytes (no copy).
+// prepare:  per segment, check the method's signature against the plan's, allocate its
+//           planned memory once and load it (XNNPACK compiles its subgraphs here).
+// run:      bind the runtime's NHWC buffers as tensors with NHWC dim order (resized to the
+//           batch for tile segments), execute, hand back the outputs.
+// Errors never escape as exceptions: every vtable entry catches and returns a status.
+
+#include "dynrt_executorch.h"
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <executorch/extension/data_loader/buffer_data_loader.h>
+#include <executorch/extension/memory_allocator/malloc_memory_allocator.h>
+#include <executorch/extension/threadpool/threadpool_guard.h>
+#include <executorch/runtime/backend/interface.h>
+#include <executorch/runtime/core/hierarchical_allocator.h>
+#include <executorch/runtime/core/memory_allocator.h>
+#include <executorch/runtime/executor/method.h>
+#include <executorch/runtime/executor/program.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include "dynrt_backend_impl.h"
+
+#if DYNRT_EXECUTORCH_HAS_THREADPOOL
+// The wheel ships libexecutorch_threadpool (which XNNPACK runs on) but not its header
+// threadpool.h (it would need pthreadpool.h, also not shipped). These are the two calls the
+// adapter makes, declared as the library exports them (extension/threadpool/threadpool.h).
+namespace executorch::extension::threadpool {
+class ThreadPool final {
+ public:
+  ThreadPool() = delete;
+  size_t get_thread_count() const;
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+#endif
+
+namespace {
+
+namespace et = ::executorch::runtime;
+using ::executorch::aten::DimOrderType;
+using ::executorch::aten::ScalarType;
+using ::executorch::aten::SizesType;
+using ::executorch::aten::StridesType;
+using ::executorch::aten::Tensor;
+using ::executorch::aten::TensorImpl;
+using ::executorch::extension::BufferDataLoader;
+using ::executorch::extension::MallocMemoryAllocator;
+using ::executorch::extension::threadpool::NoThreadPoolGuard;
+
+constexpr const char* kBackendName = "executorch";
+constexpr size_t kBufferAlignment = 64;  // planned buffers: a cache line, enough for XNNPACK
+constexpr uint32_t kMaxRank = 4;
+
+// --- small helpers ------------------------------------------------------------------------
+
+void set_message(char* message, size_t capacity, const char* format, ...) __attribute__((format(printf, 3, 4)));
+
+void set_message(char* message, size_t capacity, const char* format, ...) {
+  if (message == nullptr || capacity == 0) return;
+  va_list args;
+  va_start(args, format);
+  std::vsnprintf(message, capacity, format, args);
+  va_end(args);
+}
+
+const char* error_name(et::Error error) {
+  const char* name = et::to_string(error);
+  return std::strncmp(name, "Error::", 7) == 0 ? name + 7 : name;
+}
+
+std::string format_dims(const int64_t* dims, uint32_t rank) {
+  std::string text = "[";
+  for (uint32_t i = 0; i < rank; ++i) {
+    if (i) text += ", ";
+    text += std::to_string(dims[i]);
+  }
+  return text + "]";
+}
+
+const char* dtype_name(uint32_t dtype) { return dtype == 0 ? "float32" : dtype == 1 ? "int32" : "unknown dtype"; }
+
+const char* scalar_name(ScalarType type) {
+  switch (type) {
+    case ScalarType::Float: return "float32";
+    case ScalarType::Int: return "int32";
+    case ScalarType::Long: return "int64";
+    case ScalarType::Half: return "float16";
+    case ScalarType::Byte: return "uint8";
+    case ScalarType::Char: return "int8";
+    case ScalarType::Bool: return "bool";
+    default: return "another dtype";
+  }
+}
+
+// Aligned, owned heap block (planned memory, scratch).
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+using Block = std::unique_ptr<uint8_t, FreeDeleter>;
+
+Block allocate_block(size_t bytes) {
+  size_t rounded = (std::max<size_t>(bytes, 1) + kBufferAlignment - 1) / kBufferAlignment * kBufferAlignment;
+  return Block(static_cast<uint8_t*>(std::aligned_alloc(kBufferAlignment, rounded)));
+}
+
+// ExecuTorch's temp allocator, shared by the segments of a backend (they run one at a time).
+// ExecuTorch resets it after every kernel / delegate call. It starts empty; a request that
+// does not fit is served from malloc, and the next reset() grows the arena to what that call
+// needed, so a segment call allocates at most while a kernel needs more scratch than ever
+// before. XNNPACK-delegated segments measured here never ask for any.
+class ScratchAllocator final : public et::MemoryAllocator {
+ public:
+  ScratchAllocator() : et::MemoryAllocator(0, nullptr) {}
+  ~ScratchAllocator() override { release_spills(); }
+
+  void* allocate(size_t size, size_t alignment = kDefaultAlignment) override {
+    if (alignment == 0 || (alignment & (alignment - 1)) != 0) return nullptr;
+    requested_ += size + alignment;
+    uintptr_t base = reinterpret_cast<uintptr_t>(arena_.get());
+    uintptr_t start = (base + used_ + alignment - 1) & ~(uintptr_t)(alignment - 1);
+    if (arena_ && start + size <= base + capacity_) {
+      used_ = start + size - base;
+      return reinterpret_cast<void*>(start);
+    }
+    if (spill_count_ == kMaxSpills) return nullptr;
+    void* raw = std::malloc(size + alignment);
+    if (raw == nullptr) return nullptr;
+    spills_[spill_count_++] = raw;
+    uintptr_t aligned = (reinterpret_cast<uintptr_t>(raw) + alignment - 1) & ~(uintptr_t)(alignment - 1);
+    return reinterpret_cast<void*>(aligned);
+  }
+
+  void reset() override {
+    if (spill_count_ > 0) {
+      release_spills();
+      size_t wanted = (requested_ + 4095) / 4096 * 4096;
+      if (wanted > capacity_) {
+        arena_ = allocate_block(wanted);
+        capacity_ = arena_ ? wanted : 0;
+      }
+    }
+    used_ = 0;
+    requested_ = 0;
+  }
+
+  size_t used_size() const override { return used_; }
+  size_t free_size() const override { return capacity_ - used_; }
+
+ private:
+  void release_spills() {
+    for (uint32_t i = 0; i < spill_count_; ++i) std::free(spills_[i]);
+    spill_count_ = 0;
+  }
+
+  static constexpr uint32_t kMaxSpills = 64;
+  Block arena_;
+  size_t capacity_ = 0, used_ = 0, requested_ = 0;
+  void* spills_[kMaxSpills] = {};
+  uint32_t spill_count_ = 0;
+};
+
+// --- the process-wide thread pool -------------------------------------------------------
+
+std::mutex g_pool_mutex;
+uint32_t g_pool_users = 0;  // live backends that run on the shared pool (threads != 1)
+
+uint32_t pool_thread_count() {
+#if DYNRT_EXECUTORCH_HAS_THREADPOOL
+  auto* pool = ::executorch::extension::threadpool::get_threadpool();
+  return pool ? static_cast<uint32_t>(pool->get_thread_count()) : 1;
+#else
+  return 1;
+#endif
+}
+
+// --- segments -----------------------------------------------------------------------------
+
+// One operand as the method sees it: logical sizes (NCHW for 4-D) at the maximum batch, the
+// NHWC dim order and strides of the runtime's buffer.
+struct Operand {
+  uint32_t rank = 0;
+  ScalarType type = ScalarType::Float;
+  SizesType sizes[kMaxRank] = {};
+  DimOrderType dim_order[kMaxRank] = {};
+  StridesType strides[kMaxRank] = {};
+  size_t bytes = 0;      // at the maximum batch
+  size_t row_bytes = 0;  // per index of dim 0
+  bool planned = true;   // the method's memory plan owns this tensor (so data is copied)
+  // The method's dim order when it lays the tensor out differently (e.g. a contiguous NCHW
+  // output where the plan keeps NHWC): the data is then permuted through `staging`.
+  bool convert = false;
+  DimOrderType method_order[kMaxRank] = {};
+  Block staging;  // inputs only: max-batch bytes in the method's layout
+};
+
+struct Segment {
+  std::string name;
+  uint32_t max_batch = 0;  // > 0: tile segment
+  std::vector<Operand> inputs, outputs;
+  std::vector<Block> planned_blocks;
+  std::vector<et::Span<uint8_t>> planned_spans;
+  std::unique_ptr<et::HierarchicalAllocator> planned_memory;
+  MallocMemoryAllocator method_allocator;  // used while loading only
+  std::unique_ptr<et::MemoryManager> memory;
+  std::unique_ptr<et::Method> method;  // destroyed first (declared last)
+
+  ~Segment() { method.reset(); }
+};
+
+struct Adapter {
+  std::optional<BufferDataLoader> loader;  // over the caller's pte bytes (not copied)
+  std::optional<et::Program> program;
+  ScratchAllocator scratch;
+  bool serial = false;     // threads == 1: NoThreadPoolGuard around loads and runs
+  bool pool_user = false;  // counted in g_pool_users
+  std::vector<std::unique_ptr<Segment>> segments;
+
+  ~Adapter() { segments.clear(); }  // methods before the program
+};
+
+// Shapes in the order the runtime's buffer holds them, for messages: a 4-D logical
+// [N, C, H, W] in dim order (0, 2, 3, 1) reads NHWC [N, H, W, C].
+std::string method_shape(const et::TensorInfo& info) {
+  auto sizes = info.sizes();
+  auto order = info.dim_order();
+  int64_t dims[16];
+  uint32_t rank = static_cast<uint32_t>(std::min<size_t>(sizes.size(), 16));
+  bool nhwc = rank == 4 && order.size() == 4 && order[0] == 0 && order[1] == 2 && order[2] == 3 && order[3] == 1;
+  for (uint32_t i = 0; i < rank; ++i) dims[i] = sizes[i];
+  std::string text = std::string(scalar_name(info.scalar_type())) + " " + format_dims(dims, rank);
+  if (nhwc) {
+    int64_t physical[4] = {sizes[0], sizes[2], sizes[3], sizes[1]};
+    text += " channels_last = NHWC " + format_dims(physical, 4);
+  } else if (rank == 4) {
+    text += " dim order (";
+    for (uint32_t i = 0; i < order.size(); ++i) text += (i ? "," : "") + std::to_string(order[i]);
+    text += ")";
+  }
+  return text;
+}
+
+std::string plan_shape(const dynrt_operand_info& info) {
+  int64_t dims[kMaxRank] = {};
+  uint32_t rank = std::min(info.rank, kMaxRank);
+  for (uint32_t i = 0; i < rank; ++i) dims[i] = info.dims[i];
+  return std::string(dtype_name(info.dtype)) + (rank == 4 ? " NHWC " : " ") + format_dims(dims, rank);
+}
+
+// The plan's operand as a tensor over the runtime buffer: NHWC for 4-D, row-major otherwise.
+bool describe_plan_operand(const dynrt_operand_info& info, Operand* out) {
+  if (info.rank > kMaxRank || info.dtype > 1) return false;
+  out->rank = info.rank;
+  out->type = info.dtype == 0 ? ScalarType::Float : ScalarType::Int;
+  size_t elements = 1;
+  for (uint32_t i = 0; i < info.rank; ++i) {
+    if (info.dims[i] == 0 || info.dims[i] > INT32_MAX) return false;
+    elements *= info.dims[i];
+  }
+  if (info.rank == 4) {
+    const uint32_t* d = info.dims;  // physical N, H, W, C
+    SizesType logical[4] = {(SizesType)d[0], (SizesType)d[3], (SizesType)d[1], (SizesType)d[2]};
+    DimOrderType order[4] = {0, 2, 3, 1};
+    std::copy(logical, logical + 4, out->sizes);
+    std::copy(order, order + 4, out->dim_order);
+  } else {
+    for (uint32_t i = 0; i < info.rank; ++i) {
+      out->sizes[i] = (SizesType)info.dims[i];
+      out->dim_order[i] = (DimOrderType)i;
+    }
+  }
+  StridesType stride = 1;
+  for (int k = (int)info.rank - 1; k >= 0; --k) {
+    out->strides[out->dim_order[k]] = stride;
+    stride *= out->sizes[out->dim_order[k]];
+  }
+  out->bytes = elements * 4;
+  out->row_bytes = info.rank > 0 ? out->bytes / info.dims[0] : out->bytes;
+  return true;
+}
+
+// Element strides of a tensor of `sizes` laid out in `order` (outermost dim first).
+void strides_for(uint32_t rank, const SizesType* sizes, const DimOrderType* order, int64_t* strides) {
+  int64_t stride = 1;
+  for (int k = (int)rank - 1; k >= 0; --k) {
+    strides[order[k]] = stride;
+    stride *= sizes[order[k]];
+  }
+}
+
+bool same_sizes(const Operand& plan, const et::TensorInfo& info) {
+  auto sizes = info.sizes();
+  auto order = info.dim_order();
+  if (sizes.size() != plan.rank || order.size() != plan.rank) return false;
+  uint32_t seen = 0;
+  for (uint32_t i = 0; i < plan.rank; ++i) {
+    if (sizes[i] != plan.sizes[i] || order[i] >= plan.rank || (seen & (1u << order[i]))) return false;
+    seen |= 1u << order[i];
+  }
+  return true;
+}
+
+// The same memory layout wherever it matters (a dim of size 1 has no stride that matters, so
+// e.g. a channels_last tensor with C == 1 matches a contiguous one). Sizes already match.
+bool same_layout(const Operand& plan, const et::TensorInfo& info) {
+  DimOrderType order[kMaxRank];
+  int64_t strides[kMaxRank];
+  for (uint32_t i = 0; i < plan.rank; ++i) order[i] = info.dim_order()[i];
+  strides_for(plan.rank, plan.sizes, order, strides);
+  for (uint32_t i = 0; i < plan.rank; ++i) {
+    if (plan.sizes[i] > 1 && strides[i] != plan.strides[i]) return false;
+  }
+  return true;
+}
+
+// Copies a tensor of `sizes` (4-byte elements) between two layouts given by element strides.
+void permute_copy(uint32_t rank, const SizesType* sizes, const void* source, const int64_t* source_strides,
+                  void* destination, const int64_t* destination_strides) {
+  int64_t n[kMaxRank] = {1, 1, 1, 1}, s[kMaxRank] = {}, d[kMaxRank] = {};
+  for (uint32_t i = 0; i < rank; ++i) {  // right-aligned into 4 dims
+    n[kMaxRank - rank + i] = sizes[i];
+    s[kMaxRank - rank + i] = source_strides[i];
+    d[kMaxRank - rank + i] = destination_strides[i];
+  }
+  const auto* from = static_cast<const uint32_t*>(source);
+  auto* to = static_cast<uint32_t*>(destination);
+  for (int64_t a = 0; a < n[0]; ++a)
+    for (int64_t b = 0; b < n[1]; ++b)
+      for (int64_t c = 0; c < n[2]; ++c) {
+        const uint32_t* row_from = from + a * s[0] + b * s[1] + c * s[2];
+        uint32_t* row_to = to + a * d[0] + b * d[1] + c * d[2];
+        for (int64_t e = 0; e < n[3]; ++e) row_to[e * d[3]] = row_from[e * s[3]];
+      }
+}
+
+dynrt_status check_operands(const Segment& segment, const et::MethodMeta& meta, bool inputs,
+                            const dynrt_operand_info* infos, uint32_t count, std::vector<Operand>* out,
+                            char* message, size_t capacity) {
+  const char* kind = inputs ? "input" : "output";
+  size_t method_count = inputs ? meta.num_inputs() : meta.num_outputs();
+  if (method_count != count) {
+    set_message(message, capacity, "method '%s' has %zu %ss, the plan has %u", segment.name.c_str(), method_count,
+                kind, count);
+    return DYNRT_SEGMENT_MISMATCH;
+  }
+  out->clear();
+  out->resize(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    auto tag = inputs ? meta.input_tag(i) : meta.output_tag(i);
+    if (!tag.ok() || tag.get() != et::Tag::Tensor) {
+      set_message(message, capacity, "%s %u: method '%s' has no tensor there", kind, i, segment.name.c_str());
+      return DYNRT_SEGMENT_MISMATCH;
+    }
+    auto info = inputs ? meta.input_tensor_meta(i) : meta.output_tensor_meta(i);
+    if (!info.ok()) {
+      set_message(message, capacity, "%s %u: cannot read method '%s' tensor info (%s)", kind, i,
+                  segment.name.c_str(), error_name(info.error()));
+      return DYNRT_SEGMENT_MISMATCH;
+    }
+    Operand& operand = (*out)[i];
+    if (!describe_plan_operand(infos[i], &operand)) {
+      set_message(message, capacity, "%s %u: unsupported plan operand %s", kind, i, plan_shape(infos[i]).c_str());
+      return DYNRT_INVALID_ARGUMENT;
+    }
+    if (segment.max_batch > 0 && i == 0 && infos[i].dims[0] != segment.max_batch) {
+      set_message(message, capacity, "%s 0: plan dims %s do not start with the tile bound %u", kind,
+                  plan_shape(infos[i]).c_str(), segment.max_batch);
+      return DYNRT_INVALID_ARGUMENT;
+    }
+    if (info->scalar_type() != operand.type || !same_sizes(operand, info.get())) {
+      set_message(message, capacity, "%s %u: method '%s' has %s, the plan has %s%s", kind, i, segment.name.c_str(),
+                  method_shape(info.get()).c_str(), plan_shape(infos[i]).c_str(),
+                  segment.max_batch > 0 && i == 0 ? " (tile methods are exported at the max batch)" : "");
+      return DYNRT_SEGMENT_MISMATCH;
+    }
+    operand.planned = info->is_memory_planned();
+    if (!same_layout(operand, info.get())) {
+      // Not the runtime's layout: correct, but every call permutes this operand (a copy).
+      operand.convert = true;
+      for (uint32_t d = 0; d < operand.rank; ++d) operand.method_order[d] = info->dim_order()[d];
+      if (inputs) {
+        operand.staging = allocate_block(operand.bytes);
+        if (!operand.staging) return DYNRT_OUT_OF_MEMORY;
+      }
+    }
+  }
+  return DYNRT_OK;
+}
+
+dynrt_status prepare(Adapter& adapter, uint32_t index, const dynrt_segment_info& info, char* message,
+                     size_t capacity) {
+  if (info.name == nullptr || (info.input_count && !info.inputs) || (info.output_count && !info.outputs)) {
+    set_message(message, capacity, "segment %u: incomplete segment info", index);
+    return DYNRT_INVALID_ARGUMENT;
+  }
+  auto segment = std::make_unique<Segment>();
+  segment->name = info.name;
+  segment->max_batch = info.max_batch;
+
+  auto meta = adapter.program->method_meta(info.name);
+  if (!meta.ok()) {
+    std::string names;
+    for (size_t i = 0; i < adapter.program->num_methods(); ++i) {
+      auto name = adapter.program->get_method_name(i);
+      if (!name.ok()) continue;
+      if (i == 8) {
+        names += ", ...";
+        break;
+      }
+      names += (i ? ", " : "") + std::string(name.get());
+    }
+    set_message(message, capacity, "the artifact has no method '%s' (it has %zu: %s)", info.name,
+                adapter.program->num_methods(), names.c_str());
+    return DYNRT_SEGMENT_MISMATCH;
+  }
+  dynrt_status status = check_operands(*segment, meta.get(), true, info.inputs, info.input_count, &segment->inputs,
+                                       message, capacity);
+  if (status != DYNRT_OK) return status;
+  status = check_operands(*segment, meta.get(), false, info.outputs, info.output_count, &segment->outputs, message,
+                          capacity);
+  if (status != DYNRT_OK) return status;
+
+  // A delegate registers itself from a static initializer of its library: name the missing
+  // one rather than letting the load fail with NotFound.
+  for (size_t i = 0; i < meta->num_backends(); ++i) {
+    auto backend = meta->get_backend_name(i);
+    if (backend.ok() && et::get_backend_class(backend.get()) == nullptr) {
+      set_message(message, capacity,
+                  "method '%s' needs ExecuTorch backend '%s', not registered in this process (link its library "
+                  "without --as-needed: executorch::backend_xnnpack)",
+                  info.name, backend.get());
+      return DYNRT_BACKEND_ERROR;
+    }
+  }
+
+  // Planned memory, allocated once here; the method's tensors live in it from now on.
+  size_t buffers = meta->num_memory_planned_buffers();
+  segment->planned_blocks.reserve(buffers);
+  segment->planned_spans.reserve(buffers);
+  for (size_t i = 0; i < buffers; ++i) {
+    auto size = meta->memory_planned_buffer_size(i);
+    if (!size.ok() || size.get() < 0) {
+      set_message(message, capacity, "method '%s': cannot read planned buffer %zu", info.name, i);
+      return DYNRT_BACKEND_ERROR;
+    }
+    segment->planned_blocks.push_back(allocate_block(static_cast<size_t>(size.get())));
+    if (!segment->planned_blocks.back()) return DYNRT_OUT_OF_MEMORY;
+    segment->planned_spans.emplace_back(segment->planned_blocks.back().get(), static_cast<size_t>(size.get()));
+  }
+  segment->planned_memory = std::make_unique<et::HierarchicalAllocator>(
+      et::Span<et::Span<uint8_t>>(segment->planned_spans.data(), segment->planned_spans.size()));
+  segment->memory =
+      std::make_unique<et::MemoryManager>(&segment->method_allocator, segment->planned_memory.get(), &adapter.scratch);
+
+  et::Result<et::Method> method = [&] {
+    // XNNPACK binds its thread pool at load: for threads = 1 it gets none.
+    std::optional<NoThreadPoolGuard> serial;
+    if (adapter.serial) serial.emplace();
+    return adapter.program->load_method(info.name, segment->memory.get());
+  }();
+  if (!method.ok()) {
+    const char* hint = method.error() == et::Error::OperatorMissing
+                           ? " (a kernel is missing: link executorch::kernels_optimized)"
+                           : "";
+    set_message(message, capacity, "ExecuTorch could not load method '%s': %s%s", info.name,
+                error_name(method.error()), hint);
+    return DYNRT_BACKEND_ERROR;
+  }
+  segment->method = std::make_unique<et::Method>(std::move(method.get()));
+
+  if (adapter.segments.size() <= index) adapter.segments.resize(index + 1);
+  adapter.segments[index] = std::move(segment);
+  return DYNRT_OK;
+}
+
+dynrt_status run(Adapter& adapter, uint32_t index, uint32_t batch, void* const* inputs, void* const* outputs) {
+  if (index >= adapter.segments.size() || !adapter.segments[index]) return DYNRT_INVALID_ARGUMENT;
+  Segment& segment = *adapter.segments[index];
+  if (segment.max_batch > 0 ? (batch < 1 || batch > segment.max_batch) : batch != 1) return DYNRT_INVALID_ARGUMENT;
+  if ((!segment.inputs.empty() && !inputs) || (!segment.outputs.empty() && !outputs)) return DYNRT_INVALID_ARGUMENT;
+  et::Method& method = *segment.method;
+
+  for (size_t i = 0; i < segment.inputs.size(); ++i) {
+    const Operand& operand = segment.inputs[i];
+    if (inputs[i] == nullptr) return DYNRT_INVALID_ARGUMENT;
+    SizesType sizes[kMaxRank];
+    std::copy(operand.sizes, operand.sizes + operand.rank, sizes);
+    if (segment.max_batch > 0 && i == 0) sizes[0] = static_cast<SizesType>(batch);
+    // A tensor over the runtime's buffer: set_input copies it into a planned input, or makes
+    // an unplanned input point at it. Either way nothing of it is kept after this call.
+    void* data = inputs[i];
+    const DimOrderType* order = operand.dim_order;
+    StridesType strides[kMaxRank];
+    std::copy(operand.strides, operand.strides + operand.rank, strides);
+    if (operand.convert) {  // permute into the method's layout first
+      int64_t from[kMaxRank], to[kMaxRank];
+      strides_for(operand.rank, sizes, operand.dim_order, from);
+      strides_for(operand.rank, sizes, operand.method_order, to);
+      permute_copy(operand.rank, sizes, inputs[i], from, operand.staging.get(), to);
+      for (uint32_t d = 0; d < operand.rank; ++d) strides[d] = static_cast<StridesType>(to[d]);
+      data = operand.staging.get();
+      order = operand.method_order;
+    }
+    TensorImpl impl(operand.type, operand.rank, sizes, data, const_cast<DimOrderType*>(order), strides);
+    et::Error error = method.set_input(et::EValue(Tensor(&impl)), i);
+    if (error != et::Error::Ok) return DYNRT_BACKEND_ERROR;
+  }
+  for (size_t i = 0; i < segment.outputs.size(); ++i) {
+    if (outputs[i] == nullptr) return DYNRT_INVALID_ARGUMENT;
+    if (!segment.outputs[i].planned && !segment.outputs[i].convert &&
+        method.set_output_data_ptr(outputs[i], segment.outputs[i].bytes, i) != et::Error::Ok) {
+      return DYNRT_BACKEND_ERROR;
+    }
+  }
+  {
+    std::optional<NoThreadPoolGuard> serial;
+    if (adapter.serial) serial.emplace();
+    if (method.execute() != et::Error::Ok) return DYNRT_BACKEND_ERROR;
+  }
+  for (size_t i = 0; i < segment.outputs.size(); ++i) {
+    const Operand& operand = segment.outputs[i];
+    const et::EValue& value = method.get_output(i);
+    if (!value.isTensor()) return DYNRT_BACKEND_ERROR;
+    const Tensor& tensor = value.toTensor();
+    size_t bytes = segment.max_batch > 0 && i == 0 ? operand.row_bytes * batch : operand.bytes;
+    if (tensor.nbytes() != bytes) return DYNRT_BACKEND_ERROR;
+    const void* data = tensor.const_data_ptr();
+    if (operand.convert) {  // the method's layout -> the runtime's
+      if (data == nullptr || tensor.dim() != (ssize_t)operand.rank) return DYNRT_BACKEND_ERROR;
+      SizesType sizes[kMaxRank];
+      int64_t from[kMaxRank], to[kMaxRank];
+      for (uint32_t d = 0; d < operand.rank; ++d) {
+        sizes[d] = tensor.size(d);
+        from[d] = tensor.strides()[d];
+      }
+      strides_for(operand.rank, sizes, operand.dim_order, to);
+      permute_copy(operand.rank, sizes, data, from, outputs[i], to);
+    } else if (data != outputs[i]) {
+      std::memcpy(outputs[i], data, bytes);
+    }
+  }
+  return DYNRT_OK;
+}
+
+// --- vtable --------------------------------------------------------------------------------
+
+dynrt_status vt_prepare_segment(void* context, uint32_t segment, const dynrt_segment_info* info, char* message,
+                                size_t message_capacity) {
+  if (context == nullptr || info == nullptr) return DYNRT_INVALID_ARGUMENT;
+  try {
+    return prepare(*static_cast<Adapter*>(context), segment, *info, message, message_capacity);
+  } catch (const std::bad_alloc&) {
+    set_message(message, message_capacity, "segment %u: out of memory while loading", segment);
+    return DYNRT_OUT_OF_MEMORY;
+  } catch (...) {
+    set_message(message, message_capacity, "segment %u: unexpected C++ exception while loading", segment);
+    return DYNRT_BACKEND_ERROR;
+  }
+}
+
+dynrt_status vt_run_segment(void* context, uint32_t segment, uint32_t batch, void* const* inputs,
+                            void* const* outputs) {
+  if (context == nullptr) return DYNRT_INVALID_ARGUMENT;
+  try {
+    return run(*static_cast<Adapter*>(context), segment, batch, inputs, outputs);
+  } catch (...) {
+    return DYNRT_BACKEND_ERROR;
+  }
+}
+
+void vt_release_segments(void* context) {
+  if (context != nullptr) static_cast<Adapter*>(context)->segments.clear();
+}
+
+void vt_destroy(dynrt_backend* backend) {
+  if (backend == nullptr) return;
+  auto* adapter = static_cast<Adapter*>(backend->context);
+  if (adapter != nullptr && adapter->pool_user) {
+    std::lock_guard<std::mutex> lock(g_pool_mutex);
+    --g_pool_users;
+  }
+  delete adapter;
+  delete backend;
+}
+
+}  // namespace
+
+extern "C" dynrt_status dynrt_executorch_backend_create(const void* pte, size_t pte_bytes, uint32_t threads,
+                                                        dynrt_backend_t* backend_out) {
+  if (backend_out == nullptr) return DYNRT_INVALID_ARGUMENT;
+  *backend_out = nullptr;
+  if (pte == nullptr || pte_bytes == 0) return DYNRT_INVALID_ARGUMENT;
+  if (reinterpret_cast<uintptr_t>(pte) % 16 != 0) return DYNRT_INVALID_ARGUMENT;  // Program::load needs it
+  try {
+    et::runtime_init();
+    auto adapter = std::make_unique<Adapter>();
+    adapter->serial = threads == 1;
+    adapter->loader.emplace(pte, pte_bytes);
+    auto program = et::Program::load(&*adapter->loader, et::Program::Verification::InternalConsistency);
+    if (!program.ok()) return DYNRT_BACKEND_ERROR;
+    adapter->program.emplace(std::move(program.get()));
+
+    auto backend = std::make_unique<dynrt_backend>();
+    if (!adapter->serial) {
+      std::lock_guard<std::mutex> lock(g_pool_mutex);
+      if (threads > 1) {
+#if DYNRT_EXECUTORCH_HAS_THREADPOOL
+        auto* pool = ::executorch::extension::threadpool::get_threadpool();
+        if (pool == nullptr) return DYNRT_INVALID_ARGUMENT;
+        if (pool->get_thread_count() != threads) {
+          if (g_pool_users > 0) return DYNRT_INVALID_ARGUMENT;  // their methods hold the current pool
+          pool->_unsafe_reset_threadpool(threads);
+          if (pool->get_thread_count() != threads) return DYNRT_INVALID_ARGUMENT;
+        }
+#else
+        return DYNRT_INVALID_ARGUMENT;
+#endif
+      }
+      ++g_pool_users;
+      adapter->pool_user = true;
+    }
+    backend->api_version = DYNRT_BACKEND_API_VERSION;
+    backend->name = kBackendName;
+    backend->artifact = pte;
+    backend->artifact_bytes = pte_bytes;
+    backend->prepare_segment = vt_prepare_segment;
+    backend->run_segment = vt_run_segment;
+    backend->release_segments = vt_release_segments;
+    backend->destroy = vt_destroy;
+    backend->context = adapter.release();
+    *backend_out = backend.release();
+    return DYNRT_OK;
+  } catch (const std::bad_alloc&) {
+    return DYNRT_OUT_OF_MEMORY;
+  } catch (...) {
+    return DYNRT_BACKEND_ERROR;
+  }
+}
+
+extern "C" uint32_t dynrt_executorch_thread_count(dynrt_backend_t backend) {
+  if (backend == nullptr || backend->destroy != vt_destroy || backend->context == nullptr) return 0;
+  const auto* adapter = static_cast<const Adapter*>(backend->context);
+  if (adapter->serial) return 1;
+  try {
+    return pool_thread_count();
+  } catch (...) {
+    return 0;
+  }
+}

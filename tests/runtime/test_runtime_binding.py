@@ -1,0 +1,236 @@
+"""The ctypes binding and the C API's behaviour seen from Python: statuses and messages,
+rejected frames, backend failures, tie decisions, tampered plans."""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from dynexport.plan.frame_program import HEADER, FrameProgram
+from dynexport.runtime import binding
+from dynexport.runtime.binding import (
+    CallbackBackend, LayerPath, NativeSession, RuntimeStatusError, Status, torch_callback_backend,
+)
+from dynexport.nn import SkipConv2d
+from dynexport.compiler.pipeline import compile_model
+from tests.runtime.runtime_models import REPO, clip, compiled_small, plan_bytes, to_nhwc
+
+HEADER_FILE = REPO / "dynexport" / "runtime" / "include" / "dynrt.h"
+
+
+def _enum_in_header(enum_name: str) -> dict[str, int]:
+    text = HEADER_FILE.read_text()
+    body = re.search(r"typedef enum %s \{(.*?)\} %s;" % (enum_name, enum_name), text, re.S).group(1)
+    return {name: int(value) for name, value in re.findall(r"DYNRT_(\w+)\s*=\s*(\d+)", body)}
+
+
+def test_status_enum_matches_the_header():
+    assert {s.name: s.value for s in Status} == _enum_in_header("dynrt_status")
+
+
+def test_layer_path_enum_matches_the_header():
+    assert {f"PATH_{p.name}": p.value for p in LayerPath} == _enum_in_header("dynrt_layer_path")
+
+
+def test_every_status_has_a_description(host_build):
+    for status in Status:
+        assert binding.status_string(status) not in ("", "unknown status")
+    assert binding.status_string(12345) == "unknown status"
+
+
+def test_missing_library_says_how_to_build_it(tmp_path):
+    script = "from dynexport.runtime.binding import load_library\nload_library()\n"
+    env = {"DYNEXPORT_RUNTIME_LIB": str(tmp_path / "libdynrt_host.so"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "RuntimeLibraryNotFound" in result.stderr and "make setup" in result.stderr, result.stderr
+
+
+def _session(key="stride2_padding", backend=None):
+    _, compiled = compiled_small(key)
+    backend = backend or torch_callback_backend(compiled.program, compiled.segments)
+    return compiled, NativeSession(plan_bytes(compiled), backend)
+
+
+def _frames(count=6):
+    return [to_nhwc(f[None]) for f in clip("mixed", 37, 45, count)]
+
+
+def test_describe_and_lifetime(host_build):
+    compiled, session = _session()
+    info = session.describe()
+    assert info["input_shape"] == (1, 37, 45, 3) and info["input_bytes"] == 4 * 37 * 45 * 3
+    assert info["state_bytes"] == compiled.program.state_bytes() < info["arena_bytes"]
+    with session:
+        out = session.step(_frames(1)[0])
+        assert out.shape == session.output_shape and np.isfinite(out).all()
+        mask, channels = session.layer_decisions(0)
+        assert mask.all(), "the first frame computes every block"
+        assert (channels == 2).all()
+    session.close()  # idempotent
+    with pytest.raises(ValueError, match="closed"):
+        session.step(_frames(1)[0])
+
+
+def test_rejected_frames_change_nothing(host_build):
+    frames = _frames(4)
+    _, a = _session()
+    _, b = _session()
+    with a, b:
+        a.step(frames[0])
+        b.step(frames[0])
+        bad = frames[1].copy()
+        bad.reshape(-1)[1234] = np.nan
+        with pytest.raises(RuntimeStatusError) as error:
+            a.step(bad)
+        assert error.value.status == Status.NONFINITE_INPUT and "element 1234 " in error.value.message
+        bad.reshape(-1)[1234] = -np.inf
+        with pytest.raises(RuntimeStatusError, match="-Inf"):
+            a.step(bad)
+        with pytest.raises(RuntimeStatusError) as error:
+            a.step(frames[1][:, :-1])
+        assert error.value.status == Status.WRONG_BUFFER_SIZE
+        with pytest.raises(TypeError):
+            a.step(frames[1].astype(np.float64))
+        for frame in frames[1:]:
+            np.testing.assert_array_equal(a.step(frame), b.step(frame))
+            for layer in range(len(a.program.layers)):
+                np.testing.assert_array_equal(a.layer_decisions(layer)[0], b.layer_decisions(layer)[0])
+
+
+def test_backend_exception_fails_the_frame_and_the_next_is_dense(host_build):
+    _, compiled = compiled_small("depthwise_chain")
+    torch_backend = torch_callback_backend(compiled.program, compiled.segments)
+    calls = {"n": 0, "fail_at": None}
+
+    def run(index, batch, inputs, outputs):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise ZeroDivisionError("segment blew up")
+        torch_backend.run(index, batch, inputs, outputs)
+
+    frames = _frames(5)
+    fresh_backend = torch_callback_backend(compiled.program, compiled.segments)
+    with NativeSession(plan_bytes(compiled), CallbackBackend(run)) as session, \
+            NativeSession(plan_bytes(compiled), fresh_backend) as fresh:
+        session.step(frames[0])
+        session.step(frames[1])
+        calls["fail_at"] = calls["n"] + 2
+        with pytest.raises(RuntimeStatusError) as error:
+            session.step(frames[2])
+        assert error.value.status == Status.BACKEND_ERROR
+        assert any(f"({s.name})" in error.value.message for s in compiled.program.segments), error.value.message
+        assert isinstance(error.value.__cause__, ZeroDivisionError)
+        out = session.step(frames[3])
+        for layer in session.last_stats["layers"]:
+            assert layer["active_blocks"] == layer["total_blocks"], "the frame after a failure must be dense"
+        np.testing.assert_allclose(out, fresh.step(frames[3]), atol=1e-6)
+
+
+def test_tie_band_takes_the_imposed_decision_for_one_step(host_build):
+    # threshold 0 and a frame that does not change: every block scores exactly 0, a tie
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(SkipConv2d(3, 4, 3, padding=1, block=4, gate="input_norm", threshold=0.0)).eval()
+    compiled = compile_model(model, (1, 3, 16, 20))
+    blocks = compiled.program.layers[0].grid.num_blocks
+    frame = to_nhwc(torch.rand(1, 3, 16, 20))
+    with NativeSession(compiled.program.to_bytes(),
+                       torch_callback_backend(compiled.program, compiled.segments)) as session:
+        session.step(frame)
+        session.step(frame)
+        assert session.last_stats["layers"][0]["ties"] == blocks
+        assert not session.layer_decisions(0)[0].any(), "0 > 0 is false: no block computes on its own"
+        imposed = np.arange(blocks) % 3 == 0
+        session.set_tie_decisions(0, imposed)
+        session.step(frame)
+        np.testing.assert_array_equal(session.layer_decisions(0)[0], imposed)
+        session.step(frame)
+        assert not session.layer_decisions(0)[0].any(), "an imposed mask applies to one step only"
+        with pytest.raises(RuntimeStatusError) as error:
+            session.set_tie_decisions(0, imposed[:-1])
+        assert error.value.status == Status.WRONG_BUFFER_SIZE
+
+
+def _reseal(plan: bytes) -> bytes:
+    magic, major, minor, size, _ = HEADER.unpack_from(plan, 0)
+    payload = plan[HEADER.size:]
+    return HEADER.pack(magic, major, minor, len(payload), zlib.crc32(payload)) + payload
+
+
+def _layer_offset(program: FrameProgram, layer: int) -> int:
+    counts = 40
+    from dynexport.plan.frame_program import Layer, Segment, Tensor
+    return (HEADER.size + counts + len(program.tensors) * Tensor.FORMAT.size
+            + len(program.segments) * Segment.FORMAT.size + layer * Layer.FORMAT.size)
+
+
+def _jump(program: FrameProgram):
+    from dynexport.plan.frame_program import Op
+    return next(ins for ins in program.instructions if ins.op == Op.JUMP)
+
+
+@pytest.mark.parametrize("tamper,status,words", [
+    (lambda p, prog: p[:-1], Status.PLAN_TRUNCATED, ["header says"]),
+    (lambda p, prog: b"XXFP" + p[4:], Status.PLAN_BAD_MAGIC, ["magic"]),
+    (lambda p, prog: p[:4] + struct.pack("<H", 9) + p[6:], Status.PLAN_VERSION, ["version 9"]),
+    (lambda p, prog: p[:-1] + bytes([p[-1] ^ 1]), Status.PLAN_CHECKSUM, ["checksum"]),
+    # the layer's block size 4 -> 5: its tensors no longer fit the grid (resealed: the validator must see it)
+    (lambda p, prog: _reseal(p[:_layer_offset(prog, 0) + 52] + struct.pack("<I", 5) + p[_layer_offset(prog, 0) + 56:]),
+     Status.PLAN_INVALID, ["layer", "needs"]),
+    # a jump backwards
+    (lambda p, prog: _reseal(p.replace(_jump(prog).pack(), struct.pack("<5I", 4, 0, 0, 0, 0))), Status.PLAN_INVALID,
+     ["jumps back"]),
+])
+def test_tampered_plans_are_refused_with_a_reason(host_build, tamper, status, words):
+    _, compiled = compiled_small("stride2_padding")
+    program = compiled.program
+    plan = tamper(plan_bytes(compiled), program)
+    with pytest.raises(RuntimeStatusError) as error:
+        NativeSession(plan, CallbackBackend(lambda *args: None))
+    assert error.value.status == status, error.value.message
+    for word in words:
+        assert word in error.value.message, error.value.message
+
+
+def test_the_native_validator_is_at_least_as_strict_as_the_python_reader(host_build):
+    """Random single-byte changes (checksum resealed): whatever FrameProgram.from_bytes
+    refuses, the runtime refuses too; the runtime may refuse more (its C-only checks)."""
+    import random
+
+    from dynexport.plan.frame_program import PlanFormatError
+
+    rng = random.Random(0)
+    counts = {"both accept": 0, "both refuse": 0, "only the runtime refuses": 0}
+    backend = CallbackBackend(lambda *args: None)
+    for key in ("residual_gumbel", "dstep", "grids_9_4_1_blocks"):
+        plan = plan_bytes(compiled_small(key)[1])
+        for _ in range(150):
+            data = bytearray(plan)
+            position = rng.randrange(HEADER.size, len(data))
+            data[position] ^= rng.choice([0x01, 0x02, 0x10, 0x80, 0xFF])
+            data = _reseal(bytes(data))
+            try:
+                FrameProgram.from_bytes(data)
+                python_accepts = True
+            except PlanFormatError:
+                python_accepts = False
+            try:
+                NativeSession(data, backend).close()
+                native_accepts = True
+            except RuntimeStatusError as error:
+                assert error.status in (Status.PLAN_INVALID, Status.OUT_OF_MEMORY), error
+                native_accepts = False
+            assert python_accepts or not native_accepts, \
+                f"{key}: byte {position} changed: the Python reader refuses the plan, the runtime accepts it"
+            counts["both accept" if native_accepts else "both refuse" if not python_accepts
+                   else "only the runtime refuses"] += 1
+    backend.close()
+    print(counts)
+    assert counts["both accept"] > 0 and counts["both refuse"] > 0

@@ -1,0 +1,145 @@
+"""Differential: the native runtime (C core, segments run in torch through the callback
+backend) against the Python interpreter (the specification) and the PyTorch reference
+``dynexport.step``, frame by frame, on clips with a still stretch, drift and a scene cut
+(where all three are reset).
+
+Verification mode, as a device run would do it: before each native frame, the
+interpreter's decisions are imposed on blocks in the tie band (set_tie_decisions), so the
+two stay in lockstep; outside the band the native decisions must be identical. Ties are
+counted and reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dynexport
+from dynexport.plan.frame_program import LayerKind
+from dynexport.plan.interpreter import FrameProgramInterpreter, TorchSegments
+from dynexport.runtime.binding import LayerPath, NativeSession, torch_callback_backend
+from tests.plan.test_interpreter import reference_decisions
+from tests.runtime.runtime_models import (
+    EXAMPLES, SMALL_MODELS, clip, compiled_example, compiled_small, from_physical, plan_bytes, to_nhwc,
+)
+
+INTERPRETER_TOLERANCE = 1e-5
+REFERENCE_TOLERANCE = 1e-4
+
+
+def _active_blocks(decision) -> list[int]:
+    return decision[0] if isinstance(decision, tuple) else decision
+
+
+def _normalize_dstep(decision):
+    """D-STEP patches only matter when some channel computes (as test_interpreter compares)."""
+    if isinstance(decision, tuple):
+        patches, channels = decision
+        return (patches if any(c == 2 for c in channels) else [], list(channels))
+    return decision
+
+
+def run_differential(model, compiled, frames: torch.Tensor, cuts=(), label=""):
+    """Streams `frames` through the three engines; returns a summary of what ran."""
+    program = compiled.program
+    interpreter = FrameProgramInterpreter(program, TorchSegments(compiled.segments))
+    backend = torch_callback_backend(program, compiled.segments)
+    summary = {"frames": 0, "ties": 0, "skipped_blocks": 0, "paths": set(), "worst_interpreter": 0.0,
+               "worst_reference": 0.0}
+    with NativeSession(plan_bytes(compiled), backend) as session:
+        info = session.describe()
+        assert info["state_bytes"] == program.state_bytes()
+        assert info["layer_count"] == len(program.layers) and info["segment_count"] == len(program.segments)
+        for index, layer in enumerate(program.layers):
+            assert session.describe_layer(index) == {
+                "name": layer.name, "blocks": layer.grid.num_blocks, "block_rows": layer.grid.blocks[0],
+                "block_cols": layer.grid.blocks[1], "out_channels": layer.out_channels}
+        for t, frame in enumerate(frames):
+            if t == 0 or t in cuts:
+                interpreter.reset()
+                dynexport.reset(model)
+                session.reset()
+            want = interpreter.step(frame[None])
+            expected = dynexport.step(model, frame[None])
+            decisions = interpreter.layer_decisions()
+            for index, (layer, decision) in enumerate(zip(program.layers, decisions)):
+                mask = np.zeros(layer.grid.num_blocks, dtype=np.uint8)
+                mask[_active_blocks(decision)] = 1
+                session.set_tie_decisions(index, mask)
+            got = from_physical(session.step(to_nhwc(frame[None])))
+
+            error = (got - want).abs().max().item()
+            assert error <= INTERPRETER_TOLERANCE, f"{label} frame {t}: native vs interpreter max error {error:.3g}"
+            reference_error = (got - expected).abs().max().item()
+            assert reference_error <= REFERENCE_TOLERANCE, \
+                f"{label} frame {t}: native vs reference max error {reference_error:.3g}"
+            summary["worst_interpreter"] = max(summary["worst_interpreter"], error)
+            summary["worst_reference"] = max(summary["worst_reference"], reference_error)
+
+            stats = session.last_stats
+            assert stats["segments_ns"] <= stats["frame_ns"]
+            want_reference = reference_decisions(model)
+            for index, (layer, decision) in enumerate(zip(program.layers, decisions)):
+                mask, channels = session.layer_decisions(index)
+                native = np.flatnonzero(mask).tolist()
+                layer_stats = stats["layers"][index]
+                if isinstance(decision, tuple):
+                    native_decision = (native, channels.tolist())
+                else:
+                    native_decision = native
+                    assert channels.tolist() == [2] * layer.out_channels
+                assert native_decision == decision, f"{label} frame {t}, layer {layer.name}: decisions differ"
+                assert _normalize_dstep(native_decision) == _normalize_dstep(want_reference[index]), \
+                    f"{label} frame {t}, layer {layer.name}: decisions differ from the reference"
+                # statistics
+                assert layer_stats["active_blocks"] == len(native)
+                assert layer_stats["total_blocks"] == layer.grid.num_blocks
+                assert layer_stats["dense_macs"] == compiled.layer_dense_macs[index]
+                path = layer_stats["path"]
+                summary["paths"].add(path.name)
+                if not native:
+                    assert path == LayerPath.REUSE
+                elif len(native) > layer.dense_cutoff:
+                    assert path == LayerPath.DENSE
+                else:
+                    assert path == LayerPath.TILES
+                gate = layer.grid.output_size[0] * layer.grid.output_size[1] * layer.gate_macs_per_position
+                conv = {LayerPath.REUSE: 0, LayerPath.DENSE: layer_stats["dense_macs"],
+                        LayerPath.TILES: len(native) * layer.block ** 2 * layer.macs_per_position}[path]
+                scored = layer.kind == LayerKind.SKIP_CONV and t not in cuts and t > 0
+                assert layer_stats["executed_macs"] == conv + (gate if scored else 0)
+                summary["ties"] += layer_stats["ties"]
+                if layer.kind == LayerKind.SKIP_CONV:
+                    summary["skipped_blocks"] += layer.grid.num_blocks - len(native)
+            summary["frames"] += 1
+    backend.close()
+    return summary
+
+
+@pytest.mark.parametrize("key", list(SMALL_MODELS))
+def test_native_matches_interpreter_and_reference_small_models(host_build, key):
+    model, compiled = compiled_small(key)
+    frames = clip("mixed", 37, 45, 32)  # still 8..16, drift, scene cut at 28
+    summary = run_differential(model, compiled, frames, (28,), key)
+    print(f"{key}: {summary}")
+    if any(layer.kind == LayerKind.SKIP_CONV for layer in compiled.program.layers):
+        assert summary["skipped_blocks"] > 0, "the clip must exercise skipped blocks"
+
+
+# the example networks are slow in torch: short clips, with the scene cut moved early
+EXAMPLE_CLIPS = {
+    "skipconv_heatmap": ("scene_cut", {"cuts": (9,), "still": (3, 6)}),
+    "dstep_action": ("mixed", {"cuts": (10,), "still": (3, 6)}),
+}
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_native_matches_interpreter_and_reference_examples(host_build, name):
+    model, compiled = compiled_example(name)
+    _, _, height, width = compiled.input_shape
+    preset, overrides = EXAMPLE_CLIPS[name]
+    frames = clip(preset, height, width, 14, seed=3, **overrides)
+    summary = run_differential(model, compiled, frames, overrides["cuts"], name)
+    print(f"{name} ({preset} {overrides}): {summary}")
+    assert len(summary["paths"]) >= 2, f"{name}: the clip must take more than one path, took {summary['paths']}"

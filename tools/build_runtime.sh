@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Configure and build the native runtime (dynrt core + ExecuTorch adapter + verify driver).
+#
+#   tools/build_runtime.sh host      [--quiet]   -> build/host      (Release)
+#   tools/build_runtime.sh sanitize  [--quiet]   -> build/sanitize  (ASan + UBSan)
+#   tools/build_runtime.sh aarch64   [--quiet]   -> build/aarch64   (ARM64 cross build)
+#   tools/build_runtime.sh fuzz      [--quiet]   -> build/fuzz      (clang libFuzzer target fuzz_plan, core only)
+#
+# The driver lands in build/<mode>/bin/dynrt_verify_driver. For aarch64, run it with
+#   build/aarch64/bin/qemu-run build/aarch64/bin/dynrt_verify_driver ...
+# (qemu-aarch64 -L /usr/aarch64-linux-gnu with LD_LIBRARY_PATH at the aarch64 wheel's lib/).
+#
+# ExecuTorch comes from wheels: the venv's for host/sanitize; for aarch64 the same version's
+# manylinux aarch64 wheel, downloaded once into .cache/aarch64 and partly unpacked (lib/,
+# include/, share/cmake/). Needs: .venv (make setup), cmake >= 3.28 (the venv's), ninja, a C/C++
+# compiler; aarch64 also g++-aarch64-linux-gnu and, to run, qemu-user.
+# Idempotent: configures only when the build folder is new or its settings changed, and a
+# second run with nothing changed is a no-op ninja call.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODE=""
+QUIET=0
+for arg in "$@"; do
+  case "$arg" in
+    host|sanitize|aarch64|fuzz) MODE=$arg ;;
+    --quiet|-q) QUIET=1 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "build_runtime: unknown argument '$arg' (expected host, sanitize, aarch64 or fuzz, and optionally --quiet)" >&2; exit 2 ;;
+  esac
+done
+if [ -z "$MODE" ]; then
+  echo "build_runtime: say what to build: tools/build_runtime.sh host|sanitize|aarch64|fuzz [--quiet]" >&2
+  exit 2
+fi
+
+die() { echo "build_runtime: $*" >&2; exit 1; }
+
+PYTHON=$ROOT/.venv/bin/python
+[ -x "$PYTHON" ] || die "no venv at $ROOT/.venv: run 'make setup' first"
+CMAKE=${CMAKE:-$ROOT/.venv/bin/cmake}
+[ -x "$CMAKE" ] || CMAKE=$(command -v cmake || true)
+[ -n "$CMAKE" ] || die "cmake not found (make setup installs cmake>=3.28 into .venv)"
+cmake_version=$("$CMAKE" --version | head -1 | awk '{print $3}')
+if ! printf '%s\n3.28\n' "${cmake_version%%-*}" | sort -V -C -r 2>/dev/null; then
+  # sort -C -r: succeeds when the list is in descending order, i.e. version >= 3.28
+  die "$CMAKE is version $cmake_version; ExecuTorch's CMake package needs >= 3.28 (use .venv/bin/cmake)"
+fi
+command -v ninja >/dev/null || die "ninja not found (Debian package: ninja-build)"
+SOURCE=$ROOT/dynexport/runtime
+[ -f "$SOURCE/CMakeLists.txt" ] || die "$SOURCE/CMakeLists.txt is missing (the runtime core's project)"
+
+# The venv's executorch: its version picks the aarch64 wheel, its share/cmake the host package.
+read -r ET_VERSION ET_HOST_DIR < <("$PYTHON" - <<'EOF'
+import importlib.metadata, importlib.util, pathlib
+spec = importlib.util.find_spec("executorch")
+print(importlib.metadata.version("executorch"), pathlib.Path(list(spec.submodule_search_locations)[0]))
+EOF
+) || die "executorch is not installed in .venv (run 'make setup')"
+
+BUILD=$ROOT/build/$MODE
+mkdir -p "$BUILD"
+LOG=$BUILD/build_runtime.log
+: > "$LOG"
+
+say() { [ "$QUIET" = 1 ] || echo "build_runtime: $*"; }
+run_logged() {
+  if [ "$QUIET" = 1 ]; then
+    if ! "$@" >>"$LOG" 2>&1; then
+      echo "build_runtime: failed: $*" >&2
+      tail -n 40 "$LOG" >&2
+      exit 1
+    fi
+  else
+    if ! "$@" 2>&1 | tee -a "$LOG"; then die "failed: $* (log: $LOG)"; fi
+  fi
+}
+
+ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=ON)
+case "$MODE" in
+  host)
+    PREFIX=$ET_HOST_DIR
+    ARGS+=(-DCMAKE_BUILD_TYPE=Release)
+    ;;
+  sanitize)
+    PREFIX=$ET_HOST_DIR
+    ARGS+=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DDYNRT_SANITIZE=ON)
+    ;;
+  fuzz)
+    command -v clang >/dev/null || die "clang not found (Debian packages: clang libclang-rt-14-dev)"
+    PREFIX=$ET_HOST_DIR
+    ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDYNRT_FUZZ=ON
+          -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++)
+    ;;
+  aarch64)
+    command -v aarch64-linux-gnu-g++ >/dev/null || die "aarch64-linux-gnu-g++ not found (Debian package: g++-aarch64-linux-gnu)"
+    CACHE=$ROOT/.cache/aarch64
+    PREFIX=$CACHE/executorch-$ET_VERSION/executorch
+    if [ ! -f "$PREFIX/.unpacked" ]; then
+      mkdir -p "$CACHE"
+      wheel=$(ls "$CACHE"/executorch-"$ET_VERSION"-*manylinux*aarch64.whl 2>/dev/null | head -1 || true)
+      if [ -z "$wheel" ]; then
+        say "downloading the executorch $ET_VERSION aarch64 wheel into $CACHE"
+        run_logged "$PYTHON" -m pip download "executorch==$ET_VERSION" --platform manylinux_2_28_aarch64 \
+          --python-version 3.11 --only-binary=:all: --no-deps -d "$CACHE" -q
+        wheel=$(ls "$CACHE"/executorch-"$ET_VERSION"-*manylinux*aarch64.whl 2>/dev/null | head -1 || true)
+        [ -n "$wheel" ] || die "pip download gave no aarch64 wheel for executorch $ET_VERSION"
+      fi
+      say "unpacking $(basename "$wheel") (lib, include, share/cmake)"
+      run_logged "$PYTHON" - "$wheel" "$CACHE/executorch-$ET_VERSION" <<'EOF'
+import pathlib, shutil, sys, tempfile, zipfile
+wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+keep = ("executorch/lib/", "executorch/include/", "executorch/share/cmake/")
+staging = pathlib.Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+with zipfile.ZipFile(wheel) as archive:
+    archive.extractall(staging, [n for n in archive.namelist() if n.startswith(keep)])
+(staging / "executorch" / ".unpacked").write_text(pathlib.Path(wheel).name + "\n")
+shutil.rmtree(dest, ignore_errors=True)
+staging.rename(dest)
+EOF
+    fi
+    ARGS+=(-DCMAKE_BUILD_TYPE=Release "-DCMAKE_TOOLCHAIN_FILE=$ROOT/tools/aarch64-linux-gnu.cmake")
+    ;;
+esac
+ARGS+=("-DCMAKE_PREFIX_PATH=$PREFIX/share/cmake")
+
+# Configure when new, or when the settings differ from the last configure.
+settings="$CMAKE -S $SOURCE ${ARGS[*]}"
+if [ ! -f "$BUILD/build.ninja" ] || [ "$(cat "$BUILD/.configure-settings" 2>/dev/null)" != "$settings" ]; then
+  say "configuring build/$MODE"
+  rm -f "$BUILD/CMakeCache.txt" "$BUILD/.configure-settings"  # a failed configure is redone next time
+  run_logged "$CMAKE" -S "$SOURCE" -B "$BUILD" "${ARGS[@]}"
+  printf '%s' "$settings" > "$BUILD/.configure-settings"
+fi
+say "building build/$MODE"
+run_logged "$CMAKE" --build "$BUILD"
+
+if [ "$MODE" = aarch64 ]; then
+  # The wheel's libraries need only each other and the C/C++ runtime (libstdc++, libgcc_s,
+  # libm, libdl, libpthread, libc), which /usr/aarch64-linux-gnu provides: not torch.
+  cat > "$BUILD/bin/qemu-run" <<EOF
+#!/bin/sh
+# Runs an aarch64 binary of this build under user-mode emulation (written by tools/build_runtime.sh).
+exec qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$PREFIX/lib" "\$@"
+EOF
+  chmod +x "$BUILD/bin/qemu-run"
+  say "run: build/aarch64/bin/qemu-run build/aarch64/bin/dynrt_verify_driver --help"
+else
+  say "driver: build/$MODE/bin/dynrt_verify_driver"
+fi
