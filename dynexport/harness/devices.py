@@ -80,8 +80,9 @@ def _run_on_android(files: dict[str, Path], options: list[str], timeout: float |
     build = ROOT / "build" / "android-arm64-v8a"
     driver = build / "bin" / DRIVER
     if not driver.exists():
-        raise DeviceError(f"--device adb: no Android build of the driver at {driver}; build it with the NDK "
-                          "(tools/build_runtime.sh android, needs ANDROID_NDK_HOME)")
+        raise DeviceError(f"--device adb: no Android build of the driver at {driver}. It needs the Android NDK "
+                          "and ExecuTorch built for Android (the PyPI wheels are glibc-only), which make setup "
+                          "does not provide yet")
     _check(_adb("shell", "mkdir", "-p", ANDROID_DIR))
     pushes = [driver, *sorted((build / "lib").glob("*.so"))]
     remote = {}

@@ -136,3 +136,13 @@ def test_examples_pass_under_qemu_arm64(built_example, example):
     out, _ = built_example(example)
     reports = verify(out, synthetic="scene_cut", frames=3, device="qemu-arm64")
     assert all(r.passed for r in reports), [r.failures for r in reports]
+
+
+def test_error_does_not_grow_over_300_frames(small_build):
+    """A slow illumination drift over 300 frames (residuals creep up to each threshold): the
+    runtime's state stays on the reference's (every decision equal, error bounded, not growing)."""
+    [report] = verify(small_build, synthetic="drift", frames=300)
+    assert report.passed, report.failures
+    errors = np.array(report.frame_rel_err)
+    assert errors.max() <= RELATIVE_TOLERANCE
+    assert errors[-50:].max() <= max(2 * errors[:50].max(), 1e-6)
