@@ -14,10 +14,6 @@ class ModelLoadError(DynexportError):
     """A model file could not be loaded, or loading it would run untrusted code."""
 
 
-class NotBuiltYetError(DynexportError):
-    """A command or feature that is planned but not implemented yet."""
-
-
 class CompileError(DynexportError):
     """The model cannot be compiled as given (unsupported op, dynamic construct, bad shape)."""
 

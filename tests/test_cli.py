@@ -24,11 +24,10 @@ def test_help_lists_commands_and_is_fast():
     assert probe.stdout.strip() == "False"
 
 
-def test_commands_not_built_yet_say_so_and_fail():
-    for command in ("bench",):
-        result = run(command)
-        assert result.returncode == 2, command
-        assert "not built yet" in result.stderr
+def test_bench_of_a_folder_that_is_no_build_names_it(tmp_path):
+    result = run("bench", str(tmp_path))
+    assert result.returncode == 1
+    assert "not a dynexport build" in result.stderr
 
 
 def test_verify_of_a_folder_that_is_no_build_names_it(tmp_path):

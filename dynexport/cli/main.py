@@ -1,5 +1,5 @@
 """Entry point: the typer app, its commands, and the one place that turns dynexport's typed
-errors into a one-line message and exit status 1 (2 for planned commands not built yet)."""
+errors into a one-line message and exit status 1."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import typer
 
 from dynexport import __version__
-from dynexport.cli import build_command, clip_command, inspect_command, planned_commands, verify_command
+from dynexport.cli import bench_command, bench_layer_command, build_command, clip_command, inspect_command, verify_command
 
 app = typer.Typer(
     name="dynexport",
@@ -43,18 +43,15 @@ app.command("build")(build_command.build)
 app.command("inspect")(inspect_command.inspect)
 app.command("clip")(clip_command.clip)
 app.command("verify")(verify_command.verify)
-for _name, _fn in planned_commands.COMMANDS.items():
-    app.command(_name)(_fn)
+app.command("bench")(bench_command.bench)
+app.command("bench-layer")(bench_layer_command.bench_layer)
 
 
 def main() -> None:
-    from dynexport.errors import DynexportError, NotBuiltYetError
+    from dynexport.errors import DynexportError
 
     try:
         app()
-    except NotBuiltYetError as exc:
-        typer.echo(f"dynexport: {exc}", err=True)
-        sys.exit(2)
     except DynexportError as exc:
         typer.echo(f"dynexport: error: {exc}", err=True)
         sys.exit(1)

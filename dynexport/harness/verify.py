@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from dynexport.errors import DynexportError
+from dynexport.errors import DynexportError, PlanError
 from dynexport.harness.clips import VerifyClip
 from dynexport.harness.reference import StreamRun, layer_sizes, run_reference
 from dynexport.plan.frame_program import FrameProgram
@@ -34,10 +34,6 @@ RELATIVE_TOLERANCE = 1e-4
 DRIFT_LIMIT = 10.0
 DRIFT_FLOOR = 1e-5
 ARTIFACT_FILES = {"executorch": "model.pte"}
-
-
-class BuildFolderError(DynexportError):
-    """OUT is not a complete, unmodified dynexport build."""
 
 
 @dataclasses.dataclass
@@ -55,23 +51,23 @@ def open_build(folder) -> Build:
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
     if not manifest_path.exists():
-        raise BuildFolderError(f"'{folder}' is not a dynexport build (no manifest.json); make one with dynexport build")
+        raise PlanError(f"'{folder}' is not a dynexport build (no manifest.json); make one with dynexport build")
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
-        raise BuildFolderError(f"'{manifest_path}': not valid JSON ({exc})") from None
+        raise PlanError(f"'{manifest_path}': not valid JSON ({exc})") from None
     for name, digest in manifest.get("artifacts", {}).items():
         path = folder / name
         if not path.exists():
-            raise BuildFolderError(f"'{path}' is missing (listed in the manifest)")
+            raise PlanError(f"'{path}' is missing (listed in the manifest)")
         if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            raise BuildFolderError(f"'{path}' does not match the manifest's checksum: it changed after the build")
+            raise PlanError(f"'{path}' does not match the manifest's checksum: it changed after the build")
     from dynexport.plan.frame_program import PlanFormatError
 
     try:
         program = FrameProgram.from_bytes((folder / manifest["plan"]["file"]).read_bytes())
     except (PlanFormatError, KeyError) as exc:
-        raise BuildFolderError(f"'{folder}': {exc}") from None
+        raise PlanError(f"'{folder}': {exc}") from None
     return Build(folder, manifest, program)
 
 
@@ -80,7 +76,7 @@ def load_reference(build: Build, allow_pickle: bool = False):
 
     reference = build.manifest.get("reference")
     if not reference:
-        raise BuildFolderError(f"'{build.folder}' holds no reference model (built by an older dynexport?): rebuild it")
+        raise PlanError(f"'{build.folder}' holds no reference model (built by an older dynexport?): rebuild it")
     return load_model(build.folder / reference["file"], allow_pickle=allow_pickle or reference.get("allow_pickle", False))
 
 
@@ -194,7 +190,7 @@ def verify(folder, clip_path=None, synthetic: str | None = None, frames: int | N
     backends = backends or available
     for name in backends:
         if name not in available:
-            raise BuildFolderError(f"--backend {name!r}: this build has {', '.join(available) or 'no backends'}")
+            raise PlanError(f"--backend {name!r}: this build has {', '.join(available) or 'no backends'}")
     if clip_path is not None and synthetic is not None:
         raise DynexportError("give --clip or --synthetic, not both")
     if clip_path is not None:

@@ -1,0 +1,79 @@
+"""``dynexport bench``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dynexport.cli.options import AllowPickle, OutDir
+
+
+def bench(
+    out: OutDir,
+    clip: Annotated[Optional[Path], typer.Option(
+        "--clip", help="Frames [T, C, H, W] as .npy: uint8 (normalized as the manifest says) or float32.")] = None,
+    synthetic: Annotated[Optional[str], typer.Option(
+        "--synthetic", help="A generated clip instead: static_camera, handheld, scene_cut, drift, still, mixed "
+                            "[default: static_camera].")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", min=2, help="Use the first N frames.")] = None,
+    backend: Annotated[Optional[list[str]], typer.Option(
+        "--backend", help="Backend to measure (repeatable) [default: every backend in the build].")] = None,
+    threads: Annotated[int, typer.Option("--threads", min=0, help="Backend threads per segment; 0: the backend's "
+                                                                  "default pool.")] = 1,
+    passes: Annotated[int, typer.Option("--passes", min=1, help="Timed passes over the clip (medians).")] = 5,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of time and active fraction per frame.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Measure the realized speedup of OUT's dynamic plan over the dense export of the same model.
+
+    Builds the dense export (every gated layer replaced by its plain convolution), then runs
+    both through the native runtime in one process, interleaved frame by frame, on the same
+    clip, PASSES times after a warm-up pass. Reports per-frame medians: dense and dynamic
+    time, realized speedup (dense / dynamic), ideal speedup (dense MACs / executed MACs of
+    the whole model, gate MACs included), realized / ideal, the share of the dynamic frame
+    spent outside backend segments, the cost of an unchanged frame relative to a dense one,
+    and the active fraction of blocks (frames after the first).
+
+    Examples:
+
+      dynexport bench out --synthetic static_camera --frames 48
+
+      dynexport bench out --threads 0 --json
+
+      dynexport bench out --clip clip.npy --plot bench.png
+    """
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from dynexport.harness.bench import bench as run_bench
+    from dynexport.harness.bench import plot as write_plot
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("bench", total=None)
+        reports = run_bench(out, clip, synthetic, frames, backend, "host", threads, passes, allow_pickle,
+                            progress=lambda message: progress.update(task, description=f"bench: {message}"))
+    if plot is not None:
+        write_plot(reports, plot)
+    if as_json:
+        typer.echo(json.dumps({"backends": {r.backend: r.as_json() for r in reports}}))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"dynexport bench {out} ({reports[0].frames} frames x {reports[0].passes} passes, "
+                        f"threads {reports[0].threads}; per-frame medians)")
+    for column in ("backend", "dense ms", "dynamic ms", "realized", "ideal", "realized/ideal", "outside segments",
+                   "unchanged frame", "active"):
+        table.add_column(column, justify="right")
+    for r in reports:
+        table.add_row(r.backend, f"{r.dense_ms:.3f}", f"{r.dynamic_ms:.3f}", f"{r.realized_speedup:.2f}x",
+                      f"{r.ideal_speedup:.2f}x", f"{r.realized_over_ideal:.2f}", f"{100 * r.overhead_share:.1f} %",
+                      f"{100 * r.unchanged_frame_ratio:.1f} % of dense", f"{100 * r.active_fraction:.1f} %")
+    Console().print(table)
+    for r in reports:
+        layers = ", ".join(f"{name} {100 * f:.0f}%" for name, f in r.layer_active_fraction.items())
+        typer.echo(f"{r.backend} active fraction per layer: {layers}")

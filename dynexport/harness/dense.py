@@ -1,0 +1,46 @@
+"""The dense export of a build's model: every gated layer replaced by its plain convolution
+(same weights, every block computed, no gate), built like any model. ``bench`` runs it side
+by side with the dynamic plan: it is what an app would ship without dynexport."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def dense_counterpart(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with each SkipConv2d / DStepConv2d replaced by its ``conv``."""
+    from dynexport.nn import GatedLayer
+
+    dense = copy.deepcopy(model).eval()
+    for name, module in list(dense.named_modules()):
+        if isinstance(module, GatedLayer):
+            parent_name, _, attribute = name.rpartition(".")
+            parent = dense.get_submodule(parent_name) if parent_name else dense
+            setattr(parent, attribute, module.conv)
+    if isinstance(dense, GatedLayer):
+        dense = dense.conv
+    return dense
+
+
+def build_dense(model: nn.Module, input_shape, folder: Path, progress=None):
+    """Build the dense counterpart into ``folder`` (a one-segment plan and its artifact)."""
+    from dynexport.build import build
+
+    dense = dense_counterpart(model)
+    path = folder / "dense_model.pt"
+    torch.save(dense, path)
+    return build(path, folder / "dense", target="host", input_shape=tuple(input_shape), progress=progress)
+
+
+def model_macs(model: nn.Module, input_shape) -> int:
+    """MACs of one dense frame (convolutions and matrix products), by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(tuple(input_shape)))
+    return counter.get_total_flops() // 2
