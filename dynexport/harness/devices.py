@@ -63,7 +63,7 @@ def run_driver(device: str, files: dict[str, Path], options: list[str], timeout:
 
 
 # driver outputs, pulled back from the device after the run
-_OUTPUT_FILES = ("outputs", "decisions", "stats")
+_OUTPUT_FILES = ("outputs", "decisions", "stats", "dense-outputs")
 
 
 def _adb(*args, timeout=None) -> subprocess.CompletedProcess:

@@ -3,7 +3,8 @@
 //
 //   dynrt_verify_driver --plan plan.dxfp --artifact model.pte --frames frames.bin --outputs outputs.bin
 //       [--decisions decisions.bin] [--tie-decisions ties.bin] [--reset-frames 0,17,...]
-//       [--stats stats.jsonl] [--threads N] [--repeat R] [--verbose]
+//       [--stats stats.jsonl] [--threads N] [--repeat R] [--warmup W] [--verbose]
+//       [--dense-plan dense.dxfp --dense-artifact dense.pte [--dense-outputs dense_outputs.bin]]
 //
 // Files (all raw, native little-endian):
 //   frames.bin     T frames, each info.input_bytes of float32 NHWC; T = size / input_bytes.
@@ -17,13 +18,26 @@
 // --reset-frames: dynrt_session_reset before stepping these frames (scene cuts).
 // --repeat R: stream the clip R times, resetting the session before each pass; outputs and
 //   decisions come from the last pass, stats from every pass.
+// --warmup W (default 1): W untimed passes before those R (not in stats or the summary): the
+//   first calls of an XNNPACK method set up its runtime.
+// --dense-plan/--dense-artifact (bench mode): a second session, on its own backend with the
+//   same --threads, over the dense export of the same model (same input/output sizes, else
+//   exit 2). Every frame of every pass runs through both, interleaved: even frames dense
+//   first, odd frames dynamic first. The dense session is reset with the dynamic one (each
+//   pass, --reset-frames) and takes no tie decisions. Each step is timed around
+//   dynrt_session_step with a steady clock: "wall_ns" (dynamic) and "dense_ns" in stats.
+//   --dense-outputs: the dense session's outputs of the last pass, laid out like outputs.bin.
 // --threads N: ExecuTorch threads (dynrt_executorch_backend_create), 0 = its default.
 // --verbose: also ExecuTorch's info log lines (by default only its errors reach stderr).
-// stdout: one JSON summary line. Exit codes: 0 ok, 2 bad arguments or files, 3 a runtime
+// stdout: one JSON summary line; in bench mode with "median_dense_ns" and "median_dynamic_ns":
+//   for each frame the median of its R step times, then the median of those over the frames
+//   (a median is the sorted values' element n / 2).
+// Exit codes: 0 ok, 2 bad arguments or files (a dense plan of other sizes too), 3 a runtime
 // status error (dynrt_status_string and the session's last error on stderr).
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
@@ -45,7 +59,12 @@ constexpr int kExitOk = 0, kExitUsage = 2, kExitStatus = 3;
 const char* const kUsage =
     "usage: dynrt_verify_driver --plan plan.dxfp --artifact model.pte --frames frames.bin --outputs outputs.bin\n"
     "         [--decisions decisions.bin] [--tie-decisions ties.bin] [--reset-frames 0,17,...]\n"
-    "         [--stats stats.jsonl] [--threads N] [--repeat R] [--verbose]\n";
+    "         [--stats stats.jsonl] [--threads N] [--repeat R] [--warmup W] [--verbose]\n"
+    "         [--dense-plan dense.dxfp --dense-artifact dense.pte [--dense-outputs dense_outputs.bin]]\n"
+    "  --warmup W: untimed passes first (default 1). --dense-*: bench mode, a dense session stepped\n"
+    "  on every frame next to the dynamic one (even frames dense first); stats gain dense_ns and\n"
+    "  wall_ns, the summary median_dense_ns and median_dynamic_ns: per frame the median over the\n"
+    "  R passes, then the median over frames.\n";
 
 // An error that ends the run with an exit code; main prints it.
 struct Failure {
@@ -67,9 +86,11 @@ Failure fail(int code, const char* format, ...) {
 struct Options {
   const char *plan = nullptr, *artifact = nullptr, *frames = nullptr, *outputs = nullptr;
   const char *decisions = nullptr, *ties = nullptr, *stats = nullptr;
+  const char *dense_plan = nullptr, *dense_artifact = nullptr, *dense_outputs = nullptr;  // bench mode
   std::vector<uint64_t> reset_frames;
   uint32_t threads = 0;
   uint32_t repeat = 1;
+  uint32_t warmup = 1;
   bool verbose = false;
 };
 
@@ -111,6 +132,9 @@ Options parse_arguments(int argc, char** argv) {
     else if (flag == "--decisions") options.decisions = value;
     else if (flag == "--tie-decisions") options.ties = value;
     else if (flag == "--stats") options.stats = value;
+    else if (flag == "--dense-plan") options.dense_plan = value;
+    else if (flag == "--dense-artifact") options.dense_artifact = value;
+    else if (flag == "--dense-outputs") options.dense_outputs = value;
     else if (flag == "--threads") {
       if (!parse_u64(value, &number) || number > 1024) throw fail(kExitUsage, "--threads %s: expected 0..1024", value);
       options.threads = static_cast<uint32_t>(number);
@@ -118,6 +142,10 @@ Options parse_arguments(int argc, char** argv) {
       if (!parse_u64(value, &number) || number < 1 || number > 1000000)
         throw fail(kExitUsage, "--repeat %s: expected a count >= 1", value);
       options.repeat = static_cast<uint32_t>(number);
+    } else if (flag == "--warmup") {
+      if (!parse_u64(value, &number) || number > 1000000)
+        throw fail(kExitUsage, "--warmup %s: expected a count >= 0", value);
+      options.warmup = static_cast<uint32_t>(number);
     } else if (flag == "--reset-frames") {
       std::string list = value;
       size_t start = 0;
@@ -137,6 +165,12 @@ Options parse_arguments(int argc, char** argv) {
   const char* missing = !options.plan ? "--plan" : !options.artifact ? "--artifact" : !options.frames ? "--frames"
                         : !options.outputs ? "--outputs" : nullptr;
   if (missing) throw fail(kExitUsage, "missing %s\n%s", missing, kUsage);
+  if (!options.dense_plan != !options.dense_artifact)
+    throw fail(kExitUsage, "%s needs %s too (bench mode takes the dense export's plan and artifact)",
+               options.dense_plan ? "--dense-plan" : "--dense-artifact",
+               options.dense_plan ? "--dense-artifact" : "--dense-plan");
+  if (options.dense_outputs && !options.dense_plan)
+    throw fail(kExitUsage, "--dense-outputs needs --dense-plan and --dense-artifact");
   std::sort(options.reset_frames.begin(), options.reset_frames.end());
   return options;
 }
@@ -201,6 +235,9 @@ void write_exact(std::FILE* file, const void* buffer, size_t bytes, const char* 
 struct Runtime {
   dynrt_backend_t backend = nullptr;
   dynrt_session_t session = nullptr;
+  Runtime() = default;
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
   ~Runtime() {
     dynrt_session_destroy(session);  // before the backend it uses
     dynrt_backend_destroy(backend);
@@ -247,37 +284,170 @@ void emit_executorch_log(et_timestamp_t, et_pal_log_level_t level, const char* f
                static_cast<int>(length), message);
 }
 
+// One plan on its own ExecuTorch backend. Members go in reverse order: the session, then the
+// backend, then the artifact bytes the backend reads from.
+struct Loaded {
+  Bytes pte;
+  Runtime rt;
+  dynrt_session_info info{};
+  const char* who = "";  // prefix of error messages: "" or "dense session: "
+};
+
+std::unique_ptr<Loaded> load(const char* plan_path, const char* artifact_path, uint32_t threads, bool dense) {
+  auto loaded = std::make_unique<Loaded>();
+  loaded->who = dense ? "dense session: " : "";
+  size_t plan_bytes = 0, pte_bytes = 0;
+  Bytes plan = read_whole(plan_path, dense ? "dense plan" : "plan", &plan_bytes);
+  loaded->pte = read_whole(artifact_path, dense ? "dense artifact" : "artifact", &pte_bytes);
+  dynrt_status status = dynrt_executorch_backend_create(loaded->pte.get(), pte_bytes, threads, &loaded->rt.backend);
+  if (status != DYNRT_OK)
+    throw status_failure(status, nullptr, "cannot create the ExecuTorch backend from %s %s (threads %u)",
+                         dense ? "dense artifact" : "artifact", artifact_path, threads);
+  char why[1024] = "";
+  status = dynrt_session_create(plan.get(), plan_bytes, loaded->rt.backend, why, sizeof why, &loaded->rt.session);
+  if (status != DYNRT_OK)
+    throw fail(kExitStatus, "%s %s with artifact %s rejected: %s (status %d): %s", dense ? "dense plan" : "plan",
+               plan_path, artifact_path, dynrt_status_string(status), static_cast<int>(status), why);
+  status = dynrt_session_describe(loaded->rt.session, &loaded->info);
+  if (status != DYNRT_OK) throw status_failure(status, loaded->rt.session, "%sdynrt_session_describe", loaded->who);
+  return loaded;
+}
+
+// Bench mode compares two exports of one model: the same frame must feed both.
+void check_dense_fits(const Loaded& dynamic, const Loaded& dense, const Options& options) {
+  const dynrt_session_info &a = dynamic.info, &b = dense.info;
+  if (a.input_bytes == b.input_bytes && a.output_bytes == b.output_bytes) return;
+  throw fail(kExitUsage,
+             "--dense-plan %s does not fit --plan %s: the dense plan takes %zu bytes %s and gives %zu bytes %s, the "
+             "plan %zu bytes %s and %zu bytes %s (it must be the dense export of the same model at the same input "
+             "size)",
+             options.dense_plan, options.plan, b.input_bytes, shape_text(b.input_dims, b.input_rank).c_str(),
+             b.output_bytes, shape_text(b.output_dims, b.output_rank).c_str(), a.input_bytes,
+             shape_text(a.input_dims, a.input_rank).c_str(), a.output_bytes,
+             shape_text(a.output_dims, a.output_rank).c_str());
+}
+
+// The gated layers' shapes and the per-frame sizes of the decision and tie records.
+struct LayerTable {
+  std::vector<dynrt_layer_info> layers;
+  size_t blocks_per_frame = 0, max_blocks = 1, max_channels = 1;
+};
+
+LayerTable describe_layers(dynrt_const_session_t session, uint32_t count) {
+  LayerTable table;
+  table.layers.resize(count);
+  for (uint32_t l = 0; l < count; ++l) {
+    dynrt_status status = dynrt_session_describe_layer(session, l, &table.layers[l]);
+    if (status != DYNRT_OK) throw status_failure(status, session, "dynrt_session_describe_layer(%u)", l);
+    table.blocks_per_frame += table.layers[l].blocks;
+    table.max_blocks = std::max<size_t>(table.max_blocks, table.layers[l].blocks);
+    table.max_channels = std::max<size_t>(table.max_channels, table.layers[l].out_channels);
+  }
+  return table;
+}
+
+// A frame_stats over caller arrays sized for the session (allocated before the frame loop).
+struct StatsBuffers {
+  std::vector<dynrt_layer_stats> layers;
+  std::vector<uint64_t> segment_ns;
+  dynrt_frame_stats stats{};
+  explicit StatsBuffers(const dynrt_session_info& info) : layers(info.layer_count), segment_ns(info.segment_count) {
+    stats.layers = layers.data();
+    stats.layer_capacity = info.layer_count;
+    stats.segment_ns = segment_ns.data();
+    stats.segment_capacity = info.segment_count;
+  }
+};
+
+void reset_session(const Loaded& loaded, const char* where) {
+  dynrt_status status = dynrt_session_reset(loaded.rt.session);
+  if (status != DYNRT_OK)
+    throw status_failure(status, loaded.rt.session, "%s%s: dynrt_session_reset", loaded.who, where);
+}
+
+// One dynrt_session_step; returns its wall time, measured around the call with a steady clock.
+uint64_t timed_step(const Loaded& loaded, const uint8_t* frame, uint8_t* result, dynrt_frame_stats* stats,
+                    uint64_t t, const char* pass_name) {
+  const auto start = std::chrono::steady_clock::now();
+  dynrt_status status = dynrt_session_step(loaded.rt.session, reinterpret_cast<const float*>(frame),
+                                           loaded.info.input_bytes, reinterpret_cast<float*>(result),
+                                           loaded.info.output_bytes, stats);
+  const auto end = std::chrono::steady_clock::now();
+  if (status != DYNRT_OK)
+    throw status_failure(status, loaded.rt.session, "%sframe %" PRIu64 " (%s)", loaded.who, t, pass_name);
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count());
+}
+
+void apply_tie_decisions(const Loaded& loaded, const LayerTable& table, const uint8_t* reference, uint64_t t) {
+  for (uint32_t l = 0; l < table.layers.size(); ++l) {
+    dynrt_status status = dynrt_session_set_tie_decisions(loaded.rt.session, l, reference, table.layers[l].blocks);
+    if (status != DYNRT_OK)
+      throw status_failure(status, loaded.rt.session, "frame %" PRIu64 ": set_tie_decisions(layer %u)", t, l);
+    reference += table.layers[l].blocks;
+  }
+}
+
+void write_decisions(const Loaded& loaded, const LayerTable& table, uint8_t* mask, uint8_t* channels,
+                     std::FILE* file, const char* path, uint64_t t) {
+  for (uint32_t l = 0; l < table.layers.size(); ++l) {
+    const dynrt_layer_info& layer = table.layers[l];
+    dynrt_status status = dynrt_session_layer_decisions(loaded.rt.session, l, mask, layer.blocks, channels,
+                                                        layer.out_channels);
+    if (status != DYNRT_OK)
+      throw status_failure(status, loaded.rt.session, "frame %" PRIu64 ": layer_decisions(layer %u)", t, l);
+    write_exact(file, mask, layer.blocks, path);
+    write_exact(file, channels, layer.out_channels, path);
+  }
+}
+
+// One stats.jsonl line; dense_ns only in bench mode.
+void write_stats_line(std::FILE* f, const char* path, uint32_t pass, uint64_t t, const dynrt_frame_stats& s,
+                      uint64_t wall_ns, const uint64_t* dense_ns) {
+  std::fprintf(f, "{\"pass\": %u, \"frame\": %" PRIu64 ", \"frame_ns\": %" PRIu64 ", \"wall_ns\": %" PRIu64, pass, t,
+               s.frame_ns, wall_ns);
+  if (dense_ns) std::fprintf(f, ", \"dense_ns\": %" PRIu64, *dense_ns);
+  std::fprintf(f, ", \"segments_ns\": %" PRIu64 ", \"layers\": [", s.segments_ns);
+  for (uint32_t l = 0; l < s.layer_capacity; ++l) {
+    const dynrt_layer_stats& layer = s.layers[l];
+    std::fprintf(f,
+                 "%s{\"active\": %u, \"total\": %u, \"path\": \"%s\", \"ties\": %u, \"executed_macs\": %" PRIu64
+                 ", \"dense_macs\": %" PRIu64 "}",
+                 l ? ", " : "", layer.active_blocks, layer.total_blocks, path_name(layer.path), layer.ties,
+                 layer.executed_macs, layer.dense_macs);
+  }
+  std::fputs("], \"segment_ns\": [", f);
+  for (uint32_t i = 0; i < s.segment_capacity; ++i) std::fprintf(f, "%s%" PRIu64, i ? ", " : "", s.segment_ns[i]);
+  if (std::fputs("]}\n", f) < 0) throw fail(kExitUsage, "cannot write %s", path);
+}
+
+// The sorted values' element n / 2 (for an even count, the upper of the two middle ones).
+uint64_t median(std::vector<uint64_t> values) {
+  auto middle = values.begin() + static_cast<std::ptrdiff_t>(values.size() / 2);
+  std::nth_element(values.begin(), middle, values.end());
+  return *middle;
+}
+
+// ns[pass * frames + frame]: each frame's median over the passes, then the median of those.
+uint64_t median_of_frame_medians(const std::vector<uint64_t>& ns, uint64_t frames, uint32_t passes) {
+  std::vector<uint64_t> per_frame(frames), across(passes);
+  for (uint64_t t = 0; t < frames; ++t) {
+    for (uint32_t p = 0; p < passes; ++p) across[p] = ns[p * frames + t];
+    per_frame[t] = median(across);
+  }
+  return median(per_frame);
+}
+
 int run(const Options& options) {
   g_verbose = options.verbose;
   ::executorch::runtime::register_pal(::executorch::runtime::PalImpl::create(emit_executorch_log, __FILE__));
-  size_t plan_bytes = 0, pte_bytes = 0;
-  Bytes plan = read_whole(options.plan, "plan", &plan_bytes);
-  Bytes pte = read_whole(options.artifact, "artifact", &pte_bytes);  // must outlive the backend
-
-  Runtime rt;
-  dynrt_status status = dynrt_executorch_backend_create(pte.get(), pte_bytes, options.threads, &rt.backend);
-  if (status != DYNRT_OK)
-    throw status_failure(status, nullptr, "cannot create the ExecuTorch backend from artifact %s (threads %u)",
-                         options.artifact, options.threads);
-  char why[1024] = "";
-  status = dynrt_session_create(plan.get(), plan_bytes, rt.backend, why, sizeof why, &rt.session);
-  if (status != DYNRT_OK)
-    throw fail(kExitStatus, "plan %s with artifact %s rejected: %s (status %d): %s", options.plan, options.artifact,
-               dynrt_status_string(status), static_cast<int>(status), why);
-
-  dynrt_session_info info;
-  status = dynrt_session_describe(rt.session, &info);
-  if (status != DYNRT_OK) throw status_failure(status, rt.session, "dynrt_session_describe");
-  std::vector<dynrt_layer_info> layers(info.layer_count);
-  size_t blocks_per_frame = 0, decision_bytes_per_frame = 0, max_blocks = 1, max_channels = 1;
-  for (uint32_t l = 0; l < info.layer_count; ++l) {
-    status = dynrt_session_describe_layer(rt.session, l, &layers[l]);
-    if (status != DYNRT_OK) throw status_failure(status, rt.session, "dynrt_session_describe_layer(%u)", l);
-    blocks_per_frame += layers[l].blocks;
-    decision_bytes_per_frame += layers[l].blocks + layers[l].out_channels;
-    max_blocks = std::max<size_t>(max_blocks, layers[l].blocks);
-    max_channels = std::max<size_t>(max_channels, layers[l].out_channels);
+  std::unique_ptr<Loaded> dynamic = load(options.plan, options.artifact, options.threads, false);
+  std::unique_ptr<Loaded> dense;  // bench mode; destroyed first (declared last)
+  if (options.dense_plan) {
+    dense = load(options.dense_plan, options.dense_artifact, options.threads, true);
+    check_dense_fits(*dynamic, *dense, options);
   }
+  const dynrt_session_info& info = dynamic->info;
+  const LayerTable table = describe_layers(dynamic->rt.session, info.layer_count);
 
   File frames = open_file(options.frames, "rb", "frames");
   uint64_t frames_size = file_size(frames.get(), options.frames);
@@ -298,36 +468,39 @@ int run(const Options& options) {
   if (options.ties) {
     ties = open_file(options.ties, "rb", "tie decisions");
     uint64_t size = file_size(ties.get(), options.ties);
-    if (size != frame_count * blocks_per_frame)
+    if (size != frame_count * table.blocks_per_frame)
       throw fail(kExitUsage,
                  "tie decisions %s: %" PRIu64 " bytes, expected %" PRIu64 " (%" PRIu64 " frames x %zu blocks)",
-                 options.ties, size, frame_count * blocks_per_frame, frame_count, blocks_per_frame);
+                 options.ties, size, frame_count * table.blocks_per_frame, frame_count, table.blocks_per_frame);
   }
   File outputs = open_file(options.outputs, "wb", "outputs");
   File decisions = options.decisions ? open_file(options.decisions, "wb", "decisions") : File();
   File stats = options.stats ? open_file(options.stats, "wb", "stats") : File();
+  File dense_outputs = options.dense_outputs ? open_file(options.dense_outputs, "wb", "dense outputs") : File();
 
   // Everything the loop touches, allocated now.
   Bytes frame = allocate(info.input_bytes);
   Bytes result = allocate(info.output_bytes);
-  Bytes mask = allocate(max_blocks);
-  Bytes channels = allocate(max_channels);
-  Bytes tie_masks = allocate(blocks_per_frame);
-  std::vector<dynrt_layer_stats> layer_stats(info.layer_count);
-  std::vector<uint64_t> segment_ns(info.segment_count);
-  std::vector<uint64_t> frame_times(frame_count * options.repeat);
+  Bytes dense_result = allocate(dense ? info.output_bytes : 0);
+  Bytes mask = allocate(table.max_blocks);
+  Bytes channels = allocate(table.max_channels);
+  Bytes tie_masks = allocate(table.blocks_per_frame);
+  StatsBuffers frame_stats(info);
+  StatsBuffers dense_stats(dense ? dense->info : dynrt_session_info{});  // same bookkeeping cost for both
+  const uint64_t steps = frame_count * options.repeat;
+  std::vector<uint64_t> frame_times(steps), wall_times(steps), dense_times(dense ? steps : 0);
   uint64_t segments_total = 0;
-  dynrt_frame_stats frame_stats{};
-  frame_stats.layers = layer_stats.data();
-  frame_stats.layer_capacity = info.layer_count;
-  frame_stats.segment_ns = segment_ns.data();
-  frame_stats.segment_capacity = info.segment_count;
 
-  for (uint32_t pass = 0; pass < options.repeat; ++pass) {
-    const bool last_pass = pass + 1 == options.repeat;
+  const uint32_t passes = options.warmup + options.repeat;
+  for (uint32_t pass = 0; pass < passes; ++pass) {
+    const bool timed = pass >= options.warmup;
+    const uint32_t timed_pass = timed ? pass - options.warmup : 0;
+    const bool last_pass = pass + 1 == passes;
+    char pass_name[48];
+    std::snprintf(pass_name, sizeof pass_name, timed ? "pass %u" : "warmup pass %u", timed ? timed_pass : pass);
     if (pass > 0) {
-      status = dynrt_session_reset(rt.session);
-      if (status != DYNRT_OK) throw status_failure(status, rt.session, "pass %u: dynrt_session_reset", pass);
+      reset_session(*dynamic, pass_name);
+      if (dense) reset_session(*dense, pass_name);
       if (std::fseek(frames.get(), 0, SEEK_SET) != 0 || (ties && std::fseek(ties.get(), 0, SEEK_SET) != 0))
         throw fail(kExitUsage, "cannot rewind the input files");
     }
@@ -336,71 +509,59 @@ int run(const Options& options) {
       read_exact(frames.get(), frame.get(), info.input_bytes, options.frames);
       if (next_reset < options.reset_frames.size() && options.reset_frames[next_reset] == t) {
         while (next_reset < options.reset_frames.size() && options.reset_frames[next_reset] == t) ++next_reset;
-        status = dynrt_session_reset(rt.session);
-        if (status != DYNRT_OK)
-          throw status_failure(status, rt.session, "frame %" PRIu64 ": dynrt_session_reset", t);
+        char where[48];
+        std::snprintf(where, sizeof where, "frame %" PRIu64, t);
+        reset_session(*dynamic, where);
+        if (dense) reset_session(*dense, where);
       }
       if (ties) {
-        read_exact(ties.get(), tie_masks.get(), blocks_per_frame, options.ties);
-        const uint8_t* reference = tie_masks.get();
-        for (uint32_t l = 0; l < info.layer_count; ++l) {
-          status = dynrt_session_set_tie_decisions(rt.session, l, reference, layers[l].blocks);
-          if (status != DYNRT_OK)
-            throw status_failure(status, rt.session, "frame %" PRIu64 ": set_tie_decisions(layer %u)", t, l);
-          reference += layers[l].blocks;
-        }
+        read_exact(ties.get(), tie_masks.get(), table.blocks_per_frame, options.ties);
+        apply_tie_decisions(*dynamic, table, tie_masks.get(), t);
       }
-      status = dynrt_session_step(rt.session, reinterpret_cast<const float*>(frame.get()), info.input_bytes,
-                                  reinterpret_cast<float*>(result.get()), info.output_bytes, &frame_stats);
-      if (status != DYNRT_OK) throw status_failure(status, rt.session, "frame %" PRIu64 " (pass %u)", t, pass);
-      frame_times[pass * frame_count + t] = frame_stats.frame_ns;
-      segments_total += frame_stats.segments_ns;
+      // Interleaved, alternating who goes first, so caches and clock changes hit both alike.
+      const bool dense_first = t % 2 == 0;
+      uint64_t dense_ns = 0;
+      auto step_dense = [&] {
+        return timed_step(*dense, frame.get(), dense_result.get(), &dense_stats.stats, t, pass_name);
+      };
+      if (dense && dense_first) dense_ns = step_dense();
+      const uint64_t wall_ns = timed_step(*dynamic, frame.get(), result.get(), &frame_stats.stats, t, pass_name);
+      if (dense && !dense_first) dense_ns = step_dense();
+      if (!timed) continue;
 
+      const uint64_t slot = timed_pass * frame_count + t;
+      frame_times[slot] = frame_stats.stats.frame_ns;
+      wall_times[slot] = wall_ns;
+      if (dense) dense_times[slot] = dense_ns;
+      segments_total += frame_stats.stats.segments_ns;
       if (last_pass) {
         write_exact(outputs.get(), result.get(), info.output_bytes, options.outputs);
-        for (uint32_t l = 0; decisions && l < info.layer_count; ++l) {
-          status = dynrt_session_layer_decisions(rt.session, l, mask.get(), layers[l].blocks, channels.get(),
-                                                 layers[l].out_channels);
-          if (status != DYNRT_OK)
-            throw status_failure(status, rt.session, "frame %" PRIu64 ": layer_decisions(layer %u)", t, l);
-          write_exact(decisions.get(), mask.get(), layers[l].blocks, options.decisions);
-          write_exact(decisions.get(), channels.get(), layers[l].out_channels, options.decisions);
-        }
+        if (dense_outputs)
+          write_exact(dense_outputs.get(), dense_result.get(), info.output_bytes, options.dense_outputs);
+        if (decisions)
+          write_decisions(*dynamic, table, mask.get(), channels.get(), decisions.get(), options.decisions, t);
       }
-      if (stats) {
-        std::FILE* f = stats.get();
-        std::fprintf(f, "{\"pass\": %u, \"frame\": %" PRIu64 ", \"frame_ns\": %" PRIu64 ", \"segments_ns\": %" PRIu64
-                        ", \"layers\": [",
-                     pass, t, frame_stats.frame_ns, frame_stats.segments_ns);
-        for (uint32_t l = 0; l < info.layer_count; ++l) {
-          const dynrt_layer_stats& s = layer_stats[l];
-          std::fprintf(f,
-                       "%s{\"active\": %u, \"total\": %u, \"path\": \"%s\", \"ties\": %u, \"executed_macs\": %" PRIu64
-                       ", \"dense_macs\": %" PRIu64 "}",
-                       l ? ", " : "", s.active_blocks, s.total_blocks, path_name(s.path), s.ties, s.executed_macs,
-                       s.dense_macs);
-        }
-        std::fputs("], \"segment_ns\": [", f);
-        for (uint32_t s = 0; s < info.segment_count; ++s)
-          std::fprintf(f, "%s%" PRIu64, s ? ", " : "", segment_ns[s]);
-        if (std::fputs("]}\n", f) < 0) throw fail(kExitUsage, "cannot write %s", options.stats);
-      }
+      if (stats)
+        write_stats_line(stats.get(), options.stats, timed_pass, t, frame_stats.stats, wall_ns,
+                         dense ? &dense_ns : nullptr);
     }
   }
-  for (File* file : {&outputs, &decisions, &stats}) {
+  for (File* file : {&outputs, &decisions, &stats, &dense_outputs}) {
     if (*file && std::fclose(file->release()) != 0) throw fail(kExitUsage, "cannot finish writing an output file");
   }
 
-  std::vector<uint64_t> sorted = frame_times;
-  std::sort(sorted.begin(), sorted.end());
   uint64_t total = 0;
   for (uint64_t ns : frame_times) total += ns;
-  const uint64_t steps = frame_times.size();
-  std::printf("{\"frames\": %" PRIu64 ", \"passes\": %u, \"threads\": %u, \"mean_frame_ns\": %" PRIu64
+  std::printf("{\"frames\": %" PRIu64 ", \"passes\": %u, \"warmup\": %u, \"threads\": %u, \"mean_frame_ns\": %" PRIu64
               ", \"median_frame_ns\": %" PRIu64 ", \"mean_segments_ns\": %" PRIu64 ", \"arena_bytes\": %zu"
-              ", \"state_bytes\": %zu}\n",
-              frame_count, options.repeat, dynrt_executorch_thread_count(rt.backend), total / steps,
-              sorted[steps / 2], segments_total / steps, info.arena_bytes, info.state_bytes);
+              ", \"state_bytes\": %zu",
+              frame_count, options.repeat, options.warmup, dynrt_executorch_thread_count(dynamic->rt.backend),
+              total / steps, median(frame_times), segments_total / steps, info.arena_bytes, info.state_bytes);
+  if (dense)
+    std::printf(", \"median_dense_ns\": %" PRIu64 ", \"median_dynamic_ns\": %" PRIu64 ", \"dense_arena_bytes\": %zu",
+                median_of_frame_medians(dense_times, frame_count, options.repeat),
+                median_of_frame_medians(wall_times, frame_count, options.repeat), dense->info.arena_bytes);
+  std::puts("}");
   return kExitOk;
 }
 
