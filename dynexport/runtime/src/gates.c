@@ -3,29 +3,109 @@
  * DSTEP_DECIDE (argmax of the policy logits). Both end by publishing the active block list
  * (publish_active_blocks). The executable specification is dynexport/plan/interpreter.py.
  *
- * Scores accumulate in double: the reference (torch, float32) and the runtime may then
- * differ only by float32 rounding, and blocks within DYNRT_TIE_EPSILON of the threshold are
- * counted as ties (and take the reference's decision when set_tie_decisions gave one).
+ * SKIP_GATE is most of the runtime's own time per frame, so it is written for speed:
+ *  - Scores accumulate in float, as the reference (torch, float32) does, in LANES
+ *    independent partial sums that the compiler turns into SIMD vectors. The two differ
+ *    only by float32 rounding (about 1e-6 relative for a few hundred terms); blocks within
+ *    DYNRT_TIE_EPSILON of the threshold are counted as ties (and take the reference's
+ *    decision when set_tie_decisions gave one), so that difference never decides a block.
+ *  - A block's score is the largest over its positions, but only its decision and whether
+ *    it is a tie matter. So scoring stops at the first position clearly above the threshold
+ *    (beyond the tie band: active, not a tie), and output rows whose upper bound is clearly
+ *    below it are not scored at all. The bounds come with the pass that takes the residual,
+ *    so in a still region a block costs about one pass over its tile.
+ *  - That pass reads the current input in place (no tile copy, zero padding read as zero).
  */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
 #include "session_internal.h"
 
-/* sum over c of a[c] * b[c] in double. Four independent partial sums: the additions of
- * one do not wait for another's, which makes this several times faster than a single
- * running sum (and, unlike -ffast-math, gives the same result on every build). */
-static double dot_product(const float* a, const float* b, size_t count) {
-  double sum0 = 0.0, sum1 = 0.0, sum2 = 0.0, sum3 = 0.0;
-  size_t c = 0;
-  for (; c + 4 <= count; c += 4) {
-    sum0 += (double)a[c] * (double)b[c];
-    sum1 += (double)a[c + 1] * (double)b[c + 1];
-    sum2 += (double)a[c + 2] * (double)b[c + 2];
-    sum3 += (double)a[c + 3] * (double)b[c + 3];
+/* Independent partial sums per accumulation: two SSE or NEON vectors of floats (one AVX).
+ * The additions of one lane do not wait for another's, and (unlike -ffast-math) the result
+ * is the same on every build. */
+#define LANES 8
+
+/* lanes += the products a[i] * b[i], i < count: lane i % LANES takes the ones of whole
+ * groups of LANES, lane 0 the rest. */
+static inline void accumulate_products(float lanes[LANES], const float* restrict a, const float* restrict b,
+                                       size_t count) {
+  size_t i = 0, lane;
+  for (; i + LANES <= count; i += LANES) {
+    for (lane = 0; lane < LANES; ++lane) lanes[lane] += a[i + lane] * b[i + lane];
   }
-  for (; c < count; ++c) sum0 += (double)a[c] * (double)b[c];
-  return (sum0 + sum1) + (sum2 + sum3);
+  for (; i < count; ++i) lanes[0] += a[i] * b[i]; /* a constant index keeps lanes in registers */
+}
+
+static inline float sum_lanes(const float lanes[LANES]) {
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+
+/* values[i] = |current[i] - reference[i]| (current NULL: zero padding, where the residual
+ * is -reference), rounded to float32 like the reference's subtraction; returns their sum. */
+static float abs_residual_run(const float* restrict current, const float* restrict reference, float* restrict values,
+                              size_t count) {
+  float lanes[LANES] = {0}, tail = 0.0f;
+  size_t i = 0, lane;
+  if (current == NULL) {
+    for (; i + LANES <= count; i += LANES) {
+      for (lane = 0; lane < LANES; ++lane) {
+        values[i + lane] = fabsf(reference[i + lane]);
+        lanes[lane] += values[i + lane];
+      }
+    }
+    for (; i < count; ++i) {
+      values[i] = fabsf(reference[i]);
+      tail += values[i];
+    }
+  } else {
+    for (; i + LANES <= count; i += LANES) {
+      for (lane = 0; lane < LANES; ++lane) {
+        values[i + lane] = fabsf(current[i + lane] - reference[i + lane]);
+        lanes[lane] += values[i + lane];
+      }
+    }
+    for (; i < count; ++i) {
+      values[i] = fabsf(current[i] - reference[i]);
+      tail += values[i];
+    }
+  }
+  return sum_lanes(lanes) + tail;
+}
+
+/* Per pixel, the sum over its channels of (current - reference)^2 (current NULL: zero
+ * padding); returns the sum over the pixels. A pixel's channels are summed in LANES partial
+ * sums when there are more than LANES of them; with fewer, the lane reduction would cost
+ * more than a plain sum. */
+static float pixel_energy_run(const float* restrict current, const float* restrict reference,
+                              float* restrict energy, size_t pixels, size_t channels) {
+  float total = 0.0f;
+  size_t p, c, lane;
+  for (p = 0; p < pixels; ++p) {
+    const float* ref = reference + p * channels;
+    float sum = 0.0f;
+    if (current == NULL) {
+      for (c = 0; c < channels; ++c) sum += ref[c] * ref[c];
+    } else if (channels <= LANES) {
+      const float* cur = current + p * channels;
+      for (c = 0; c < channels; ++c) sum += (cur[c] - ref[c]) * (cur[c] - ref[c]);
+    } else {
+      const float* cur = current + p * channels;
+      float lanes[LANES] = {0};
+      for (c = 0; c + LANES <= channels; c += LANES) {
+        for (lane = 0; lane < LANES; ++lane) {
+          const float difference = cur[c + lane] - ref[c + lane];
+          lanes[lane] += difference * difference;
+        }
+      }
+      for (; c < channels; ++c) lanes[0] += (cur[c] - ref[c]) * (cur[c] - ref[c]);
+      sum = sum_lanes(lanes);
+    }
+    energy[p] = sum;
+    total += sum;
+  }
+  return total;
 }
 
 /* The tie band around a threshold (dynrt.h): |score - threshold| within
@@ -62,96 +142,231 @@ static void publish_active_blocks(runtime_layer* layer) {
   layer->path = count == 0 ? DYNRT_PATH_REUSE : count > layer->dense_cutoff ? DYNRT_PATH_DENSE : DYNRT_PATH_TILES;
 }
 
-/* Residual of one block: its current input tile (zero padding outside the input) minus its
- * reference tile, rounded to float32 like the reference's subtraction. */
-static void compute_residual(const runtime_layer* layer, uint32_t block, float* residual) {
-  const size_t values = (size_t)(layer->grid.tile_size[0] * layer->grid.tile_size[1]) * layer->in_channels;
-  const float* reference = (const float*)layer->tensor[SLOT_REFERENCE]->data + (size_t)block * values;
-  size_t i;
-  dynrt_copy_input_tile(layer, block, residual);
-  for (i = 0; i < values; ++i) residual[i] = residual[i] - reference[i];
+/* ---- SKIP_GATE scoring -------------------------------------------------------------------
+ *
+ * A block is scored in two steps.
+ *  1. One pass over its tile takes the residual against the reference tile and, per tile
+ *     row y, row_sums[y]: an upper bound of what that row adds to any window's sum.
+ *       gumbel  values = |residual|; row_sums[y] = the row's sum of |residual|, which times
+ *               the largest gate weight (never below 0) bounds its share of any window
+ *       norm    pixel_sums = per pixel, the sum over channels of residual^2 (its energy);
+ *               row_sums[y] = the row's energy
+ *     A window covers kernel_h tile rows, so their row sums bound every score of an output
+ *     row (output_row_bound): output rows clearly below the threshold are done.
+ *  2. The other rows are scored position by position, stopping at the first position
+ *     clearly above: gumbel as the weighted sum of |residual| over the window, norm from the
+ *     sum of the pixel energies under the window.
+ */
+
+/* What scoring one layer's blocks this frame needs, set up once per SKIP_GATE. */
+typedef struct gate_pass {
+  const runtime_layer* layer;
+  int gumbel;
+  size_t tile_h, tile_w, channels;
+  size_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w;
+  double threshold, tie_margin;
+  /* upper bounds are sound: finite gate weights (gumbel), norm_scale finite and >= 0 */
+  int bounds_usable;
+  /* relative allowance for float rounding in bounds and scores (see prepare_gate_pass) */
+  double rounding_allowance;
+  /* gumbel: the largest gate weight, at least 0 */
+  double largest_weight;
+  /* the session's scratch (session_internal.h) */
+  float *values, *pixel_sums, *row_sums;
+} gate_pass;
+
+/* Clearly above: active, and not a tie, whatever the other positions score. */
+static int clearly_above(const gate_pass* pass, double score) {
+  return score - pass->threshold > pass->tie_margin;
 }
 
-/* input_norm / output_norm: the L2 norm of the residual over each valid output position's
- * receptive field (dilated kernel window, all channels), times norm_scale; the block's score
- * is the largest. Channel sums are taken once per tile pixel, then summed per window. */
-static double norm_score(const runtime_layer* layer, const float* residual, double* pixel_energy,
-                         size_t valid_rows, size_t valid_cols) {
-  const block_grid* grid = &layer->grid;
-  const size_t tile_w = (size_t)grid->tile_size[1], pixels = (size_t)(grid->tile_size[0] * grid->tile_size[1]);
-  const size_t channels = layer->in_channels;
-  const size_t kernel_h = (size_t)grid->kernel[0], kernel_w = (size_t)grid->kernel[1];
-  const size_t stride_h = (size_t)grid->stride[0], stride_w = (size_t)grid->stride[1];
-  const size_t dilation_h = (size_t)grid->dilation[0], dilation_w = (size_t)grid->dilation[1];
-  const double scale = layer->norm_scale;
-  double best = -HUGE_VAL;
-  size_t p, i, j, ky, kx;
-  for (p = 0; p < pixels; ++p) {
-    const float* values = residual + p * channels;
-    pixel_energy[p] = dot_product(values, values, channels);
+/* Clearly below: inactive and not a tie, unless another position scores higher. An upper
+ * bound that is clearly below settles every position it bounds. */
+static int clearly_below(const gate_pass* pass, double score) {
+  return pass->threshold - score > pass->tie_margin;
+}
+
+/* Output row i's windows read tile rows i * stride_h + ky * dilation_h, ky < kernel_h. */
+static size_t window_tile_row(const gate_pass* pass, size_t output_row, size_t ky) {
+  return output_row * pass->stride_h + ky * pass->dilation_h;
+}
+
+/* An upper bound of the score of a window whose row sums add up to (at most) `sum`, with
+ * room for the rounding of the float sums on either side. */
+static double window_score_bound(const gate_pass* pass, double sum) {
+  const double allowance = pass->rounding_allowance;
+  if (pass->gumbel) {
+    const double bias = pass->layer->gate_bias, weighted = sum * pass->largest_weight;
+    return bias + weighted + allowance * (weighted + fabs(bias));
   }
-  for (i = 0; i < valid_rows; ++i) {
-    for (j = 0; j < valid_cols; ++j) {
-      double window = 0.0, score;
-      for (ky = 0; ky < kernel_h; ++ky) {
-        const double* row = pixel_energy + (i * stride_h + ky * dilation_h) * tile_w + j * stride_w;
-        for (kx = 0; kx < kernel_w; ++kx) window += row[kx * dilation_w];
-      }
-      score = sqrt(window) * scale;
-      if (score > best) best = score;
+  return sqrt(sum * (1.0 + allowance)) * pass->layer->norm_scale;
+}
+
+/* Output row i: an upper bound of its positions' scores, from the row sums. */
+static double output_row_bound(const gate_pass* pass, size_t output_row) {
+  double sum = 0.0;
+  size_t ky;
+  for (ky = 0; ky < pass->kernel_h; ++ky) sum += pass->row_sums[window_tile_row(pass, output_row, ky)];
+  return window_score_bound(pass, sum);
+}
+
+/* gumbel, step 1: values = |residual| of the whole tile, and the row sums. The current input
+ * is read where it is (no tile copy); padding columns and rows read zero. */
+static void gumbel_residual(const gate_pass* pass, uint32_t block) {
+  const runtime_layer* layer = pass->layer;
+  const size_t row_values = pass->tile_w * pass->channels;
+  const float* reference =
+      (const float*)layer->tensor[SLOT_REFERENCE]->data + (size_t)block * pass->tile_h * row_values;
+  const tile_placement placement = dynrt_tile_placement(layer, block);
+  const size_t left = placement.first_col * pass->channels;
+  const size_t inside = (placement.last_col - placement.first_col) * pass->channels;
+  const size_t right = row_values - left - inside;
+  size_t y;
+  for (y = 0; y < pass->tile_h; ++y) {
+    const float* input = tile_input_row(&placement, y);
+    const float* ref = reference + y * row_values;
+    float* row = pass->values + y * row_values;
+    if (input == NULL) {
+      pass->row_sums[y] = abs_residual_run(NULL, ref, row, row_values);
+      continue;
+    }
+    pass->row_sums[y] = abs_residual_run(input, ref + left, row + left, inside);
+    if (left > 0) pass->row_sums[y] += abs_residual_run(NULL, ref, row, left);
+    if (right > 0) pass->row_sums[y] += abs_residual_run(NULL, ref + left + inside, row + left + inside, right);
+  }
+}
+
+/* norm gates, step 1: the pixel sums (energies) and the row sums. */
+static void norm_residual(const gate_pass* pass, uint32_t block) {
+  const runtime_layer* layer = pass->layer;
+  const size_t channels = pass->channels, tile_w = pass->tile_w;
+  const float* reference =
+      (const float*)layer->tensor[SLOT_REFERENCE]->data + (size_t)block * pass->tile_h * tile_w * channels;
+  const tile_placement placement = dynrt_tile_placement(layer, block);
+  const size_t left = placement.first_col, inside = placement.last_col - placement.first_col;
+  const size_t right = tile_w - left - inside;
+  size_t y;
+  for (y = 0; y < pass->tile_h; ++y) {
+    const float* input = tile_input_row(&placement, y);
+    const float* ref = reference + y * tile_w * channels;
+    float* row = pass->pixel_sums + y * tile_w;
+    if (input == NULL) {
+      pass->row_sums[y] = pixel_energy_run(NULL, ref, row, tile_w, channels);
+      continue;
+    }
+    pass->row_sums[y] = pixel_energy_run(NULL, ref, row, left, channels) +
+                        pixel_energy_run(input, ref + left * channels, row + left, inside, channels) +
+                        pixel_energy_run(NULL, ref + (left + inside) * channels, row + left + inside, right, channels);
+  }
+}
+
+/* norm gates, step 2: the energy under position (i, j)'s window. */
+static float window_energy(const gate_pass* pass, size_t output_row, size_t output_col) {
+  float sum = 0.0f;
+  size_t ky, kx;
+  for (ky = 0; ky < pass->kernel_h; ++ky) {
+    const float* row = pass->pixel_sums + window_tile_row(pass, output_row, ky) * pass->tile_w +
+                       output_col * pass->stride_w;
+    for (kx = 0; kx < pass->kernel_w; ++kx) sum += row[kx * pass->dilation_w];
+  }
+  return sum;
+}
+
+/* gumbel, step 2: the score of one position, the sum over the window and channels of
+ * |residual| * gate_weight[ky][kx][c], plus the gate bias. */
+static float gumbel_position_score(const gate_pass* pass, size_t output_row, size_t output_col) {
+  const size_t channels = pass->channels, row_values = pass->tile_w * channels;
+  const float* kernel = pass->layer->gate_weights;
+  float lanes[LANES] = {0};
+  size_t ky, kx;
+  for (ky = 0; ky < pass->kernel_h; ++ky) {
+    const float* window_row =
+        pass->values + window_tile_row(pass, output_row, ky) * row_values + output_col * pass->stride_w * channels;
+    const float* weights = kernel + ky * pass->kernel_w * channels;
+    if (pass->dilation_w == 1) {
+      /* the window's row and the kernel's row are both kernel_w * C contiguous floats */
+      accumulate_products(lanes, window_row, weights, pass->kernel_w * channels);
+      continue;
+    }
+    for (kx = 0; kx < pass->kernel_w; ++kx) {
+      accumulate_products(lanes, window_row + kx * pass->dilation_w * channels, weights + kx * channels, channels);
     }
   }
-  return best;
+  return sum_lanes(lanes) + pass->layer->gate_bias;
 }
 
-/* gumbel: a learned weighted L1 norm, sum over the window and channels of
- * |residual| * gate_weight[ky][kx][c], plus the (negative) gate bias; largest over the
- * block's valid positions. */
-static double gumbel_score(const runtime_layer* layer, float* residual, size_t valid_rows, size_t valid_cols) {
-  const block_grid* grid = &layer->grid;
-  const size_t tile_w = (size_t)grid->tile_size[1], pixels = (size_t)(grid->tile_size[0] * grid->tile_size[1]);
-  const size_t channels = layer->in_channels;
-  const size_t kernel_h = (size_t)grid->kernel[0], kernel_w = (size_t)grid->kernel[1];
-  const size_t stride_h = (size_t)grid->stride[0], stride_w = (size_t)grid->stride[1];
-  const size_t dilation_h = (size_t)grid->dilation[0], dilation_w = (size_t)grid->dilation[1];
-  double best = -HUGE_VAL;
-  size_t v, i, j, ky, kx;
-  for (v = 0; v < pixels * channels; ++v) residual[v] = fabsf(residual[v]);
-  for (i = 0; i < valid_rows; ++i) {
-    for (j = 0; j < valid_cols; ++j) {
-      double sum = 0.0, score;
-      for (ky = 0; ky < kernel_h; ++ky) {
-        const size_t y = i * stride_h + ky * dilation_h;
-        const float* weights = layer->gate_weights + ky * kernel_w * channels;
-        if (dilation_w == 1) {
-          /* the window's row and the kernel's row are both kernel_w * C contiguous floats */
-          sum += dot_product(residual + (y * tile_w + j * stride_w) * channels, weights, kernel_w * channels);
-          continue;
-        }
-        for (kx = 0; kx < kernel_w; ++kx) {
-          const size_t x = j * stride_w + kx * dilation_w;
-          sum += dot_product(residual + (y * tile_w + x) * channels, weights + kx * channels, channels);
-        }
-      }
-      score = sum + (double)layer->gate_bias;
-      if (score > best) best = score;
-    }
-  }
-  return best;
-}
-
-/* The block's gate score: the largest over its valid output positions (border blocks have
- * fewer than b x b). */
-static double score_block(dynrt_session_t session, const runtime_layer* layer, uint32_t block) {
-  const block_grid* grid = &layer->grid;
+/* A block's gate score: the largest over its valid output positions (border blocks have
+ * fewer than b x b), or another value with the same decision and tie status: a position
+ * clearly above, or a bound clearly below. */
+static double score_block(const gate_pass* pass, uint32_t block) {
+  const block_grid* grid = &pass->layer->grid;
   const uint64_t block_row = block / grid->blocks[1], block_col = block % grid->blocks[1];
   const uint64_t rows_left = grid->output_size[0] - block_row * grid->block;
   const uint64_t cols_left = grid->output_size[1] - block_col * grid->block;
   const size_t valid_rows = (size_t)(rows_left < grid->block ? rows_left : grid->block);
   const size_t valid_cols = (size_t)(cols_left < grid->block ? cols_left : grid->block);
-  compute_residual(layer, block, session->gate_residual);
-  if (layer->gate == GATE_GUMBEL) return gumbel_score(layer, session->gate_residual, valid_rows, valid_cols);
-  return norm_score(layer, session->gate_residual, session->gate_pixel_energy, valid_rows, valid_cols);
+  double best = -HUGE_VAL;
+  size_t i, j;
+
+  if (pass->gumbel) gumbel_residual(pass, block);
+  else norm_residual(pass, block);
+  for (i = 0; i < valid_rows; ++i) {
+    if (pass->bounds_usable) {
+      /* in a still region, every row of most blocks ends here */
+      const double bound = output_row_bound(pass, i);
+      if (clearly_below(pass, bound)) {
+        if (bound > best) best = bound;
+        continue;
+      }
+    }
+    for (j = 0; j < valid_cols; ++j) {
+      const float score = pass->gumbel ? gumbel_position_score(pass, i, j)
+                                       : sqrtf(window_energy(pass, i, j)) * pass->layer->norm_scale;
+      if (clearly_above(pass, score)) return score;
+      if (score > best) best = score;
+    }
+  }
+  return best;
+}
+
+/* The per-frame set-up of a layer's gate. */
+static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer* layer) {
+  const block_grid* grid = &layer->grid;
+  gate_pass pass;
+  pass.layer = layer;
+  pass.gumbel = layer->gate == GATE_GUMBEL;
+  pass.tile_h = (size_t)grid->tile_size[0];
+  pass.tile_w = (size_t)grid->tile_size[1];
+  pass.channels = layer->in_channels;
+  pass.kernel_h = (size_t)grid->kernel[0];
+  pass.kernel_w = (size_t)grid->kernel[1];
+  pass.stride_h = (size_t)grid->stride[0];
+  pass.stride_w = (size_t)grid->stride[1];
+  pass.dilation_h = (size_t)grid->dilation[0];
+  pass.dilation_w = (size_t)grid->dilation[1];
+  pass.threshold = layer->threshold;
+  pass.tie_margin = (double)DYNRT_TIE_EPSILON * (fabs(pass.threshold) > 1.0 ? fabs(pass.threshold) : 1.0);
+  /* A float sum of n terms is within about n * FLT_EPSILON / 2 of exact, relative to the
+   * sum of their magnitudes, whatever the order. Bounds sum at most kernel_h * tile_w * C
+   * non-negative terms and scores fewer; twice that covers both with room to spare. */
+  pass.rounding_allowance = 2.0 * (double)(pass.kernel_h * pass.tile_w * pass.channels + 4) * FLT_EPSILON;
+  pass.values = session->gate_values;
+  pass.pixel_sums = session->gate_pixel_sums;
+  pass.row_sums = session->gate_row_sums;
+  pass.largest_weight = 0.0;
+  if (pass.gumbel) {
+    const size_t weights = pass.kernel_h * pass.kernel_w * pass.channels;
+    size_t w;
+    pass.bounds_usable = 1;
+    for (w = 0; w < weights; ++w) {
+      const float weight = layer->gate_weights[w];
+      if (!isfinite(weight)) pass.bounds_usable = 0;
+      if (weight > pass.largest_weight) pass.largest_weight = weight;
+    }
+  } else {
+    pass.bounds_usable = isfinite(layer->norm_scale) && layer->norm_scale >= 0.0f;
+  }
+  return pass;
 }
 
 void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
@@ -163,9 +378,10 @@ void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
     /* first frame after create or reset: every block is computed */
     memset(layer->block_mask, 1, blocks);
   } else {
+    const gate_pass pass = prepare_gate_pass(session, layer);
     layer->gate_scored = 1;
     for (block = 0; block < blocks; ++block) {
-      const double score = score_block(session, layer, block);
+      const double score = score_block(&pass, block);
       int active = score > threshold;
       if (in_tie_band(score, threshold)) {
         layer->ties += 1;

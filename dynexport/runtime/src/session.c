@@ -49,15 +49,15 @@ static void* arena_take_array(arena_cursor* arena, uint64_t count, size_t elemen
 static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena) {
   dynrt_session_t session = (dynrt_session_t)arena_take(arena, sizeof(struct dynrt_session), BUFFER_ALIGNMENT);
   const int placing = session != NULL;
-  uint64_t largest_tile_values = 0, largest_tile_pixels = 0;
+  /* the largest of any skip-conv layer, for the gate scratch */
+  uint64_t largest_tile_values = 0, largest_tile_pixels = 0, largest_tile_rows = 0;
   runtime_tensor* tensors = TAKE_TABLE(arena, runtime_tensor, plan->tensor_count);
   runtime_segment* segments = TAKE_TABLE(arena, runtime_segment, plan->segment_count);
   runtime_layer* layers = TAKE_TABLE(arena, runtime_layer, plan->layer_count);
   plan_instruction* instructions = TAKE_TABLE(arena, plan_instruction, plan->instruction_count);
   char* strings = (char*)arena_take(arena, (uint64_t)plan->string_bytes + 1, 1);
   float* constants = TAKE_TABLE(arena, float, plan->constant_bytes / 4);
-  double* pixel_energy;
-  float* residual;
+  float *values, *pixel_sums, *row_sums;
   uint32_t i;
 
   if (placing) {
@@ -96,16 +96,25 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
     block_grid grid;
     uint32_t* active_blocks;
     uint8_t *block_mask, *tie_reference, *channel_decisions;
+    int32_t *channel_keep, *channel_take;
+    uint64_t patch_row_values;
     dynrt_plan_layer(plan, i, &record);
     (void)dynrt_block_grid_from_layer(&record, &grid); /* validated */
     active_blocks = TAKE_TABLE(arena, uint32_t, grid.block_count);
     block_mask = (uint8_t*)arena_take(arena, grid.block_count, 1);
     tie_reference = (uint8_t*)arena_take(arena, grid.block_count, 1);
     channel_decisions = (uint8_t*)arena_take(arena, record.out_channels, 1);
+    /* DSTEP_APPLY scratch, on the layers it may run on (validated: those with decisions) */
+    patch_row_values = record.tensors[SLOT_DECISIONS] != NO_TENSOR
+                           ? dynrt_saturating_multiply(grid.block, record.out_channels)
+                           : 0;
+    channel_keep = TAKE_TABLE(arena, int32_t, patch_row_values);
+    channel_take = TAKE_TABLE(arena, int32_t, patch_row_values);
     if (record.tensors[SLOT_REFERENCE] != NO_TENSOR) { /* SKIP_GATE scores this layer's tiles */
-      uint64_t pixels = grid.tile_size[0] * grid.tile_size[1];  /* validated: < 2^31 */
+      const uint64_t pixels = grid.tile_size[0] * grid.tile_size[1];  /* validated: < 2^31 */
       if (pixels > largest_tile_pixels) largest_tile_pixels = pixels;
       if (pixels * record.in_channels > largest_tile_values) largest_tile_values = pixels * record.in_channels;
+      if (grid.tile_size[0] > largest_tile_rows) largest_tile_rows = grid.tile_size[0];
     }
     if (placing) {
       runtime_layer* layer = &layers[i];
@@ -126,14 +135,18 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       layer->block_mask = block_mask;
       layer->tie_reference = tie_reference;
       layer->channel_decisions = channel_decisions;
+      layer->channel_keep = channel_keep;
+      layer->channel_take = channel_take;
       memset(channel_decisions, CHANNEL_COMPUTE, record.out_channels);
     }
   }
-  residual = (float*)arena_take_array(arena, largest_tile_values, sizeof(float), BUFFER_ALIGNMENT);
-  pixel_energy = (double*)arena_take_array(arena, largest_tile_pixels, sizeof(double), BUFFER_ALIGNMENT);
+  values = (float*)arena_take_array(arena, largest_tile_values, sizeof(float), BUFFER_ALIGNMENT);
+  pixel_sums = (float*)arena_take_array(arena, largest_tile_pixels, sizeof(float), BUFFER_ALIGNMENT);
+  row_sums = (float*)arena_take_array(arena, largest_tile_rows, sizeof(float), BUFFER_ALIGNMENT);
   if (placing) {
-    session->gate_residual = residual;
-    session->gate_pixel_energy = pixel_energy;
+    session->gate_values = values;
+    session->gate_pixel_sums = pixel_sums;
+    session->gate_row_sums = row_sums;
   }
   for (i = 0; i < plan->tensor_count; ++i) {
     plan_tensor record;

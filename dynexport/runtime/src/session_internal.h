@@ -58,6 +58,10 @@ typedef struct runtime_layer {
   uint32_t* active_blocks;      /* [block_count], ascending; the first active_count are valid */
   uint8_t* block_mask;          /* [block_count], 1 = computed */
   uint8_t* channel_decisions;   /* [out_channels], enum channel_decision */
+  /* DSTEP_APPLY scratch, [block * out_channels]: per value of a patch row, 1 where its channel
+   * is reused (keep) or computed (take) */
+  int32_t* channel_keep;
+  int32_t* channel_take;
 
   /* set_tie_decisions: the reference's mask for the next step */
   uint8_t* tie_reference;       /* [block_count] */
@@ -83,9 +87,10 @@ struct dynrt_session {
   runtime_tensor* input;       /* the plan's frame input */
   runtime_tensor* output;      /* the plan's result */
 
-  /* SKIP_GATE scratch, sized for the largest tile of any layer */
-  float* gate_residual;        /* [th * tw * C]: the block's tile minus its reference */
-  double* gate_pixel_energy;   /* [th * tw]: sum over channels of residual^2 per tile pixel */
+  /* SKIP_GATE scratch (gates.c), each sized for the largest of any skip-conv layer */
+  float* gate_values;          /* [th * tw * C]: |tile - reference| of the block being scored (gumbel) */
+  float* gate_pixel_sums;      /* [th * tw]: per tile pixel, sum over channels of (tile - reference)^2 (norm) */
+  float* gate_row_sums;        /* [th]: per tile row, an upper bound of its share of any window's sum */
 
   int segments_prepared;       /* release_segments is due at destroy */
   char last_error[256];
@@ -98,7 +103,25 @@ void dynrt_reset_primed(dynrt_session_t session);
 void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer);
 void dynrt_dstep_decide(runtime_layer* layer);
 
-/* tiles.c; the batch capacity was checked by the caller */
+/* tiles.c */
+
+/* Where a block's input tile lies in the layer's input: tile rows [first_row, last_row) and
+ * columns [first_col, last_col) are inside it, the rest reads zero padding. */
+typedef struct tile_placement {
+  size_t first_row, last_row, first_col, last_col;
+  const float* first_input;  /* the input pixel under tile (first_row, first_col); NULL if all padding */
+  size_t input_row_values;   /* floats from one input row to the next: W * C */
+} tile_placement;
+tile_placement dynrt_tile_placement(const runtime_layer* layer, uint32_t block);
+
+/* The input pixel under tile column first_col of tile row y (the row's in-bounds pixels
+ * follow it, all channels contiguous), or NULL when that row is all padding. */
+static inline const float* tile_input_row(const tile_placement* placement, size_t y) {
+  if (y < placement->first_row || y >= placement->last_row) return NULL;
+  return placement->first_input + (y - placement->first_row) * placement->input_row_values;
+}
+
+/* The block copies; the batch capacity was checked by the caller. */
 void dynrt_copy_input_tile(const runtime_layer* layer, uint32_t block, float* destination);
 void dynrt_gather_tiles(runtime_layer* layer);
 void dynrt_store_reference(runtime_layer* layer);

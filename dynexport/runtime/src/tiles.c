@@ -2,7 +2,8 @@
  * Block copies between NHWC maps and packed tiles: GATHER_TILES, STORE_REFERENCE,
  * SCATTER_TILES, COPY_BLOCKS and DSTEP_APPLY. Every copy is a run of whole pixels (all
  * channels are contiguous in NHWC), so each tile row is at most one memcpy of its
- * in-bounds part and memsets for the zero padding on either side.
+ * in-bounds part and memsets for the zero padding on either side. Where a tile lies in the
+ * input (dynrt_tile_placement) is shared with SKIP_GATE, which reads tiles in place.
  */
 #include <string.h>
 
@@ -29,35 +30,57 @@ static block_region region_of_block(const block_grid* grid, uint32_t block) {
   return region;
 }
 
-void dynrt_copy_input_tile(const runtime_layer* layer, uint32_t block, float* destination) {
+/* The part [first, last) of a tile axis of `tile` elements starting at input coordinate
+ * `origin` that lies inside an input axis of `size` elements. */
+static void inside_span(ptrdiff_t origin, ptrdiff_t tile, ptrdiff_t size, size_t* first, size_t* last) {
+  ptrdiff_t begin = origin < 0 ? -origin : 0;
+  ptrdiff_t end = size - origin < tile ? size - origin : tile;
+  if (begin > tile) begin = tile;
+  if (end < begin) end = begin;
+  *first = (size_t)begin;
+  *last = (size_t)end;
+}
+
+tile_placement dynrt_tile_placement(const runtime_layer* layer, uint32_t block) {
   const block_grid* grid = &layer->grid;
-  const float* input = (const float*)layer->tensor[SLOT_INPUT]->data;
-  const ptrdiff_t height = (ptrdiff_t)grid->input_size[0], width = (ptrdiff_t)grid->input_size[1];
-  const ptrdiff_t tile_h = (ptrdiff_t)grid->tile_size[0], tile_w = (ptrdiff_t)grid->tile_size[1];
-  const size_t channels = layer->in_channels;
   const size_t block_row = block / (size_t)grid->blocks[1], block_col = block % (size_t)grid->blocks[1];
   /* BlockGrid.tile_origin: negative inside the top/left padding */
   const ptrdiff_t origin_y = (ptrdiff_t)(block_row * (size_t)grid->tile_step[0]) - (ptrdiff_t)grid->padding[0];
   const ptrdiff_t origin_x = (ptrdiff_t)(block_col * (size_t)grid->tile_step[1]) - (ptrdiff_t)grid->padding[1];
-  /* tile columns [first_col, last_col) lie inside the input; the rest read zero padding */
-  ptrdiff_t first_col = origin_x < 0 ? -origin_x : 0;
-  ptrdiff_t last_col = width - origin_x < tile_w ? width - origin_x : tile_w;
-  const size_t row_values = (size_t)tile_w * channels;
-  ptrdiff_t y;
-  if (first_col > tile_w) first_col = tile_w;
-  if (last_col < first_col) last_col = first_col;
+  tile_placement placement;
+  inside_span(origin_y, (ptrdiff_t)grid->tile_size[0], (ptrdiff_t)grid->input_size[0], &placement.first_row,
+              &placement.last_row);
+  inside_span(origin_x, (ptrdiff_t)grid->tile_size[1], (ptrdiff_t)grid->input_size[1], &placement.first_col,
+              &placement.last_col);
+  placement.input_row_values = (size_t)grid->input_size[1] * layer->in_channels;
+  placement.first_input = NULL;
+  if (placement.first_row == placement.last_row || placement.first_col == placement.last_col) {
+    placement.first_row = placement.last_row = 0; /* all padding */
+  } else {
+    placement.first_input = (const float*)layer->tensor[SLOT_INPUT]->data +
+                            (size_t)(origin_y + (ptrdiff_t)placement.first_row) * placement.input_row_values +
+                            (size_t)(origin_x + (ptrdiff_t)placement.first_col) * layer->in_channels;
+  }
+  return placement;
+}
+
+void dynrt_copy_input_tile(const runtime_layer* layer, uint32_t block, float* destination) {
+  const tile_placement placement = dynrt_tile_placement(layer, block);
+  const size_t tile_h = (size_t)layer->grid.tile_size[0], tile_w = (size_t)layer->grid.tile_size[1];
+  const size_t channels = layer->in_channels, row_values = tile_w * channels;
+  const size_t left_values = placement.first_col * channels, right_values = (tile_w - placement.last_col) * channels;
+  size_t y;
   for (y = 0; y < tile_h; ++y) {
-    float* row = destination + (size_t)y * row_values;
-    const ptrdiff_t input_y = origin_y + y;
-    if (input_y < 0 || input_y >= height || last_col == first_col) {
+    float* row = destination + y * row_values;
+    const float* input = tile_input_row(&placement, y);
+    if (input == NULL) {
       memset(row, 0, row_values * sizeof(float));
       continue;
     }
-    memset(row, 0, (size_t)first_col * channels * sizeof(float));
-    memcpy(row + (size_t)first_col * channels,
-           input + ((size_t)input_y * (size_t)width + (size_t)(origin_x + first_col)) * channels,
-           (size_t)(last_col - first_col) * channels * sizeof(float));
-    memset(row + (size_t)last_col * channels, 0, (size_t)(tile_w - last_col) * channels * sizeof(float));
+    /* interior tiles have no padding columns: no calls for nothing */
+    if (left_values > 0) memset(row, 0, left_values * sizeof(float));
+    memcpy(row + left_values, input, (row_values - left_values - right_values) * sizeof(float));
+    if (right_values > 0) memset(row + row_values - right_values, 0, right_values * sizeof(float));
   }
 }
 
@@ -117,6 +140,42 @@ void dynrt_copy_blocks(runtime_layer* layer) {
   }
 }
 
+/* What DSTEP_APPLY does to each value of a patch row this frame. keep and take hold the
+ * channel decisions once per pixel of a whole patch row, so that a row is one flat loop. */
+typedef struct channel_plan {
+  const int32_t* keep;  /* 1: reuse, the value stays */
+  const int32_t* take;  /* 1: compute, the computed value (0 in an inactive patch) */
+  int none_kept;        /* no channel reuses: an inactive patch becomes all 0 */
+  int all_taken;        /* every channel computes: an active patch is a plain copy */
+} channel_plan;
+
+/* DSTEP_APPLY on the `count` values of one patch row; computed is NULL in an inactive
+ * patch. Channels that neither reuse nor compute (skip) become 0. Both loads are
+ * unconditional and the choice is a select, so the loop becomes SIMD code without branches. */
+static void apply_channel_decisions(float* restrict values, const float* restrict computed, const channel_plan* plan,
+                                    size_t count) {
+  const int32_t* keep = plan->keep;
+  const int32_t* take = plan->take;
+  size_t i;
+  if (computed == NULL) {
+    if (plan->none_kept) {
+      memset(values, 0, count * sizeof(float));
+      return;
+    }
+    for (i = 0; i < count; ++i) values[i] = keep[i] ? values[i] : 0.0f;
+    return;
+  }
+  if (plan->all_taken) {
+    memcpy(values, computed, count * sizeof(float));
+    return;
+  }
+  for (i = 0; i < count; ++i) {
+    const float current = values[i], value = computed[i];
+    const float replacement = take[i] ? value : 0.0f;
+    values[i] = keep[i] ? current : replacement;
+  }
+}
+
 /* DSTEP_APPLY: per output channel, skip -> 0, reuse -> unchanged, compute -> the computed
  * value in active patches and 0 in the others. `source` says where the computed values
  * are: the packed tile outputs (in active-list order), the dense output, or nowhere
@@ -127,12 +186,31 @@ void dynrt_dstep_apply(runtime_layer* layer, uint32_t source) {
   const size_t b = (size_t)layer->grid.block;
   const uint8_t* decisions = layer->channel_decisions;
   const uint32_t patches = (uint32_t)layer->grid.block_count;
+  int32_t* keep = layer->channel_keep;
+  int32_t* take = layer->channel_take;
+  size_t c, x, kept = 0, taken = 0;
   uint32_t patch, k = 0; /* k: the patch's position in the active list */
+  channel_plan plan;
+  for (c = 0; c < channels; ++c) {
+    keep[c] = decisions[c] == CHANNEL_REUSE;
+    take[c] = decisions[c] == CHANNEL_COMPUTE;
+    kept += (size_t)keep[c];
+    taken += (size_t)take[c];
+  }
+  if (kept == channels) return; /* every channel keeps its previous values */
+  for (x = 1; x < b; ++x) {
+    memcpy(keep + x * channels, keep, channels * sizeof(int32_t));
+    memcpy(take + x * channels, take, channels * sizeof(int32_t));
+  }
+  plan.keep = keep;
+  plan.take = take;
+  plan.none_kept = kept == 0;
+  plan.all_taken = taken == channels;
   for (patch = 0; patch < patches; ++patch) {
     const block_region region = region_of_block(&layer->grid, patch);
     const int active = layer->block_mask[patch] && source != DSTEP_SOURCE_NONE;
     const float* computed = NULL;
-    size_t computed_width = 0, computed_row = 0, computed_col = 0, y, x, c;
+    size_t computed_width = 0, computed_row = 0, computed_col = 0, y;
     if (active && source == DSTEP_SOURCE_TILES) {
       computed = (const float*)layer->tensor[SLOT_TILE_OUTPUT]->data + (size_t)k * b * b * channels;
       computed_width = b;
@@ -144,15 +222,10 @@ void dynrt_dstep_apply(runtime_layer* layer, uint32_t source) {
     }
     if (layer->block_mask[patch]) ++k;
     for (y = 0; y < region.row_end - region.row_begin; ++y) {
-      for (x = 0; x < region.col_end - region.col_begin; ++x) {
-        float* pixel = output + ((region.row_begin + y) * width + region.col_begin + x) * channels;
-        const float* value =
-            computed != NULL ? computed + ((computed_row + y) * computed_width + computed_col + x) * channels : NULL;
-        for (c = 0; c < channels; ++c) {
-          if (decisions[c] == CHANNEL_COMPUTE) pixel[c] = value != NULL ? value[c] : 0.0f;
-          else if (decisions[c] == CHANNEL_SKIP) pixel[c] = 0.0f;
-        }
-      }
+      apply_channel_decisions(
+          output + ((region.row_begin + y) * width + region.col_begin) * channels,
+          computed != NULL ? computed + ((computed_row + y) * computed_width + computed_col) * channels : NULL, &plan,
+          (region.col_end - region.col_begin) * channels);
     }
   }
 }
