@@ -66,13 +66,18 @@ def _materialize_cia_ops_once():
 def lower_segments(segments: dict) -> bytes:
     """Export and lower a group of segments into one .pte (runs in a worker process too)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
 
+    # Inputs and outputs outside the memory plan: the runtime binds its own NHWC state and
+    # scratch buffers to them, so a segment call copies nothing in or out.
+    io_in_place = ExecutorchBackendConfig(
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, alloc_graph_output=False))
     with _materialize_cia_ops_once():
         programs = {name: export_segment(artifact) for name, artifact in segments.items()}
         try:
             edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
-            return bytes(edge.to_executorch().buffer)
+            return bytes(edge.to_executorch(io_in_place).buffer)
         except Exception as exc:
             raise CompileError(
                 f"ExecuTorch lowering failed for {', '.join(segments)}: {type(exc).__name__}: {exc}") from exc

@@ -204,7 +204,7 @@ struct Operand {
   // output where the plan keeps NHWC): the data is then permuted through `staging`.
   bool convert = false;
   DimOrderType method_order[kMaxRank] = {};
-  Block staging;  // inputs only: max-batch bytes in the method's layout
+  Block staging;  // inputs, and unplanned outputs: max-batch bytes in the method's layout
 };
 
 struct Segment {
@@ -391,7 +391,7 @@ dynrt_status check_operands(const Segment& segment, const et::MethodMeta& meta, 
       // Not the runtime's layout: correct, but every call permutes this operand (a copy).
       operand.convert = true;
       for (uint32_t d = 0; d < operand.rank; ++d) operand.method_order[d] = info->dim_order()[d];
-      if (inputs) {
+      if (inputs || !operand.planned) {  // an unplanned output is written into staging, then permuted
         operand.staging = allocate_block(operand.bytes);
         if (!operand.staging) return DYNRT_OUT_OF_MEMORY;
       }
@@ -520,8 +520,9 @@ dynrt_status run(Adapter& adapter, uint32_t index, uint32_t batch, void* const* 
   }
   for (size_t i = 0; i < segment.outputs.size(); ++i) {
     if (outputs[i] == nullptr) return DYNRT_INVALID_ARGUMENT;
-    if (!segment.outputs[i].planned && !segment.outputs[i].convert &&
-        method.set_output_data_ptr(outputs[i], segment.outputs[i].bytes, i) != et::Error::Ok) {
+    const Operand& operand = segment.outputs[i];
+    void* destination = operand.convert ? operand.staging.get() : outputs[i];
+    if (!operand.planned && method.set_output_data_ptr(destination, operand.bytes, i) != et::Error::Ok) {
       return DYNRT_BACKEND_ERROR;
     }
   }
