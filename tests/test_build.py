@@ -23,9 +23,9 @@ EXAMPLES = {
 CLI = [sys.executable, "-m", "dynexport.cli.main"]
 
 
-# The target is 60 s (issue: compiler core). Measured here, 2 vCPUs: skipconv_heatmap 41-55 s,
-# dstep_action 55-79 s, almost all of it ExecuTorch lowering (~3 CPU-s per method, 17-19
-# methods) and its imports. This bound catches regressions; the target is tracked open.
+# The target is 60 s (issue: compiler core). Measured here on a quiet machine, 2 vCPUs, all
+# lowering in two worker processes: skipconv_heatmap 35.8 s, dstep_action 52.7-53.6 s; a machine
+# shared with other jobs takes up to 1.6x longer, so the test bound leaves room for that.
 BUILD_SECONDS_BOUND = 100
 
 
