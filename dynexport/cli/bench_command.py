@@ -8,19 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from dynexport.cli.options import AllowPickle, OutDir
+from dynexport.cli.options import SYNTHETIC_PRESETS, AllowPickle, Backends, ClipFile, OutDir
 
 
 def bench(
     out: OutDir,
-    clip: Annotated[Optional[Path], typer.Option(
-        "--clip", help="Frames [T, C, H, W] as .npy: uint8 (normalized as the manifest says) or float32.")] = None,
+    clip: ClipFile = None,
     synthetic: Annotated[Optional[str], typer.Option(
-        "--synthetic", help="A generated clip instead: static_camera, handheld, scene_cut, drift, still, mixed "
-                            "[default: static_camera].")] = None,
+        "--synthetic", help=f"A generated clip instead: {SYNTHETIC_PRESETS} [default: static_camera].")] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", min=2, help="Use the first N frames.")] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(
-        "--backend", help="Backend to measure (repeatable) [default: every backend in the build].")] = None,
+    backend: Backends = None,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Backend threads per segment; 0: the backend's "
                                                                   "default pool.")] = 1,
     passes: Annotated[int, typer.Option("--passes", min=1, help="Timed passes over the clip (medians).")] = 5,

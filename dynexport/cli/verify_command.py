@@ -8,19 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from dynexport.cli.options import AllowPickle, OutDir
+from dynexport.cli.options import SYNTHETIC_PRESETS, AllowPickle, Backends, ClipFile, OutDir
 
 
 def verify(
     out: OutDir,
-    clip: Annotated[Optional[Path], typer.Option(
-        "--clip", help="Frames [T, C, H, W] as .npy: uint8 (normalized as the manifest says) or float32.")] = None,
+    clip: ClipFile = None,
     synthetic: Annotated[Optional[str], typer.Option(
-        "--synthetic", help="A generated clip instead: static_camera, handheld, scene_cut, drift, still, mixed "
-                            "[default: mixed].")] = None,
+        "--synthetic", help=f"A generated clip instead: {SYNTHETIC_PRESETS} [default: mixed].")] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Use the first N frames.")] = None,
-    backend: Annotated[Optional[list[str]], typer.Option(
-        "--backend", help="Backend to check (repeatable) [default: every backend in the build].")] = None,
+    backend: Backends = None,
     device: Annotated[str, typer.Option(
         "--device", help="Where the native runtime runs: host, qemu-arm64 (ARM64 under emulation: use few, "
                          "small frames) or adb (a connected Android device).")] = "host",

@@ -88,9 +88,8 @@ def _decision_record_split(program: FrameProgram, records: np.ndarray):
         masks.append(records[:, offset:offset + blocks])
         channels.append(records[:, offset + blocks:offset + blocks + out_channels])
         offset += blocks + out_channels
-    frames = len(records)
-    join = (lambda parts: np.concatenate(parts, axis=1)) if masks else (lambda parts: np.zeros((frames, 0), np.uint8))
-    return join(masks), join(channels)
+    empty = np.zeros((len(records), 0), np.uint8)
+    return np.concatenate([empty, *masks], axis=1), np.concatenate([empty, *channels], axis=1)
 
 
 def _physical_frames(frames: np.ndarray) -> np.ndarray:
