@@ -114,7 +114,7 @@ class FrameStats(ctypes.Structure):
     _fields_ = [
         ("layers", ctypes.POINTER(LayerStats)), ("layer_capacity", ctypes.c_uint32),
         ("segment_ns", ctypes.POINTER(ctypes.c_uint64)), ("segment_capacity", ctypes.c_uint32),
-        ("frame_ns", ctypes.c_uint64), ("segments_ns", ctypes.c_uint64),
+        ("frame_ns", ctypes.c_uint64), ("segments_ns", ctypes.c_uint64), ("segments_reused", ctypes.c_uint32),
     ]
 
 
@@ -435,6 +435,7 @@ class NativeSession:
         return {
             "frame_ns": s.frame_ns,
             "segments_ns": s.segments_ns,
+            "segments_reused": s.segments_reused,
             "segment_ns": [self._segment_ns[i] for i in range(self.info.segment_count)],
             "layers": [
                 {"active_blocks": l.active_blocks, "total_blocks": l.total_blocks, "path": LayerPath(l.path),

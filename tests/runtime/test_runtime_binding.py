@@ -134,6 +134,56 @@ def test_backend_exception_fails_the_frame_and_the_next_is_dense(host_build):
         np.testing.assert_allclose(out, fresh.step(frames[3]), atol=1e-6)
 
 
+def _counting_backend(compiled):
+    torch_backend = torch_callback_backend(compiled.program, compiled.segments)
+    calls = []
+
+    def run(index, batch, inputs, outputs):
+        calls.append(index)
+        torch_backend.run(index, batch, inputs, outputs)
+
+    return CallbackBackend(run), calls
+
+
+@pytest.mark.parametrize("key", ["depthwise_chain", "dstep"])
+def test_an_unchanged_frame_runs_no_segment_whose_inputs_did_not_change(host_build, key):
+    _, compiled = compiled_small(key)
+    backend, calls = _counting_backend(compiled)
+    fixed = {i for i, segment in enumerate(compiled.program.segments) if segment.max_batch == 0}
+    stems = {i for i in fixed if compiled.program.inputs[0] in compiled.program.segment_inputs(compiled.program.segments[i])}
+    frames = _frames(3)
+    with NativeSession(plan_bytes(compiled), backend) as session:
+        first = session.step(frames[0])
+        first_calls = list(calls)
+        calls.clear()
+        again = session.step(frames[0])
+        np.testing.assert_array_equal(again, first)
+        stats = session.last_stats
+        if key == "depthwise_chain":  # every layer reuses its output: nothing downstream changed
+            assert all(layer["path"] == LayerPath.REUSE for layer in stats["layers"])
+            assert calls == [] and stats["segments_reused"] > 0 and not any(stats["segment_ns"])
+        else:  # the stem reads the (re-read) frame; what it feeds is recomputed, the same
+            assert set(calls) <= fixed and stems <= set(calls)
+        # (that reused results are right on changing clips: the differential tests, vs the interpreter)
+        session.reset()
+        calls.clear()
+        session.step(frames[0])
+        assert calls == first_calls, "after a reset, no result is reused"
+
+
+def test_an_unaligned_frame_gives_the_same_result(host_build):
+    frames = _frames(3)
+    _, aligned = _session()
+    _, unaligned = _session()
+    with aligned, unaligned:
+        for frame in frames:
+            storage = np.zeros(frame.nbytes + 1, np.uint8)
+            shifted = np.frombuffer(storage.data, np.uint8, frame.nbytes, 1).view(np.float32).reshape(frame.shape)
+            shifted[...] = frame
+            assert shifted.ctypes.data % 4 != 0
+            np.testing.assert_array_equal(unaligned.step(shifted), aligned.step(frame))
+
+
 def test_tie_band_takes_the_imposed_decision_for_one_step(host_build):
     # threshold 0 and a frame that does not change: every block scores exactly 0, a tie
     torch.manual_seed(0)

@@ -114,6 +114,7 @@ typedef struct dynrt_frame_stats {
   uint64_t* segment_ns;       uint32_t segment_capacity;  /* wall time per segment; 0 if not run */
   uint64_t frame_ns;          /* the whole step */
   uint64_t segments_ns;       /* inside backend calls */
+  uint32_t segments_reused;   /* fixed segments not run: no input changed since their last run */
 } dynrt_frame_stats;
 
 /* The gate tie band: a block whose score is within
@@ -140,7 +141,10 @@ DYNRT_NODISCARD dynrt_status dynrt_session_reset(dynrt_session_t session);
 
 /* One frame: input (float32 NHWC, exactly info.input_bytes) -> output (info.output_bytes).
  * stats may be NULL. A frame with NaN/Inf is rejected before any state changes
- * (DYNRT_NONFINITE_INPUT); a wrong size, likewise (DYNRT_WRONG_BUFFER_SIZE). */
+ * (DYNRT_NONFINITE_INPUT); a wrong size, likewise (DYNRT_WRONG_BUFFER_SIZE).
+ * Work a frame does not need is not done: gates read the input in place (it is copied only
+ * when a segment reads it whole), and a segment none of whose inputs changed since its last
+ * run is not run again (its outputs still hold those results; stats->segments_reused). */
 DYNRT_NODISCARD dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, size_t input_bytes,
                                                float* output, size_t output_bytes, dynrt_frame_stats* stats);
 

@@ -135,9 +135,12 @@ static void publish_active_blocks(runtime_layer* layer) {
     if (layer->block_mask[block]) layer->active_blocks[count++] = block;
   }
   layer->active_count = count;
+  layer->gathered_tiles_version = 0; /* packed tiles, if any, hold an older list */
   memset(active, 0, layer->tensor[SLOT_ACTIVE]->bytes);
   active[0] = (int32_t)count;
   for (block = 0; block < count; ++block) active[1 + block] = (int32_t)layer->active_blocks[block];
+  tensor_written(layer->tensor[SLOT_ACTIVE]);
+  tensor_written(layer->tensor[SLOT_PRIMED]);
   /* the path the frame will take; branches and RUN_SEGMENT refine it (step.c) */
   layer->path = count == 0 ? DYNRT_PATH_REUSE : count > layer->dense_cutoff ? DYNRT_PATH_DENSE : DYNRT_PATH_TILES;
 }
@@ -441,6 +444,7 @@ void dynrt_dstep_decide(runtime_layer* layer) {
     any_compute |= choice == CHANNEL_COMPUTE;
   }
   primed[0] = 1.0f;
+  tensor_written(layer->tensor[SLOT_DECISIONS]);
   /* no channel computes: no patch needs the convolution */
   if (!any_compute) memset(layer->block_mask, 0, patches);
   publish_active_blocks(layer);

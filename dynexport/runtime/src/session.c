@@ -75,11 +75,18 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
     dynrt_operand_info* output_info;
     void** input_buffers;
     void** output_buffers;
+    runtime_tensor** inputs;
+    runtime_tensor** outputs;
+    uint64_t *input_versions, *output_versions;
     dynrt_plan_segment(plan, i, &record);
     input_info = TAKE_TABLE(arena, dynrt_operand_info, record.input_count);
     output_info = TAKE_TABLE(arena, dynrt_operand_info, record.output_count);
     input_buffers = TAKE_TABLE(arena, void*, record.input_count);
     output_buffers = TAKE_TABLE(arena, void*, record.output_count);
+    inputs = TAKE_TABLE(arena, runtime_tensor*, record.input_count);
+    outputs = TAKE_TABLE(arena, runtime_tensor*, record.output_count);
+    input_versions = TAKE_TABLE(arena, uint64_t, record.input_count);
+    output_versions = TAKE_TABLE(arena, uint64_t, record.output_count);
     if (placing) {
       segments[i].name = strings + record.name;
       segments[i].max_batch = record.max_batch;
@@ -89,6 +96,10 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       segments[i].output_info = output_info;
       segments[i].input_buffers = input_buffers;
       segments[i].output_buffers = output_buffers;
+      segments[i].inputs = inputs;
+      segments[i].outputs = outputs;
+      segments[i].input_versions = input_versions;
+      segments[i].output_versions = output_versions;
     }
   }
   for (i = 0; i < plan->layer_count; ++i) {
@@ -187,21 +198,32 @@ static void link_tables(dynrt_session_t session, const plan_view* plan) {
     for (k = 0; k < segment->input_count + segment->output_count; ++k) {
       const int is_input = k < segment->input_count;
       const uint32_t operand = is_input ? record.input_begin + k : record.output_begin + (k - segment->input_count);
-      const runtime_tensor* tensor = &session->tensors[dynrt_plan_operand(plan, operand)];
+      runtime_tensor* tensor = &session->tensors[dynrt_plan_operand(plan, operand)];
       dynrt_operand_info* info = is_input ? &segment->input_info[k] : &segment->output_info[k - segment->input_count];
       info->rank = tensor->rank;
       memcpy(info->dims, tensor->dims, sizeof info->dims);
       info->dtype = tensor->dtype;
-      if (is_input) segment->input_buffers[k] = tensor->data;
-      else segment->output_buffers[k - segment->input_count] = tensor->data;
+      if (is_input) {
+        segment->input_buffers[k] = tensor->data;
+        segment->inputs[k] = tensor;
+      } else {
+        segment->output_buffers[k - segment->input_count] = tensor->data;
+        segment->outputs[k - segment->input_count] = tensor;
+      }
+      if (tensor == session->input) segment->touches_input = 1;
     }
   }
+  session->frame_read_in_place = 1;
   for (i = 0; i < plan->layer_count; ++i) {
     runtime_layer* layer = &session->layers[i];
     plan_layer record;
     dynrt_plan_layer(plan, i, &record);
     for (slot = 0; slot < LAYER_TENSOR_SLOTS; ++slot) {
       layer->tensor[slot] = record.tensors[slot] == NO_TENSOR ? NULL : &session->tensors[record.tensors[slot]];
+    }
+    layer->input_pixels = (const float*)layer->tensor[SLOT_INPUT]->data;
+    for (slot = SLOT_INPUT + 1; slot < LAYER_TENSOR_SLOTS; ++slot) {
+      if (layer->tensor[slot] == session->input) session->frame_read_in_place = 0;
     }
     /* the packed buffers' leading dims: how many active blocks a tile instruction can take */
     if (layer->tensor[SLOT_TILES] != NULL) layer->tile_capacity = layer->tensor[SLOT_TILES]->dims[0];
@@ -370,9 +392,11 @@ dynrt_status dynrt_session_describe(dynrt_const_session_t session, dynrt_session
 void dynrt_reset_primed(dynrt_session_t session) {
   uint32_t i;
   for (i = 0; i < session->layer_count; ++i) {
-    float* primed = (float*)session->layers[i].tensor[SLOT_PRIMED]->data;
-    primed[0] = 0.0f;
+    runtime_tensor* primed = session->layers[i].tensor[SLOT_PRIMED];
+    ((float*)primed->data)[0] = 0.0f;
+    tensor_written(primed);
   }
+  for (i = 0; i < session->segment_count; ++i) session->segments[i].results_valid = 0;
 }
 
 dynrt_status dynrt_session_reset(dynrt_session_t session) {

@@ -29,7 +29,14 @@ typedef struct runtime_tensor {
   uint32_t dims[4];  /* dims[rank..4) are 0 */
   size_t bytes;
   void* data;        /* 64-byte aligned, zero at create */
+  /* bumped by every write (tensor_written); a fixed segment whose inputs and outputs are
+   * at the versions of its last run is not run again (step.c) */
+  uint64_t version;
 } runtime_tensor;
+
+static inline void tensor_written(runtime_tensor* tensor) {
+  tensor->version += 1;
+}
 
 typedef struct runtime_segment {
   const char* name;
@@ -39,6 +46,13 @@ typedef struct runtime_segment {
   dynrt_operand_info* output_info;
   void** input_buffers;   /* the same addresses on every call (adapters may bind once) */
   void** output_buffers;
+  runtime_tensor** inputs;     /* the operands' tensors */
+  runtime_tensor** outputs;
+  /* fixed segments: the operands' versions right after the last successful run */
+  uint64_t* input_versions;
+  uint64_t* output_versions;
+  int results_valid;           /* that run happened since create / reset */
+  int touches_input;           /* the plan's input tensor is one of its operands */
 } runtime_segment;
 
 typedef struct runtime_layer {
@@ -50,6 +64,10 @@ typedef struct runtime_layer {
   const float* gate_weights;  /* GUMBEL: [kernel_h, kernel_w, in_channels] */
   uint64_t macs_per_position, gate_macs_per_position;
   runtime_tensor* tensor[LAYER_TENSOR_SLOTS];  /* NULL when the plan has none */
+  /* where SKIP_GATE, GATHER_TILES and STORE_REFERENCE read the input pixels this frame: the
+   * caller's frame while the plan input is not copied yet (step.c), else the input tensor */
+  const float* input_pixels;
+  uint64_t gathered_tiles_version;  /* the tiles tensor's version right after this frame's gather, or 0 */
   uint32_t tile_capacity;         /* leading dim of tiles (0 without) */
   uint32_t tile_output_capacity;  /* leading dim of tile_output (0 without) */
 
@@ -85,6 +103,12 @@ struct dynrt_session {
   runtime_layer* layers;
   plan_instruction* instructions;
   runtime_tensor* input;       /* the plan's frame input */
+  /* the caller's frame during a step, until an instruction needs the input tensor itself
+   * and it is copied in (materialize_input, step.c); NULL otherwise */
+  const float* pending_frame;
+  /* no layer tensor other than a layer's input is the plan input, so reading the caller's
+   * frame in place is the same as reading the input tensor (else every frame is copied) */
+  int frame_read_in_place;
   runtime_tensor* output;      /* the plan's result */
 
   /* SKIP_GATE scratch (gates.c), each sized for the largest of any skip-conv layer */
@@ -96,7 +120,8 @@ struct dynrt_session {
   char last_error[256];
 };
 
-/* session.c: primed = 0 in every layer (the next frame is computed densely). */
+/* session.c: primed = 0 in every layer (the next frame is computed densely), and no
+ * segment result is reused. */
 void dynrt_reset_primed(dynrt_session_t session);
 
 /* gates.c */

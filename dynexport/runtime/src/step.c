@@ -20,19 +20,62 @@ static error_sink session_errors(dynrt_session_t session) {
 
 /* Index of the first NaN or Inf of a float32 array, or `count` if there is none. Works on
  * the bit pattern (all exponent bits set), so it holds under -ffast-math too, and reads
- * through memcpy so an unaligned caller buffer is fine. */
+ * through memcpy so an unaligned caller buffer is fine. Every frame is scanned whole, so
+ * the common case is branch-free: (bits & exponent) + 0x00800000 reaches bit 31 only for an
+ * all-ones exponent, and a chunk ORs those (SIMD code); only a flagged chunk is searched. */
 static size_t first_nonfinite(const float* values, size_t count, uint32_t* bits_out) {
+  enum { CHUNK = 256 };
   const unsigned char* bytes = (const unsigned char*)values;
-  size_t i;
-  for (i = 0; i < count; ++i) {
-    uint32_t bits;
-    memcpy(&bits, bytes + 4 * i, 4);
-    if ((bits & 0x7F800000u) == 0x7F800000u) {
-      *bits_out = bits;
-      return i;
+  size_t begin, i;
+  for (begin = 0; begin < count; begin += CHUNK) {
+    const size_t end = count - begin < CHUNK ? count : begin + CHUNK;
+    uint32_t flags = 0;
+    for (i = begin; i < end; ++i) {
+      uint32_t bits;
+      memcpy(&bits, bytes + 4 * i, 4);
+      flags |= (bits & 0x7F800000u) + 0x00800000u;
+    }
+    if ((flags & 0x80000000u) == 0) continue;
+    for (i = begin; i < end; ++i) {
+      uint32_t bits;
+      memcpy(&bits, bytes + 4 * i, 4);
+      if ((bits & 0x7F800000u) == 0x7F800000u) {
+        *bits_out = bits;
+        return i;
+      }
     }
   }
   return count;
+}
+
+/* Until an instruction needs the plan's input tensor itself, the gates and tile copies read
+ * the caller's frame where it is (runtime_layer.input_pixels): a frame whose active blocks
+ * take the tile path is never copied whole. The input tensor is only read after
+ * materialize_input copied the frame in; release_frame forgets the caller's pointer (at the
+ * end of every step: it is not read afterwards). */
+static void release_frame(dynrt_session_t session) {
+  uint32_t i;
+  session->pending_frame = NULL;
+  for (i = 0; i < session->layer_count; ++i) {
+    session->layers[i].input_pixels = (const float*)session->layers[i].tensor[SLOT_INPUT]->data;
+  }
+}
+
+static void materialize_input(dynrt_session_t session) {
+  if (session->pending_frame == NULL) return;
+  memcpy(session->input->data, session->pending_frame, session->input->bytes);
+  tensor_written(session->input);
+  release_frame(session);
+}
+
+/* Whether an instruction reads or writes the input tensor itself: a segment or a copy with
+ * it as an operand. Layer instructions read the input through input_pixels only (with
+ * frame_read_in_place, no other slot of a layer is the input tensor). */
+static int needs_input_tensor(dynrt_const_session_t session, const plan_instruction* ins) {
+  const uint32_t input = (uint32_t)(session->input - session->tensors);
+  if (ins->op == OP_RUN_SEGMENT) return session->segments[ins->a].touches_input;
+  if (ins->op == OP_COPY_TENSOR) return ins->a == input || ins->b == input;
+  return 0;
 }
 
 /* The count a layer's tile instructions work on must fit its packed buffers; a plan that
@@ -48,9 +91,32 @@ static dynrt_status check_tile_capacity(dynrt_session_t session, uint32_t pc, co
                     (unsigned long)layer->active_count, (unsigned long)capacity);
 }
 
+/* A fixed segment computes the same outputs from the same inputs: when none of its operands
+ * was written since its last run (versions, session_internal.h), its outputs still hold
+ * that run's results. A still frame then costs its gates only. */
+static int segment_results_current(const runtime_segment* segment) {
+  uint32_t k;
+  if (!segment->results_valid) return 0;
+  for (k = 0; k < segment->input_count; ++k) {
+    if (segment->inputs[k]->version != segment->input_versions[k]) return 0;
+  }
+  for (k = 0; k < segment->output_count; ++k) {
+    if (segment->outputs[k]->version != segment->output_versions[k]) return 0;
+  }
+  return 1;
+}
+
+static void record_segment_run(runtime_segment* segment) {
+  uint32_t k;
+  for (k = 0; k < segment->output_count; ++k) tensor_written(segment->outputs[k]);
+  /* read after the outputs' bump: an operand that is both is never current again */
+  for (k = 0; k < segment->input_count; ++k) segment->input_versions[k] = segment->inputs[k]->version;
+  for (k = 0; k < segment->output_count; ++k) segment->output_versions[k] = segment->outputs[k]->version;
+}
+
 static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t segment_index, uint32_t batch_layer,
                                 dynrt_frame_stats* stats) {
-  const runtime_segment* segment = &session->segments[segment_index];
+  runtime_segment* segment = &session->segments[segment_index];
   dynrt_backend_t backend = session->backend;
   error_sink error = session_errors(session);
   uint32_t batch = 1;
@@ -63,6 +129,9 @@ static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t s
     if (status != DYNRT_OK) return status;
     layer->path = DYNRT_PATH_TILES;
     if (batch == 0) return DYNRT_OK; /* an empty batch computes nothing (the interpreter's [:0]) */
+  } else if (segment_results_current(segment)) {
+    if (stats != NULL) stats->segments_reused += 1;
+    return DYNRT_OK;
   }
   start = dynrt_monotonic_ns();
   status = backend->run_segment(backend->context, segment_index, batch, segment->input_buffers,
@@ -73,12 +142,16 @@ static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t s
     if (segment_index < stats->segment_capacity) stats->segment_ns[segment_index] += elapsed;
   }
   if (status != DYNRT_OK) {
+    segment->results_valid = 0;
     return dynrt_fail(&error, DYNRT_BACKEND_ERROR,
                       "segment %lu (%s) failed in backend %s with status %d (%s); the session was reset: the next "
                       "frame is computed densely",
                       (unsigned long)segment_index, segment->name, backend->name != NULL ? backend->name : "(unnamed)",
                       (int)status, dynrt_status_string(status));
   }
+  /* a tile segment's batch differs from run to run: only fixed segments are reused */
+  segment->results_valid = batch_layer == NO_LAYER;
+  record_segment_run(segment);
   return DYNRT_OK;
 }
 
@@ -92,6 +165,7 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
                                : NULL;
     dynrt_status status = DYNRT_OK;
     uint32_t next = pc + 1;
+    if (session->pending_frame != NULL && needs_input_tensor(session, ins)) materialize_input(session);
     switch (ins->op) {
       case OP_RUN_SEGMENT:
         status = run_segment(session, pc, ins->a, ins->b, stats);
@@ -139,6 +213,7 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
         const runtime_tensor* source = &session->tensors[ins->a];
         /* memmove: a plan may copy a tensor onto itself */
         memmove(session->tensors[ins->b].data, source->data, source->bytes);
+        tensor_written(&session->tensors[ins->b]);
         break;
       }
       default:
@@ -157,10 +232,12 @@ static void begin_frame(dynrt_session_t session, dynrt_frame_stats* stats) {
     layer->path = DYNRT_PATH_REUSE;
     layer->ties = 0;
     layer->gate_scored = 0;
+    layer->gathered_tiles_version = 0;
   }
   if (stats != NULL) {
     stats->frame_ns = 0;
     stats->segments_ns = 0;
+    stats->segments_reused = 0;
     if (stats->segment_ns != NULL) memset(stats->segment_ns, 0, stats->segment_capacity * sizeof(uint64_t));
   }
 }
@@ -224,9 +301,18 @@ dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, siz
                       (bad_bits & 0x007FFFFFu) != 0 ? "NaN" : (bad_bits & 0x80000000u) ? "-Inf" : "+Inf");
   }
 
-  memcpy(session->input->data, input, input_bytes);
   begin_frame(session, stats);
+  session->pending_frame = input;
+  if ((uintptr_t)input % sizeof(float) != 0 || !session->frame_read_in_place) {
+    materialize_input(session); /* float reads in place need float alignment */
+  } else {
+    for (i = 0; i < session->layer_count; ++i) {
+      runtime_layer* layer = &session->layers[i];
+      if (layer->tensor[SLOT_INPUT] == session->input) layer->input_pixels = input;
+    }
+  }
   status = run_program(session, stats);
+  release_frame(session);
   for (i = 0; i < session->layer_count; ++i) session->layers[i].tie_reference_pending = 0;
   if (status != DYNRT_OK) {
     /* state may be half-updated: start over densely */

@@ -57,7 +57,7 @@ tile_placement dynrt_tile_placement(const runtime_layer* layer, uint32_t block) 
   if (placement.first_row == placement.last_row || placement.first_col == placement.last_col) {
     placement.first_row = placement.last_row = 0; /* all padding */
   } else {
-    placement.first_input = (const float*)layer->tensor[SLOT_INPUT]->data +
+    placement.first_input = layer->input_pixels +
                             (size_t)(origin_y + (ptrdiff_t)placement.first_row) * placement.input_row_values +
                             (size_t)(origin_x + (ptrdiff_t)placement.first_col) * layer->in_channels;
   }
@@ -89,20 +89,36 @@ static size_t tile_values(const runtime_layer* layer) {
 }
 
 void dynrt_gather_tiles(runtime_layer* layer) {
-  float* tiles = (float*)layer->tensor[SLOT_TILES]->data;
-  const size_t values = tile_values(layer);
-  uint32_t k;
-  for (k = 0; k < layer->active_count; ++k) dynrt_copy_input_tile(layer, layer->active_blocks[k], tiles + k * values);
-}
-
-void dynrt_store_reference(runtime_layer* layer) {
-  float* reference = (float*)layer->tensor[SLOT_REFERENCE]->data;
+  runtime_tensor* tiles = layer->tensor[SLOT_TILES];
   const size_t values = tile_values(layer);
   uint32_t k;
   for (k = 0; k < layer->active_count; ++k) {
-    const uint32_t block = layer->active_blocks[k];
-    dynrt_copy_input_tile(layer, block, reference + (size_t)block * values);
+    dynrt_copy_input_tile(layer, layer->active_blocks[k], (float*)tiles->data + k * values);
   }
+  tensor_written(tiles);
+  layer->gathered_tiles_version = tiles->version;
+}
+
+/* The reference takes the active blocks' input tiles. Right after GATHER_TILES they are
+ * already packed, in active-list order and still in cache: whole-tile copies from there
+ * instead of a second gather with its padding logic. */
+void dynrt_store_reference(runtime_layer* layer) {
+  runtime_tensor* reference = layer->tensor[SLOT_REFERENCE];
+  const runtime_tensor* tiles = layer->tensor[SLOT_TILES];
+  const size_t values = tile_values(layer);
+  const int from_tiles =
+      tiles != NULL && layer->gathered_tiles_version != 0 && layer->gathered_tiles_version == tiles->version;
+  uint32_t k;
+  for (k = 0; k < layer->active_count; ++k) {
+    const uint32_t block = layer->active_blocks[k];
+    float* destination = (float*)reference->data + (size_t)block * values;
+    if (from_tiles) {
+      memcpy(destination, (const float*)tiles->data + k * values, values * sizeof(float));
+    } else {
+      dynrt_copy_input_tile(layer, block, destination);
+    }
+  }
+  tensor_written(reference);
 }
 
 /* Copies a block region of a [rows, row_pitch_pixels, C] source into the output map. */
@@ -127,6 +143,7 @@ void dynrt_scatter_tiles(runtime_layer* layer) {
     copy_region_rows(output, (size_t)layer->grid.output_size[1], tile_output + k * b * b * channels, b, 0, 0, &region,
                      channels);
   }
+  tensor_written(layer->tensor[SLOT_OUTPUT]);
 }
 
 void dynrt_copy_blocks(runtime_layer* layer) {
@@ -138,6 +155,7 @@ void dynrt_copy_blocks(runtime_layer* layer) {
     const block_region region = region_of_block(&layer->grid, layer->active_blocks[k]);
     copy_region_rows(output, width, dense, width, region.row_begin, region.col_begin, &region, layer->out_channels);
   }
+  tensor_written(layer->tensor[SLOT_OUTPUT]);
 }
 
 /* What DSTEP_APPLY does to each value of a patch row this frame. keep and take hold the
@@ -198,6 +216,7 @@ void dynrt_dstep_apply(runtime_layer* layer, uint32_t source) {
     taken += (size_t)take[c];
   }
   if (kept == channels) return; /* every channel keeps its previous values */
+  tensor_written(layer->tensor[SLOT_OUTPUT]);
   for (x = 1; x < b; ++x) {
     memcpy(keep + x * channels, keep, channels * sizeof(int32_t));
     memcpy(take + x * channels, take, channels * sizeof(int32_t));

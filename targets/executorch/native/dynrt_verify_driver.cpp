@@ -406,7 +406,8 @@ void write_stats_line(std::FILE* f, const char* path, uint32_t pass, uint64_t t,
   std::fprintf(f, "{\"pass\": %u, \"frame\": %" PRIu64 ", \"frame_ns\": %" PRIu64 ", \"wall_ns\": %" PRIu64, pass, t,
                s.frame_ns, wall_ns);
   if (dense_ns) std::fprintf(f, ", \"dense_ns\": %" PRIu64, *dense_ns);
-  std::fprintf(f, ", \"segments_ns\": %" PRIu64 ", \"layers\": [", s.segments_ns);
+  std::fprintf(f, ", \"segments_ns\": %" PRIu64 ", \"segments_reused\": %u, \"layers\": [", s.segments_ns,
+               s.segments_reused);
   for (uint32_t l = 0; l < s.layer_capacity; ++l) {
     const dynrt_layer_stats& layer = s.layers[l];
     std::fprintf(f,
