@@ -162,6 +162,9 @@ def test_an_unchanged_frame_runs_no_segment_whose_inputs_did_not_change(host_bui
         if key == "depthwise_chain":  # every layer reuses its output: nothing downstream changed
             assert all(layer["path"] == LayerPath.REUSE for layer in stats["layers"])
             assert calls == [] and stats["segments_reused"] > 0 and not any(stats["segment_ns"])
+            # and the gates after the first see an unchanged input: settled without scoring
+            assert [layer["executed_macs"] for layer in stats["layers"][1:]] == [0] * (len(stats["layers"]) - 1)
+            assert stats["layers"][0]["executed_macs"] > 0, "the first gate reads the frame: it scores"
         else:  # the stem reads the (re-read) frame; what it feeds is recomputed, the same
             assert set(calls) <= fixed and stems <= set(calls)
         # (that reused results are right on changing clips: the differential tests, vs the interpreter)

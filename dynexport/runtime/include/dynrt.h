@@ -144,7 +144,8 @@ DYNRT_NODISCARD dynrt_status dynrt_session_reset(dynrt_session_t session);
  * (DYNRT_NONFINITE_INPUT); a wrong size, likewise (DYNRT_WRONG_BUFFER_SIZE).
  * Work a frame does not need is not done: gates read the input in place (it is copied only
  * when a segment reads it whole), and a segment none of whose inputs changed since its last
- * run is not run again (its outputs still hold those results; stats->segments_reused). */
+ * run is not run again (its outputs still hold those results; stats->segments_reused), nor
+ * is a gate scored whose input did not change since its last decision (no block computes). */
 DYNRT_NODISCARD dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, size_t input_bytes,
                                                float* output, size_t output_bytes, dynrt_frame_stats* stats);
 

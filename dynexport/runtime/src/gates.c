@@ -74,6 +74,25 @@ static float abs_residual_run(const float* restrict current, const float* restri
   return sum_lanes(lanes) + tail;
 }
 
+/* The sum of |current[i] - reference[i]| (current NULL: of |reference[i]|), as
+ * abs_residual_run returns it, without writing the values. */
+static float abs_residual_sum(const float* restrict current, const float* restrict reference, size_t count) {
+  float lanes[LANES] = {0}, tail = 0.0f;
+  size_t i = 0, lane;
+  if (current == NULL) {
+    for (; i + LANES <= count; i += LANES) {
+      for (lane = 0; lane < LANES; ++lane) lanes[lane] += fabsf(reference[i + lane]);
+    }
+    for (; i < count; ++i) tail += fabsf(reference[i]);
+  } else {
+    for (; i + LANES <= count; i += LANES) {
+      for (lane = 0; lane < LANES; ++lane) lanes[lane] += fabsf(current[i + lane] - reference[i + lane]);
+    }
+    for (; i < count; ++i) tail += fabsf(current[i] - reference[i]);
+  }
+  return sum_lanes(lanes) + tail;
+}
+
 /* Per pixel, the sum over its channels of (current - reference)^2 (current NULL: zero
  * padding); returns the sum over the pixels. A pixel's channels are summed in LANES partial
  * sums when there are more than LANES of them; with fewer, the lane reduction would cost
@@ -150,15 +169,16 @@ static void publish_active_blocks(runtime_layer* layer) {
  * A block is scored in two steps.
  *  1. One pass over its tile takes the residual against the reference tile and, per tile
  *     row y, row_sums[y]: an upper bound of what that row adds to any window's sum.
- *       gumbel  values = |residual|; row_sums[y] = the row's sum of |residual|, which times
- *               the largest gate weight (never below 0) bounds its share of any window
+ *       gumbel  row_sums[y] = the row's sum of |residual|, which times the largest gate
+ *               weight (never below 0) bounds its share of any window (read-only pass)
  *       norm    pixel_sums = per pixel, the sum over channels of residual^2 (its energy);
  *               row_sums[y] = the row's energy
  *     A window covers kernel_h tile rows, so their row sums bound every score of an output
  *     row (output_row_bound): output rows clearly below the threshold are done.
  *  2. The other rows are scored position by position, stopping at the first position
- *     clearly above: gumbel as the weighted sum of |residual| over the window, norm from the
- *     sum of the pixel energies under the window.
+ *     clearly above: gumbel as the weighted sum of |residual| over the window (the values
+ *     of the tile rows it reads are written first, once per block), norm from the sum of
+ *     the pixel energies under the window.
  */
 
 /* What scoring one layer's blocks this frame needs, set up once per SKIP_GATE. */
@@ -176,6 +196,7 @@ typedef struct gate_pass {
   double largest_weight;
   /* the session's scratch (session_internal.h) */
   float *values, *pixel_sums, *row_sums;
+  uint8_t* value_rows;  /* gumbel: which tile rows `values` holds for the block being scored */
 } gate_pass;
 
 /* Clearly above: active, and not a tie, whatever the other positions score. */
@@ -213,44 +234,73 @@ static double output_row_bound(const gate_pass* pass, size_t output_row) {
   return window_score_bound(pass, sum);
 }
 
-/* gumbel, step 1: values = |residual| of the whole tile, and the row sums. The current input
- * is read where it is (no tile copy); padding columns and rows read zero. */
-static void gumbel_residual(const gate_pass* pass, uint32_t block) {
-  const runtime_layer* layer = pass->layer;
-  const size_t row_values = pass->tile_w * pass->channels;
-  const float* reference =
-      (const float*)layer->tensor[SLOT_REFERENCE]->data + (size_t)block * pass->tile_h * row_values;
-  const tile_placement placement = dynrt_tile_placement(layer, block);
-  const size_t left = placement.first_col * pass->channels;
-  const size_t inside = (placement.last_col - placement.first_col) * pass->channels;
-  const size_t right = row_values - left - inside;
+/* gumbel: a tile row's residual, either summed (row_values NULL) or written to row_values
+ * (|residual|) with its sum returned. The current input is read where it is (no tile copy);
+ * padding columns and rows read zero. */
+static float gumbel_tile_row(const gate_pass* pass, const tile_placement* placement, const float* reference_tile,
+                             size_t y, float* row_values) {
+  const size_t values = pass->tile_w * pass->channels;
+  const size_t left = placement->first_col * pass->channels;
+  const size_t inside = (placement->last_col - placement->first_col) * pass->channels;
+  const size_t right = values - left - inside;
+  const float* input = tile_input_row(placement, y);
+  const float* ref = reference_tile + y * values;
+  float sum;
+  if (row_values == NULL) {
+    if (input == NULL) return abs_residual_sum(NULL, ref, values);
+    sum = abs_residual_sum(input, ref + left, inside);
+    if (left > 0) sum += abs_residual_sum(NULL, ref, left);
+    if (right > 0) sum += abs_residual_sum(NULL, ref + left + inside, right);
+    return sum;
+  }
+  if (input == NULL) return abs_residual_run(NULL, ref, row_values, values);
+  sum = abs_residual_run(input, ref + left, row_values + left, inside);
+  if (left > 0) sum += abs_residual_run(NULL, ref, row_values, left);
+  if (right > 0) sum += abs_residual_run(NULL, ref + left + inside, row_values + left + inside, right);
+  return sum;
+}
+
+static const float* gumbel_reference_tile(const gate_pass* pass, uint32_t block) {
+  return (const float*)pass->layer->tensor[SLOT_REFERENCE]->data +
+         (size_t)block * pass->tile_h * pass->tile_w * pass->channels;
+}
+
+/* gumbel, step 1: the row sums only. The |residual| values are written later, for the rows
+ * a scored position reads (gumbel_values_for_output_row): a block the bounds settle, as
+ * in a still region, is then one read-only pass over its tile. */
+static void gumbel_residual(const gate_pass* pass, const tile_placement* placement, uint32_t block) {
+  const float* reference = gumbel_reference_tile(pass, block);
   size_t y;
   for (y = 0; y < pass->tile_h; ++y) {
-    const float* input = tile_input_row(&placement, y);
-    const float* ref = reference + y * row_values;
-    float* row = pass->values + y * row_values;
-    if (input == NULL) {
-      pass->row_sums[y] = abs_residual_run(NULL, ref, row, row_values);
-      continue;
-    }
-    pass->row_sums[y] = abs_residual_run(input, ref + left, row + left, inside);
-    if (left > 0) pass->row_sums[y] += abs_residual_run(NULL, ref, row, left);
-    if (right > 0) pass->row_sums[y] += abs_residual_run(NULL, ref + left + inside, row + left + inside, right);
+    pass->row_sums[y] = gumbel_tile_row(pass, placement, reference, y, NULL);
+    pass->value_rows[y] = 0;
+  }
+}
+
+/* gumbel, step 2 set-up: values of the tile rows output row i's windows read. */
+static void gumbel_values_for_output_row(const gate_pass* pass, const tile_placement* placement, uint32_t block,
+                                         size_t output_row) {
+  const float* reference = gumbel_reference_tile(pass, block);
+  size_t ky;
+  for (ky = 0; ky < pass->kernel_h; ++ky) {
+    const size_t y = window_tile_row(pass, output_row, ky);
+    if (pass->value_rows[y]) continue;
+    (void)gumbel_tile_row(pass, placement, reference, y, pass->values + y * pass->tile_w * pass->channels);
+    pass->value_rows[y] = 1;
   }
 }
 
 /* norm gates, step 1: the pixel sums (energies) and the row sums. */
-static void norm_residual(const gate_pass* pass, uint32_t block) {
+static void norm_residual(const gate_pass* pass, const tile_placement* placement, uint32_t block) {
   const runtime_layer* layer = pass->layer;
   const size_t channels = pass->channels, tile_w = pass->tile_w;
   const float* reference =
       (const float*)layer->tensor[SLOT_REFERENCE]->data + (size_t)block * pass->tile_h * tile_w * channels;
-  const tile_placement placement = dynrt_tile_placement(layer, block);
-  const size_t left = placement.first_col, inside = placement.last_col - placement.first_col;
+  const size_t left = placement->first_col, inside = placement->last_col - placement->first_col;
   const size_t right = tile_w - left - inside;
   size_t y;
   for (y = 0; y < pass->tile_h; ++y) {
-    const float* input = tile_input_row(&placement, y);
+    const float* input = tile_input_row(placement, y);
     const float* ref = reference + y * tile_w * channels;
     float* row = pass->pixel_sums + y * tile_w;
     if (input == NULL) {
@@ -308,11 +358,12 @@ static double score_block(const gate_pass* pass, uint32_t block) {
   const uint64_t cols_left = grid->output_size[1] - block_col * grid->block;
   const size_t valid_rows = (size_t)(rows_left < grid->block ? rows_left : grid->block);
   const size_t valid_cols = (size_t)(cols_left < grid->block ? cols_left : grid->block);
+  const tile_placement placement = dynrt_tile_placement(pass->layer, block);
   double best = -HUGE_VAL;
   size_t i, j;
 
-  if (pass->gumbel) gumbel_residual(pass, block);
-  else norm_residual(pass, block);
+  if (pass->gumbel) gumbel_residual(pass, &placement, block);
+  else norm_residual(pass, &placement, block);
   for (i = 0; i < valid_rows; ++i) {
     if (pass->bounds_usable) {
       /* in a still region, every row of most blocks ends here */
@@ -322,6 +373,7 @@ static double score_block(const gate_pass* pass, uint32_t block) {
         continue;
       }
     }
+    if (pass->gumbel) gumbel_values_for_output_row(pass, &placement, block, i);
     for (j = 0; j < valid_cols; ++j) {
       const float score = pass->gumbel ? gumbel_position_score(pass, i, j)
                                        : sqrtf(window_energy(pass, i, j)) * pass->layer->norm_scale;
@@ -356,6 +408,7 @@ static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer*
   pass.values = session->gate_values;
   pass.pixel_sums = session->gate_pixel_sums;
   pass.row_sums = session->gate_row_sums;
+  pass.value_rows = session->gate_value_rows;
   pass.largest_weight = 0.0;
   if (pass.gumbel) {
     const size_t weights = pass.kernel_h * pass.kernel_w * pass.channels;
@@ -372,6 +425,26 @@ static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer*
   return pass;
 }
 
+/* Whether every block is inactive, and no block a tie, without scoring any. That holds when
+ * the layer's input is unchanged since the last decision and the reference took the tiles
+ * of every block that decision computed: those blocks' residual is now zero, and the others
+ * score what they scored then, clearly below (no ties then). So the zero-residual score
+ * (the gate bias, or 0 for the norm gates) must be clearly below the threshold as well.
+ * Layers reading the frame never qualify: frames carry no version. */
+static int settled_without_scoring(dynrt_const_session_t session, const runtime_layer* layer) {
+  const runtime_tensor* input = layer->tensor[SLOT_INPUT];
+  const double threshold = layer->threshold;
+  const double zero_residual_score = layer->gate == GATE_GUMBEL ? (double)layer->gate_bias : 0.0;
+  const double tie_margin = (double)DYNRT_TIE_EPSILON * (fabs(threshold) > 1.0 ? fabs(threshold) : 1.0);
+  if (input == session->input || layer->gate_input_version == 0 || input->version != layer->gate_input_version) {
+    return 0;
+  }
+  if (layer->reference_store_due || layer->tensor[SLOT_REFERENCE]->version != layer->settled_reference_version) {
+    return 0;
+  }
+  return layer->gate_ties == 0 && threshold - zero_residual_score > tie_margin;
+}
+
 void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   float* primed = (float*)layer->tensor[SLOT_PRIMED]->data;
   const uint32_t blocks = (uint32_t)layer->grid.block_count;
@@ -380,6 +453,8 @@ void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   if (primed[0] == 0.0f) {
     /* first frame after create or reset: every block is computed */
     memset(layer->block_mask, 1, blocks);
+  } else if (settled_without_scoring(session, layer)) {
+    memset(layer->block_mask, 0, blocks);
   } else {
     const gate_pass pass = prepare_gate_pass(session, layer);
     layer->gate_scored = 1;
@@ -395,6 +470,10 @@ void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   }
   primed[0] = 1.0f;
   publish_active_blocks(layer);
+  layer->gate_input_version = layer->tensor[SLOT_INPUT]->version;
+  layer->gate_ties = layer->ties;
+  layer->reference_store_due = layer->active_count > 0;
+  layer->settled_reference_version = layer->tensor[SLOT_REFERENCE]->version;
 }
 
 /* torch.argmax: the first NaN if there is one, else the first maximum. */

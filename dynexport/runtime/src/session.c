@@ -58,6 +58,7 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
   char* strings = (char*)arena_take(arena, (uint64_t)plan->string_bytes + 1, 1);
   float* constants = TAKE_TABLE(arena, float, plan->constant_bytes / 4);
   float *values, *pixel_sums, *row_sums;
+  uint8_t* value_rows;
   uint32_t i;
 
   if (placing) {
@@ -154,10 +155,12 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
   values = (float*)arena_take_array(arena, largest_tile_values, sizeof(float), BUFFER_ALIGNMENT);
   pixel_sums = (float*)arena_take_array(arena, largest_tile_pixels, sizeof(float), BUFFER_ALIGNMENT);
   row_sums = (float*)arena_take_array(arena, largest_tile_rows, sizeof(float), BUFFER_ALIGNMENT);
+  value_rows = (uint8_t*)arena_take(arena, largest_tile_rows, 1);
   if (placing) {
     session->gate_values = values;
     session->gate_pixel_sums = pixel_sums;
     session->gate_row_sums = row_sums;
+    session->gate_value_rows = value_rows;
   }
   for (i = 0; i < plan->tensor_count; ++i) {
     plan_tensor record;

@@ -85,6 +85,12 @@ typedef struct runtime_layer {
   uint8_t* tie_reference;       /* [block_count] */
   int tie_reference_pending;
 
+  /* what a skip-conv gate may know without scoring (gates.c: settled_without_scoring) */
+  uint64_t gate_input_version;         /* the input's version at the last decision; 0: none */
+  uint64_t settled_reference_version;  /* the reference's version once that decision's blocks were stored */
+  int reference_store_due;             /* that decision computed blocks not stored in the reference yet */
+  uint32_t gate_ties;                  /* ties of that decision */
+
   /* statistics of the frame being run */
   uint32_t path;                /* dynrt_layer_path */
   uint32_t ties;
@@ -115,6 +121,7 @@ struct dynrt_session {
   float* gate_values;          /* [th * tw * C]: |tile - reference| of the block being scored (gumbel) */
   float* gate_pixel_sums;      /* [th * tw]: per tile pixel, sum over channels of (tile - reference)^2 (norm) */
   float* gate_row_sums;        /* [th]: per tile row, an upper bound of its share of any window's sum */
+  uint8_t* gate_value_rows;    /* [th]: 1 where gate_values holds that tile row (gumbel, computed lazily) */
 
   int segments_prepared;       /* release_segments is due at destroy */
   char last_error[256];

@@ -119,6 +119,10 @@ void dynrt_store_reference(runtime_layer* layer) {
     }
   }
   tensor_written(reference);
+  if (layer->reference_store_due) {
+    layer->reference_store_due = 0;
+    layer->settled_reference_version = reference->version;
+  }
 }
 
 /* Copies a block region of a [rows, row_pitch_pixels, C] source into the output map. */
