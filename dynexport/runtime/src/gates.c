@@ -271,10 +271,7 @@ static const float* gumbel_reference_tile(const gate_pass* pass, uint32_t block)
 static void gumbel_residual(const gate_pass* pass, const tile_placement* placement, uint32_t block) {
   const float* reference = gumbel_reference_tile(pass, block);
   size_t y;
-  for (y = 0; y < pass->tile_h; ++y) {
-    pass->row_sums[y] = gumbel_tile_row(pass, placement, reference, y, NULL);
-    pass->value_rows[y] = 0;
-  }
+  for (y = 0; y < pass->tile_h; ++y) pass->row_sums[y] = gumbel_tile_row(pass, placement, reference, y, NULL);
 }
 
 /* gumbel, step 2 set-up: values of the tile rows output row i's windows read. */
@@ -360,11 +357,27 @@ static double score_block(const gate_pass* pass, uint32_t block) {
   const size_t valid_cols = (size_t)(cols_left < grid->block ? cols_left : grid->block);
   const tile_placement placement = dynrt_tile_placement(pass->layer, block);
   double best = -HUGE_VAL;
-  size_t i, j;
+  size_t i = 0, j;
 
-  if (pass->gumbel) gumbel_residual(pass, &placement, block);
-  else norm_residual(pass, &placement, block);
-  for (i = 0; i < valid_rows; ++i) {
+  if (pass->gumbel) {
+    memset(pass->value_rows, 0, pass->tile_h);
+    /* A block computed last frame (the mask still holds that decision) most likely changes
+     * again, where the first row usually has a position clearly above: scoring it first
+     * skips the bounding pass over the whole tile. */
+    if (pass->layer->block_mask[block]) {
+      gumbel_values_for_output_row(pass, &placement, block, 0);
+      for (j = 0; j < valid_cols; ++j) {
+        const float score = gumbel_position_score(pass, 0, j);
+        if (clearly_above(pass, score)) return score;
+        if (score > best) best = score;
+      }
+      i = 1; /* row 0 is scored exactly */
+    }
+    gumbel_residual(pass, &placement, block);
+  } else {
+    norm_residual(pass, &placement, block);
+  }
+  for (; i < valid_rows; ++i) {
     if (pass->bounds_usable) {
       /* in a still region, every row of most blocks ends here */
       const double bound = output_row_bound(pass, i);
