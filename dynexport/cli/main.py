@@ -3,12 +3,15 @@ errors into a one-line message and exit status 1."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
 
 from dynexport import __version__
-from dynexport.cli import bench_command, bench_layer_command, build_command, clip_command, inspect_command, verify_command
+from dynexport.cli import (
+    bench_command, bench_layer_command, build_command, clip_command, inspect_command, tune_command, verify_command,
+)
 
 app = typer.Typer(
     name="dynexport",
@@ -17,6 +20,7 @@ app = typer.Typer(
         "(Skip-Convolutions, D-STEP, pruning) real on phones.\n\n"
         "Typical use:\n\n"
         "  dynexport build --target android model.pt -o out   # artifacts + C runtime\n\n"
+        "  dynexport tune out                                 # dense cut-offs measured here\n\n"
         "  dynexport verify out --clip clip.npy               # numerics vs PyTorch\n\n"
         "  dynexport bench out                                # realized speedup vs dense"
     ),
@@ -32,14 +36,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+# Library loggers that warn about their own internals on import (torchao's optional CUDA
+# kernels, torch's pytree deprecations): nothing a dynexport user can act on.
+_QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    pass
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 app.command("build")(build_command.build)
+app.command("tune")(tune_command.tune)
 app.command("inspect")(inspect_command.inspect)
 app.command("clip")(clip_command.clip)
 app.command("verify")(verify_command.verify)

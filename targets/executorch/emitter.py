@@ -17,6 +17,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -111,8 +112,11 @@ class LoweringWorkers:
         results = []
         for i, (process, group) in enumerate(zip(self._processes, groups)):
             request, result = Path(self._tmp.name) / f"group{i}.pkl", Path(self._tmp.name) / f"group{i}.pte"
-            with open(request, "wb") as f:
-                pickle.dump(group, f)  # our own segment modules, read back by our own worker
+            # our own segment modules, read back by our own worker; torch's pytree specs warn
+            # about their own deprecations while pickled (nothing a user can act on)
+            with open(request, "wb") as f, warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                pickle.dump(group, f)
             process.stdin.write(f"{request}\t{result}\n".encode())
             process.stdin.close()
             results.append(result)
