@@ -197,6 +197,9 @@ typedef struct gate_pass {
   /* the session's scratch (session_internal.h) */
   float *values, *pixel_sums, *row_sums;
   uint8_t* value_rows;  /* gumbel: which tile rows `values` holds for the block being scored */
+  /* checking the frame for step.c: set when a row sum is not finite (NULL: not checking).
+   * Every tile row is then summed in full, so every frame value is read. */
+  int* row_sum_not_finite;
 } gate_pass;
 
 /* Clearly above: active, and not a tie, whatever the other positions score. */
@@ -232,6 +235,17 @@ static double output_row_bound(const gate_pass* pass, size_t output_row) {
   size_t ky;
   for (ky = 0; ky < pass->kernel_h; ++ky) sum += pass->row_sums[window_tile_row(pass, output_row, ky)];
   return window_score_bound(pass, sum);
+}
+
+/* Frame check (gate_pass.row_sum_not_finite): a NaN or Inf input value makes its row sum
+ * NaN or Inf (the reference is finite). The converse may fail (finite values can overflow a
+ * sum): step.c scans the frame before it rejects it. */
+static void note_row_sums(const gate_pass* pass) {
+  size_t y;
+  if (pass->row_sum_not_finite == NULL) return;
+  for (y = 0; y < pass->tile_h; ++y) {
+    if (!isfinite(pass->row_sums[y])) *pass->row_sum_not_finite = 1;
+  }
 }
 
 /* gumbel: a tile row's residual, either summed (row_values NULL) or written to row_values
@@ -272,6 +286,7 @@ static void gumbel_residual(const gate_pass* pass, const tile_placement* placeme
   const float* reference = gumbel_reference_tile(pass, block);
   size_t y;
   for (y = 0; y < pass->tile_h; ++y) pass->row_sums[y] = gumbel_tile_row(pass, placement, reference, y, NULL);
+  note_row_sums(pass);
 }
 
 /* gumbel, step 2 set-up: values of the tile rows output row i's windows read. */
@@ -308,6 +323,7 @@ static void norm_residual(const gate_pass* pass, const tile_placement* placement
                         pixel_energy_run(input, ref + left * channels, row + left, inside, channels) +
                         pixel_energy_run(NULL, ref + (left + inside) * channels, row + left + inside, right, channels);
   }
+  note_row_sums(pass);
 }
 
 /* norm gates, step 2: the energy under position (i, j)'s window. */
@@ -364,7 +380,7 @@ static double score_block(const gate_pass* pass, uint32_t block) {
     /* A block computed last frame (the mask still holds that decision) most likely changes
      * again, where the first row usually has a position clearly above: scoring it first
      * skips the bounding pass over the whole tile. */
-    if (pass->layer->block_mask[block]) {
+    if (pass->layer->block_mask[block] && pass->row_sum_not_finite == NULL) {
       gumbel_values_for_output_row(pass, &placement, block, 0);
       for (j = 0; j < valid_cols; ++j) {
         const float score = gumbel_position_score(pass, 0, j);
@@ -422,6 +438,7 @@ static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer*
   pass.pixel_sums = session->gate_pixel_sums;
   pass.row_sums = session->gate_row_sums;
   pass.value_rows = session->gate_value_rows;
+  pass.row_sum_not_finite = NULL;
   pass.largest_weight = 0.0;
   if (pass.gumbel) {
     const size_t weights = pass.kernel_h * pass.kernel_w * pass.channels;
@@ -458,7 +475,7 @@ static int settled_without_scoring(dynrt_const_session_t session, const runtime_
   return layer->gate_ties == 0 && threshold - zero_residual_score > tie_margin;
 }
 
-void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
+dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   float* primed = (float*)layer->tensor[SLOT_PRIMED]->data;
   const uint32_t blocks = (uint32_t)layer->grid.block_count;
   const double threshold = layer->threshold;
@@ -469,7 +486,12 @@ void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   } else if (settled_without_scoring(session, layer)) {
     memset(layer->block_mask, 0, blocks);
   } else {
-    const gate_pass pass = prepare_gate_pass(session, layer);
+    gate_pass pass = prepare_gate_pass(session, layer);
+    const int checks_frame = session->frame_check_deferred && layer == &session->layers[session->frame_checking_layer];
+    /* while the frame is unchecked, decisions wait in scratch: a rejected frame changes nothing */
+    uint8_t* decisions = checks_frame ? session->gate_decisions : layer->block_mask;
+    int row_sum_not_finite = 0;
+    if (checks_frame) pass.row_sum_not_finite = &row_sum_not_finite;
     layer->gate_scored = 1;
     for (block = 0; block < blocks; ++block) {
       const double score = score_block(&pass, block);
@@ -478,7 +500,16 @@ void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
         layer->ties += 1;
         if (layer->tie_reference_pending) active = layer->tie_reference[block];
       }
-      layer->block_mask[block] = (uint8_t)active;
+      decisions[block] = (uint8_t)active;
+    }
+    if (checks_frame) {
+      uint32_t bits;
+      const size_t count = session->input->bytes / sizeof(float);
+      session->frame_check_deferred = 0;
+      if (row_sum_not_finite && dynrt_first_nonfinite(session->pending_frame, count, &bits) < count) {
+        return DYNRT_NONFINITE_INPUT;
+      }
+      memcpy(layer->block_mask, decisions, blocks);
     }
   }
   primed[0] = 1.0f;
@@ -487,6 +518,7 @@ void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   layer->gate_ties = layer->ties;
   layer->reference_store_due = layer->active_count > 0;
   layer->settled_reference_version = layer->tensor[SLOT_REFERENCE]->version;
+  return DYNRT_OK;
 }
 
 /* torch.argmax: the first NaN if there is one, else the first maximum. */

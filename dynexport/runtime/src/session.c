@@ -50,7 +50,7 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
   dynrt_session_t session = (dynrt_session_t)arena_take(arena, sizeof(struct dynrt_session), BUFFER_ALIGNMENT);
   const int placing = session != NULL;
   /* the largest of any skip-conv layer, for the gate scratch */
-  uint64_t largest_tile_values = 0, largest_tile_pixels = 0, largest_tile_rows = 0;
+  uint64_t largest_tile_values = 0, largest_tile_pixels = 0, largest_tile_rows = 0, largest_block_count = 0;
   runtime_tensor* tensors = TAKE_TABLE(arena, runtime_tensor, plan->tensor_count);
   runtime_segment* segments = TAKE_TABLE(arena, runtime_segment, plan->segment_count);
   runtime_layer* layers = TAKE_TABLE(arena, runtime_layer, plan->layer_count);
@@ -58,7 +58,7 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
   char* strings = (char*)arena_take(arena, (uint64_t)plan->string_bytes + 1, 1);
   float* constants = TAKE_TABLE(arena, float, plan->constant_bytes / 4);
   float *values, *pixel_sums, *row_sums;
-  uint8_t* value_rows;
+  uint8_t *value_rows, *gate_decisions;
   uint32_t i;
 
   if (placing) {
@@ -127,6 +127,7 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       if (pixels > largest_tile_pixels) largest_tile_pixels = pixels;
       if (pixels * record.in_channels > largest_tile_values) largest_tile_values = pixels * record.in_channels;
       if (grid.tile_size[0] > largest_tile_rows) largest_tile_rows = grid.tile_size[0];
+      if (grid.block_count > largest_block_count) largest_block_count = grid.block_count;
     }
     if (placing) {
       runtime_layer* layer = &layers[i];
@@ -156,11 +157,13 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
   pixel_sums = (float*)arena_take_array(arena, largest_tile_pixels, sizeof(float), BUFFER_ALIGNMENT);
   row_sums = (float*)arena_take_array(arena, largest_tile_rows, sizeof(float), BUFFER_ALIGNMENT);
   value_rows = (uint8_t*)arena_take(arena, largest_tile_rows, 1);
+  gate_decisions = (uint8_t*)arena_take(arena, largest_block_count, 1);
   if (placing) {
     session->gate_values = values;
     session->gate_pixel_sums = pixel_sums;
     session->gate_row_sums = row_sums;
     session->gate_value_rows = value_rows;
+    session->gate_decisions = gate_decisions;
   }
   for (i = 0; i < plan->tensor_count; ++i) {
     plan_tensor record;
@@ -232,6 +235,28 @@ static void link_tables(dynrt_session_t session, const plan_view* plan) {
     if (layer->tensor[SLOT_TILES] != NULL) layer->tile_capacity = layer->tensor[SLOT_TILES]->dims[0];
     if (layer->tensor[SLOT_TILE_OUTPUT] != NULL) layer->tile_output_capacity = layer->tensor[SLOT_TILE_OUTPUT]->dims[0];
   }
+}
+
+/* Whether the union of a layer's tiles covers its whole input (along both axes). */
+static int tiles_cover_input(const block_grid* grid) {
+  int axis;
+  for (axis = 0; axis < 2; ++axis) {
+    const uint64_t last_origin_plus_tile =
+        dynrt_saturating_add(dynrt_saturating_multiply(grid->blocks[axis] - 1, grid->tile_step[axis]), grid->tile_size[axis]);
+    if (grid->tile_step[axis] > grid->tile_size[axis]) return 0;
+    if (last_origin_plus_tile < dynrt_saturating_add(grid->input_size[axis], grid->padding[axis])) return 0;
+  }
+  return 1;
+}
+
+/* session->frame_checking_layer (session_internal.h). */
+static void find_frame_checking_layer(dynrt_session_t session) {
+  const plan_instruction* first = session->instruction_count > 0 ? &session->instructions[0] : NULL;
+  session->frame_checking_layer = NO_LAYER;
+  if (first == NULL || first->op != OP_SKIP_GATE || !session->frame_read_in_place) return;
+  if (session->layers[first->a].tensor[SLOT_INPUT] != session->input) return;
+  if (!tiles_cover_input(&session->layers[first->a].grid)) return;
+  session->frame_checking_layer = first->a;
 }
 
 static dynrt_status check_backend(dynrt_backend_t backend, error_sink* error) {
@@ -356,6 +381,7 @@ dynrt_status dynrt_session_create(const void* plan, size_t plan_bytes, dynrt_bac
   session->arena_bytes = (size_t)arena_bytes + BUFFER_ALIGNMENT;
   session->backend = backend;
   link_tables(session, &view);
+  find_frame_checking_layer(session);
 
   status = prepare_segments(session, &error);
   if (status != DYNRT_OK) {

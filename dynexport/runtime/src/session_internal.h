@@ -115,6 +115,11 @@ struct dynrt_session {
   /* no layer tensor other than a layer's input is the plan input, so reading the caller's
    * frame in place is the same as reading the input tensor (else every frame is copied) */
   int frame_read_in_place;
+  /* The layer whose SKIP_GATE is the program's first instruction, reads the frame and has
+   * tiles covering all of it, or NO_LAYER. Its scoring pass reads every frame value, so it
+   * checks them for NaN/Inf instead of a separate scan (frame_check_deferred this step). */
+  uint32_t frame_checking_layer;
+  int frame_check_deferred;
   runtime_tensor* output;      /* the plan's result */
 
   /* SKIP_GATE scratch (gates.c), each sized for the largest of any skip-conv layer */
@@ -122,6 +127,7 @@ struct dynrt_session {
   float* gate_pixel_sums;      /* [th * tw]: per tile pixel, sum over channels of (tile - reference)^2 (norm) */
   float* gate_row_sums;        /* [th]: per tile row, an upper bound of its share of any window's sum */
   uint8_t* gate_value_rows;    /* [th]: 1 where gate_values holds that tile row (gumbel, computed lazily) */
+  uint8_t* gate_decisions;     /* [blocks]: decisions held back until the frame check passed */
 
   int segments_prepared;       /* release_segments is due at destroy */
   char last_error[256];
@@ -131,8 +137,12 @@ struct dynrt_session {
  * segment result is reused. */
 void dynrt_reset_primed(dynrt_session_t session);
 
-/* gates.c */
-void dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer);
+/* step.c: index of the first NaN or Inf of a float32 array (any alignment), or count. */
+size_t dynrt_first_nonfinite(const float* values, size_t count, uint32_t* bits_out);
+
+/* gates.c. SKIP_GATE returns DYNRT_NONFINITE_INPUT, having changed nothing, when it checked
+ * the frame for step.c (frame_check_deferred) and found a NaN or Inf; else DYNRT_OK. */
+dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer);
 void dynrt_dstep_decide(runtime_layer* layer);
 
 /* tiles.c */

@@ -23,7 +23,7 @@ static error_sink session_errors(dynrt_session_t session) {
  * through memcpy so an unaligned caller buffer is fine. Every frame is scanned whole, so
  * the common case is branch-free: (bits & exponent) + 0x00800000 reaches bit 31 only for an
  * all-ones exponent, and a chunk ORs those (SIMD code); only a flagged chunk is searched. */
-static size_t first_nonfinite(const float* values, size_t count, uint32_t* bits_out) {
+size_t dynrt_first_nonfinite(const float* values, size_t count, uint32_t* bits_out) {
   enum { CHUNK = 256 };
   const unsigned char* bytes = (const unsigned char*)values;
   size_t begin, i;
@@ -46,6 +46,18 @@ static size_t first_nonfinite(const float* values, size_t count, uint32_t* bits_
     }
   }
   return count;
+}
+
+/* DYNRT_NONFINITE_INPUT naming the first NaN or Inf of the frame, or DYNRT_OK. */
+static dynrt_status reject_nonfinite_frame(dynrt_session_t session, const float* frame, size_t count) {
+  error_sink error = session_errors(session);
+  uint32_t bits = 0;
+  const size_t bad = dynrt_first_nonfinite(frame, count, &bits);
+  if (bad == count) return DYNRT_OK;
+  return dynrt_fail(&error, DYNRT_NONFINITE_INPUT,
+                    "step: input element %lu of %lu is %s; the frame was rejected and no state changed",
+                    (unsigned long)bad, (unsigned long)count,
+                    (bits & 0x007FFFFFu) != 0 ? "NaN" : (bits & 0x80000000u) ? "-Inf" : "+Inf");
 }
 
 /* Until an instruction needs the plan's input tensor itself, the gates and tile copies read
@@ -171,7 +183,7 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
         status = run_segment(session, pc, ins->a, ins->b, stats);
         break;
       case OP_SKIP_GATE:
-        dynrt_skip_gate(session, layer);
+        status = dynrt_skip_gate(session, layer);
         break;
       case OP_BRANCH_IF_NONE:
         if (layer->active_count == 0) {
@@ -272,8 +284,8 @@ dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, siz
                                 size_t output_bytes, dynrt_frame_stats* stats) {
   const uint64_t frame_start = dynrt_monotonic_ns();
   error_sink error;
-  size_t bad_index;
-  uint32_t bad_bits = 0, i;
+  uint32_t i;
+  int in_place;
   dynrt_status status;
 
   if (session == NULL) return DYNRT_INVALID_ARGUMENT;
@@ -293,18 +305,22 @@ dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, siz
                         (stats->segment_ns == NULL && stats->segment_capacity > 0))) {
     return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "step: stats has a capacity but a NULL array");
   }
-  bad_index = first_nonfinite(input, input_bytes / 4, &bad_bits);
-  if (bad_index < input_bytes / 4) {
-    return dynrt_fail(&error, DYNRT_NONFINITE_INPUT,
-                      "step: input element %lu of %lu is %s; the frame was rejected and no state changed",
-                      (unsigned long)bad_index, (unsigned long)(input_bytes / 4),
-                      (bad_bits & 0x007FFFFFu) != 0 ? "NaN" : (bad_bits & 0x80000000u) ? "-Inf" : "+Inf");
+  /* Every frame is checked for NaN/Inf before any state changes: by the first gate's scoring
+   * pass when it reads the whole frame anyway (one pass over the frame instead of two),
+   * else by a scan here. */
+  in_place = (uintptr_t)input % sizeof(float) == 0 && session->frame_read_in_place; /* float reads need alignment */
+  session->frame_check_deferred =
+      in_place && session->frame_checking_layer != NO_LAYER &&
+      ((const float*)session->layers[session->frame_checking_layer].tensor[SLOT_PRIMED]->data)[0] != 0.0f;
+  if (!session->frame_check_deferred) {
+    status = reject_nonfinite_frame(session, input, input_bytes / sizeof(float));
+    if (status != DYNRT_OK) return status;
   }
 
   begin_frame(session, stats);
   session->pending_frame = input;
-  if ((uintptr_t)input % sizeof(float) != 0 || !session->frame_read_in_place) {
-    materialize_input(session); /* float reads in place need float alignment */
+  if (!in_place) {
+    materialize_input(session);
   } else {
     for (i = 0; i < session->layer_count; ++i) {
       runtime_layer* layer = &session->layers[i];
@@ -312,6 +328,13 @@ dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, siz
     }
   }
   status = run_program(session, stats);
+  if (status == DYNRT_NONFINITE_INPUT) {
+    /* the first gate found it before anything changed (gates.c): the tie decisions given
+     * for this frame stay for the next one, as with a frame rejected up front */
+    status = reject_nonfinite_frame(session, input, input_bytes / sizeof(float));
+    release_frame(session);
+    return status;
+  }
   release_frame(session);
   for (i = 0; i < session->layer_count; ++i) session->layers[i].tie_reference_pending = 0;
   if (status != DYNRT_OK) {
