@@ -16,7 +16,7 @@ def test_help_lists_commands_and_is_fast():
     result = run("--help")
     elapsed = time.perf_counter() - start
     assert result.returncode == 0
-    for command in ("build", "verify", "bench", "inspect", "clip"):
+    for command in ("build", "tune", "verify", "bench", "inspect", "clip"):
         assert command in result.stdout
     assert elapsed < 3.0  # includes interpreter start-up; torch is not imported
     probe = subprocess.run([sys.executable, "-c", "import dynexport.cli.main, sys; print('torch' in sys.modules)"],

@@ -21,6 +21,8 @@ def build(
     dense_cutoff: Annotated[Optional[float], typer.Option(
         "--dense-cutoff", help="Fraction of active blocks above which a gated layer runs densely [default: 0.5].")] = None,
     allow_pickle: AllowPickle = False,
+    tune: Annotated[bool, typer.Option(
+        "--tune", help="Then choose the dense cut-offs from measurement here, as 'dynexport tune OUT' does.")] = False,
 ) -> None:
     """Compile MODEL into a frame program, backend artifacts and runtime sources in OUT.
 
@@ -33,6 +35,8 @@ def build(
       dynexport build examples/skipconv_heatmap/model.pt -o out
 
       dynexport build model.pt --target host --input-shape 1x3x128x128 -o out --force
+
+      dynexport build examples/skipconv_heatmap/model.pt -o out --tune
     """
     from rich.console import Console
 
@@ -49,3 +53,7 @@ def build(
         f"{manifest['plan']['segments']} segments, state {manifest['state_bytes'] / 1024:.1f} KiB "
         f"({', '.join(manifest['backends'])})"
     )
+    if tune:
+        from dynexport.cli.tune_command import tune as run_tune
+
+        run_tune(result.out)  # the command's defaults: 1 thread, 25 rounds

@@ -56,6 +56,12 @@ def inspect(out: OutDir) -> None:
                        "x".join(map(str, grid.tile_size)), f"{info['dense_macs']:,}",
                        _cutoff_text(layer.dense_cutoff, rows * cols))
     console.print(layers)
+    tuning = manifest.get("tuning")
+    if tuning:  # written by dynexport tune: the cut-offs above were measured, not guessed
+        console.print(f"dense cut-offs tuned by measurement: {tuning.get('machine', '?')}, "
+                      f"{tuning.get('threads', '?')} thread(s), {len(tuning.get('layers', []))} layer(s)")
+    elif any(0 < layer.dense_cutoff < layer.grid.num_blocks for layer in program.layers):
+        console.print("dense cut-offs: the build's default (half the blocks); 'dynexport tune' measures them")
 
     segments = Table(title="segments")
     for column in ("segment", "inputs", "outputs", "batch"):

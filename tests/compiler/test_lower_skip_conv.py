@@ -33,10 +33,11 @@ def test_one_gated_layer_lowers_to_the_documented_program():
     assert layer.gate_bias < 0 and layer.gate_weight_count == 3 * 3 * 3
     shape = lambda t: program.tensors[t].shape
     assert shape(layer.reference) == (9, 9, 9, 3)  # blocks x tile (b-1)*s + k = 9 x C, NHWC
-    assert shape(layer.tiles) == (4, 9, 9, 3) and shape(layer.tile_output) == (4, 4, 4, 8)
+    # the tile segment takes up to 8 = blocks - 1 tiles, above the cut-off: tuning may raise it
+    assert shape(layer.tiles) == (8, 9, 9, 3) and shape(layer.tile_output) == (8, 4, 4, 8)
     assert program.tensors[layer.output].role == Role.STATE and program.outputs == [layer.output]
     tiles = program.segments[0]
-    assert tiles.max_batch == 4 and program.segments[1].max_batch == 0
+    assert tiles.max_batch == 8 and program.segments[1].max_batch == 0
     # the tile segment is the layer's convolution without padding, on tiles
     module = compiled.segments[tiles.name].module
     x = torch.randn(4, 3, 9, 9)

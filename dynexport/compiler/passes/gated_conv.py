@@ -26,7 +26,7 @@ class GatedConv:
     groups: int
     in_shape: tuple[int, ...]
     dense_cutoff: int  # above this many active blocks the dense segment runs
-    max_batch: int  # the tile segment's batch bound
+    max_batch: int  # the tile segment's batch bound: >= dense_cutoff (see tile_batch_bound)
 
     @property
     def in_channels(self) -> int:
@@ -67,6 +67,21 @@ def dense_cutoff_blocks(num_blocks: int, fraction: float) -> int:
     return max(0, min(num_blocks, math.floor(fraction * num_blocks)))
 
 
+def tile_batch_bound(num_blocks: int, cutoff: int) -> int:
+    """The tile segment's max batch for a layer with this cut-off; always >= ``cutoff``.
+
+    Where the layer has a dense segment (``cutoff < num_blocks``) the bound is
+    ``num_blocks - 1``, not the cut-off: the plan's cut-off can then be moved anywhere in
+    ``0..num_blocks - 1`` after the build (``dynexport tune`` raises it where tiles measure
+    cheaper) without re-exporting the segment. All blocks active is left to the dense segment:
+    their tiles would recompute every halo. Where there is no dense segment the tile path
+    takes every count up to the cut-off, so the bound is the cut-off itself (at least 1).
+    """
+    if cutoff < num_blocks:
+        return max(1, cutoff, num_blocks - 1)
+    return max(1, cutoff)
+
+
 def gated_conv(builder: PlanBuilder, step, gm, weight_node, bias_node, stride, padding, dilation, groups,
                block, dense_cutoff: float) -> GatedConv:
     weight = constant(gm, weight_node)
@@ -74,7 +89,7 @@ def gated_conv(builder: PlanBuilder, step, gm, weight_node, bias_node, stride, p
     grid = make_grid(in_shape, weight.shape, stride, padding, dilation, block)
     cutoff = dense_cutoff_blocks(grid.num_blocks, dense_cutoff)
     return GatedConv(_layer_name(step.node, builder), weight, constant(gm, bias_node), grid, groups, in_shape,
-                     cutoff, max(1, cutoff))
+                     cutoff, tile_batch_bound(grid.num_blocks, cutoff))
 
 
 def new_layer(builder: PlanBuilder, conv: GatedConv, step, **fields) -> Layer:
