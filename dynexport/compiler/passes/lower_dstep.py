@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from dynexport.compiler.dstep_policy_segment import DStepPolicySegment
 from dynexport.compiler.graph import constant
 from dynexport.compiler.passes.gated_conv import add_conv_segments, gated_conv, new_layer
 from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, example_tensor
-from dynexport.compiler.segment_modules import DStepPolicySegment
 from dynexport.plan.frame_program import (
     DSTEP_SOURCE_DENSE, DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, NO_LAYER, NO_TENSOR, DType, GateKind, LayerKind, Op, Role,
 )
@@ -100,7 +100,7 @@ def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
     index = builder.add_layer(layer, conv.weight)
 
     policy_outputs = [t for t in (layer.spatial_logits, layer.channel_logits) if t != NO_TENSOR] + [pooled]
-    policy_module = DStepPolicySegment(grid, spatial, channel)
+    policy_module = DStepPolicySegment(grid, spatial, channel, conv.in_channels)
     fused = _fuse_into_producer(builder, layer.input, policy_module, [previous_pooled, layer.primed], policy_outputs)
     if not fused:
         policy = builder.add_segment(SegmentArtifact(
