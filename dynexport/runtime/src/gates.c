@@ -147,21 +147,35 @@ static int logits_tie(float skip, float compute) {
 /* block_mask -> the ascending active list, the count, and the plan's int32 `active` tensor
  * (count, then the indices, then zeros), as _set_active in the interpreter. */
 static void publish_active_blocks(runtime_layer* layer) {
-  int32_t* active = (int32_t*)layer->tensor[SLOT_ACTIVE]->data;
+  runtime_tensor* tensor = layer->tensor[SLOT_ACTIVE];
+  int32_t* active = (int32_t*)tensor->data;
   const uint32_t blocks = (uint32_t)layer->grid.block_count;
-  uint32_t block, count = 0;
+  uint32_t block, count = 0, unchanged;
   for (block = 0; block < blocks; ++block) {
     if (layer->block_mask[block]) layer->active_blocks[count++] = block;
   }
   layer->active_count = count;
   layer->gathered_tiles_version = 0; /* packed tiles, if any, hold an older list */
-  memset(active, 0, layer->tensor[SLOT_ACTIVE]->bytes);
-  active[0] = (int32_t)count;
-  for (block = 0; block < count; ++block) active[1 + block] = (int32_t)layer->active_blocks[block];
-  tensor_written(layer->tensor[SLOT_ACTIVE]);
-  tensor_written(layer->tensor[SLOT_PRIMED]);
+  /* the tensor changes (and its version with it) only when the list does: segments reading
+   * it stay current through a still stretch */
+  unchanged = active[0] == (int32_t)count;
+  for (block = 0; unchanged && block < count; ++block) unchanged = active[1 + block] == (int32_t)layer->active_blocks[block];
+  if (!unchanged) {
+    memset(active, 0, tensor->bytes);
+    active[0] = (int32_t)count;
+    for (block = 0; block < count; ++block) active[1 + block] = (int32_t)layer->active_blocks[block];
+    tensor_written(tensor);
+  }
   /* the path the frame will take; branches and RUN_SEGMENT refine it (step.c) */
   layer->path = count == 0 ? DYNRT_PATH_REUSE : count > layer->dense_cutoff ? DYNRT_PATH_DENSE : DYNRT_PATH_TILES;
+}
+
+/* primed = 1 (a layer's first decision since create or reset was made). */
+static void mark_primed(runtime_layer* layer) {
+  float* primed = (float*)layer->tensor[SLOT_PRIMED]->data;
+  if (primed[0] == 1.0f) return;
+  primed[0] = 1.0f;
+  tensor_written(layer->tensor[SLOT_PRIMED]);
 }
 
 /* ---- SKIP_GATE scoring -------------------------------------------------------------------
@@ -512,7 +526,7 @@ dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
       memcpy(layer->block_mask, decisions, blocks);
     }
   }
-  primed[0] = 1.0f;
+  mark_primed(layer);
   publish_active_blocks(layer);
   layer->gate_input_version = layer->tensor[SLOT_INPUT]->version;
   layer->gate_ties = layer->ties;
@@ -538,7 +552,7 @@ void dynrt_dstep_decide(runtime_layer* layer) {
   int32_t* decisions = (int32_t*)layer->tensor[SLOT_DECISIONS]->data;
   const uint32_t patches = (uint32_t)layer->grid.block_count;
   uint32_t patch, channel;
-  int any_compute = 0;
+  int any_compute = 0, decisions_changed = 0;
 
   if (layer->tensor[SLOT_SPATIAL_LOGITS] != NULL) {
     /* [1, rows, cols, 2] = per patch (skip, compute): computed when argmax is 1 */
@@ -564,11 +578,12 @@ void dynrt_dstep_decide(runtime_layer* layer) {
       if (primed[0] == 0.0f && choice == CHANNEL_REUSE) choice = CHANNEL_COMPUTE;
     }
     layer->channel_decisions[channel] = (uint8_t)choice;
+    decisions_changed |= decisions[channel] != (int32_t)choice;
     decisions[channel] = (int32_t)choice;
     any_compute |= choice == CHANNEL_COMPUTE;
   }
-  primed[0] = 1.0f;
-  tensor_written(layer->tensor[SLOT_DECISIONS]);
+  mark_primed(layer);
+  if (decisions_changed) tensor_written(layer->tensor[SLOT_DECISIONS]);
   /* no channel computes: no patch needs the convolution */
   if (!any_compute) memset(layer->block_mask, 0, patches);
   publish_active_blocks(layer);

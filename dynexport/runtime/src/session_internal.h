@@ -91,6 +91,12 @@ typedef struct runtime_layer {
   int reference_store_due;             /* that decision computed blocks not stored in the reference yet */
   uint32_t gate_ties;                  /* ties of that decision */
 
+  /* DSTEP_APPLY is idempotent: with its inputs (decisions, active list, computed values) and
+   * its output at the versions right after its last run, running it again changes nothing */
+  uint64_t applied_versions[4];  /* output, decisions, active, source (0 without one) */
+  uint32_t applied_source;
+  int applied_valid;
+
   /* statistics of the frame being run */
   uint32_t path;                /* dynrt_layer_path */
   uint32_t ties;

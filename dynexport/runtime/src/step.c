@@ -73,10 +73,14 @@ static void release_frame(dynrt_session_t session) {
   }
 }
 
+/* A frame equal to the input tensor's content is not a change: segments that read only it
+ * keep their results (memcmp stops at the first difference of a changed frame). */
 static void materialize_input(dynrt_session_t session) {
   if (session->pending_frame == NULL) return;
-  memcpy(session->input->data, session->pending_frame, session->input->bytes);
-  tensor_written(session->input);
+  if (memcmp(session->input->data, session->pending_frame, session->input->bytes) != 0) {
+    memcpy(session->input->data, session->pending_frame, session->input->bytes);
+    tensor_written(session->input);
+  }
   release_frame(session);
 }
 
@@ -223,9 +227,13 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
         break;
       case OP_COPY_TENSOR: {
         const runtime_tensor* source = &session->tensors[ins->a];
-        /* memmove: a plan may copy a tensor onto itself */
-        memmove(session->tensors[ins->b].data, source->data, source->bytes);
-        tensor_written(&session->tensors[ins->b]);
+        runtime_tensor* destination = &session->tensors[ins->b];
+        /* an equal copy is no change (a still frame's state stays current); memmove: a plan
+         * may copy a tensor onto itself */
+        if (memcmp(destination->data, source->data, source->bytes) != 0) {
+          memmove(destination->data, source->data, source->bytes);
+          tensor_written(destination);
+        }
         break;
       }
       default:

@@ -202,7 +202,34 @@ static void apply_channel_decisions(float* restrict values, const float* restric
  * value in active patches and 0 in the others. `source` says where the computed values
  * are: the packed tile outputs (in active-list order), the dense output, or nowhere
  * (nothing computed: compute channels are 0). */
+static void dstep_apply_versions(const runtime_layer* layer, uint32_t source, uint64_t versions[4]) {
+  const runtime_tensor* computed = source == DSTEP_SOURCE_TILES   ? layer->tensor[SLOT_TILE_OUTPUT]
+                                   : source == DSTEP_SOURCE_DENSE ? layer->tensor[SLOT_DENSE_OUTPUT]
+                                                                  : NULL;
+  versions[0] = layer->tensor[SLOT_OUTPUT]->version;
+  versions[1] = layer->tensor[SLOT_DECISIONS]->version;
+  versions[2] = layer->tensor[SLOT_ACTIVE]->version;
+  versions[3] = computed != NULL ? computed->version : 0;
+}
+
+static void dstep_apply_values(runtime_layer* layer, uint32_t source);
+
+/* DSTEP_APPLY, skipped when it would write what the output already holds. The decisions and
+ * active tensors mirror the layer's decision arrays and change version only when they do. */
 void dynrt_dstep_apply(runtime_layer* layer, uint32_t source) {
+  uint64_t versions[4];
+  dstep_apply_versions(layer, source, versions);
+  if (layer->applied_valid && layer->applied_source == source &&
+      memcmp(versions, layer->applied_versions, sizeof versions) == 0) {
+    return;
+  }
+  dstep_apply_values(layer, source);
+  dstep_apply_versions(layer, source, layer->applied_versions);
+  layer->applied_source = source;
+  layer->applied_valid = 1;
+}
+
+static void dstep_apply_values(runtime_layer* layer, uint32_t source) {
   float* output = (float*)layer->tensor[SLOT_OUTPUT]->data;
   const size_t width = (size_t)layer->grid.output_size[1], channels = layer->out_channels;
   const size_t b = (size_t)layer->grid.block;
