@@ -52,6 +52,7 @@ typedef struct runtime_segment {
   uint64_t* input_versions;
   uint64_t* output_versions;
   int results_valid;           /* that run happened since create / reset */
+  uint32_t last_batch;         /* the batch of that run (tile segments: reused only at the same batch) */
   int touches_input;           /* the plan's input tensor is one of its operands */
 } runtime_segment;
 
@@ -68,6 +69,9 @@ typedef struct runtime_layer {
    * caller's frame while the plan input is not copied yet (step.c), else the input tensor */
   const float* input_pixels;
   uint64_t gathered_tiles_version;  /* the tiles tensor's version right after this frame's gather, or 0 */
+  /* the input, active list and tiles versions right after the last gather: the same again
+   * means the packed tiles already hold what a gather would write */
+  uint64_t gather_versions[3];
   uint32_t tile_capacity;         /* leading dim of tiles (0 without) */
   uint32_t tile_output_capacity;  /* leading dim of tile_output (0 without) */
 

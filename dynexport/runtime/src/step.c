@@ -107,12 +107,12 @@ static dynrt_status check_tile_capacity(dynrt_session_t session, uint32_t pc, co
                     (unsigned long)layer->active_count, (unsigned long)capacity);
 }
 
-/* A fixed segment computes the same outputs from the same inputs: when none of its operands
- * was written since its last run (versions, session_internal.h), its outputs still hold
- * that run's results. A still frame then costs its gates only. */
-static int segment_results_current(const runtime_segment* segment) {
+/* A segment computes the same outputs from the same inputs: when none of its operands was
+ * written since its last run (versions, session_internal.h) and the batch is the same, its
+ * outputs still hold that run's results. A still frame then costs its gates only. */
+static int segment_results_current(const runtime_segment* segment, uint32_t batch) {
   uint32_t k;
-  if (!segment->results_valid) return 0;
+  if (!segment->results_valid || segment->last_batch != batch) return 0;
   for (k = 0; k < segment->input_count; ++k) {
     if (segment->inputs[k]->version != segment->input_versions[k]) return 0;
   }
@@ -145,7 +145,8 @@ static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t s
     if (status != DYNRT_OK) return status;
     layer->path = DYNRT_PATH_TILES;
     if (batch == 0) return DYNRT_OK; /* an empty batch computes nothing (the interpreter's [:0]) */
-  } else if (segment_results_current(segment)) {
+  }
+  if (segment_results_current(segment, batch)) {
     if (stats != NULL) stats->segments_reused += 1;
     return DYNRT_OK;
   }
@@ -165,8 +166,8 @@ static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t s
                       (unsigned long)segment_index, segment->name, backend->name != NULL ? backend->name : "(unnamed)",
                       (int)status, dynrt_status_string(status));
   }
-  /* a tile segment's batch differs from run to run: only fixed segments are reused */
-  segment->results_valid = batch_layer == NO_LAYER;
+  segment->results_valid = 1;
+  segment->last_batch = batch;
   record_segment_run(segment);
   return DYNRT_OK;
 }

@@ -88,15 +88,27 @@ static size_t tile_values(const runtime_layer* layer) {
   return (size_t)(layer->grid.tile_size[0] * layer->grid.tile_size[1]) * layer->in_channels;
 }
 
+/* Skipped when the tiles already hold this gather's result: same input, same active list,
+ * tiles untouched since. Not for a layer reading the caller's frame (frames carry no version). */
 void dynrt_gather_tiles(runtime_layer* layer) {
   runtime_tensor* tiles = layer->tensor[SLOT_TILES];
+  const runtime_tensor* input = layer->tensor[SLOT_INPUT];
   const size_t values = tile_values(layer);
   uint32_t k;
+  if (layer->input_pixels == (const float*)input->data && layer->gather_versions[0] == input->version &&
+      layer->gather_versions[1] == layer->tensor[SLOT_ACTIVE]->version && layer->gather_versions[2] == tiles->version &&
+      tiles->version != 0) {
+    layer->gathered_tiles_version = tiles->version;
+    return;
+  }
   for (k = 0; k < layer->active_count; ++k) {
     dynrt_copy_input_tile(layer, layer->active_blocks[k], (float*)tiles->data + k * values);
   }
   tensor_written(tiles);
   layer->gathered_tiles_version = tiles->version;
+  layer->gather_versions[0] = input->version;
+  layer->gather_versions[1] = layer->tensor[SLOT_ACTIVE]->version;
+  layer->gather_versions[2] = tiles->version;
 }
 
 /* The reference takes the active blocks' input tiles. Right after GATHER_TILES they are
