@@ -34,3 +34,18 @@ def built_example(tmp_path_factory):
         return EXAMPLE_BUILDS[name]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def build_saved_model(tmp_path_factory):
+    """``build_saved_model(name, model, input_shape)`` -> out folder: the model saved to a
+    fresh folder and built for the host, as a user's ``model.pt`` would be."""
+    from dynexport.build import build
+
+    def build_model(name: str, model, input_shape):
+        folder = tmp_path_factory.mktemp(name)
+        path = folder / "model.pt"
+        torch.save(model, path)
+        return build(path, folder / "out", target="host", input_shape=input_shape).out
+
+    return build_model

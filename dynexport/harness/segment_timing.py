@@ -67,28 +67,25 @@ def segment_inputs(program: FrameProgram, segment: Segment, batch: int = 1, seed
 
 
 class MethodTimer:
-    """Loaded methods of one .pte and the thread pool setting they are timed with. Keeps the
-    program's bytes alive as long as the program (ExecuTorch reads them lazily)."""
+    """Loaded methods of one .pte (``ExecuTorchSegments``) and the thread pool setting they
+    are timed with."""
 
     def __init__(self, pte: bytes, threads: int = 1):
-        from executorch.runtime import Runtime
+        from targets.executorch import ExecuTorchSegments
 
-        self._pte = bytes(pte)
-        self._program = Runtime.get().load_program(self._pte)
-        self._methods: dict = {}
+        # the pool is resized before any method is loaded: XNNPACK delegates bind to it at load
         self._previous_threads = _set_threads(threads)
         self.threads = threads
+        self._segments = ExecuTorchSegments(pte)
 
     @property
     def method_names(self) -> set[str]:
-        return set(self._program.method_names)
+        return self._segments.method_names
 
     def _method(self, name: str):
-        if name not in self._methods:
-            if name not in self._program.method_names:
-                raise PlanError(f"model.pte has no method '{name}' (the plan names it): rebuild the folder")
-            self._methods[name] = self._program.load_method(name)
-        return self._methods[name]
+        if name not in self._segments.method_names:
+            raise PlanError(f"model.pte has no method '{name}' (the plan names it): rebuild the folder")
+        return self._segments.method(name)
 
     def time_calls(self, calls: dict[Hashable, TimedCall], rounds: int, warmup: int = 3, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> Timings:
@@ -115,7 +112,6 @@ class MethodTimer:
         if self._previous_threads is not None:
             _set_threads(self._previous_threads)
             self._previous_threads = None
-        self._methods.clear()
 
     def __enter__(self):
         return self

@@ -21,6 +21,10 @@ class ExecuTorchSegments:
     def method_names(self) -> set[str]:
         return set(self._methods)
 
+    def method(self, name: str):
+        """The loaded ExecuTorch method ``name`` (KeyError if the program has none)."""
+        return self._methods[name]
+
     def run(self, name, inputs):
         method = self._methods[name]
         prepared = [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t.contiguous() for t in inputs]

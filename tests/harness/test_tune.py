@@ -36,11 +36,8 @@ def gated_model():
 
 
 @pytest.fixture(scope="module")
-def built_once(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tune")
-    path = folder / "model.pt"
-    torch.save(gated_model(), path)
-    return build(path, folder / "out", target="host", input_shape=(1, 3, 16, 20)).out
+def built_once(build_saved_model):
+    return build_saved_model("tune", gated_model(), (1, 3, 16, 20))
 
 
 @pytest.fixture

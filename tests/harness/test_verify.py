@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from dynexport.build import build
 from dynexport.errors import DynexportError
 from dynexport.harness.verify import RELATIVE_TOLERANCE, open_build, run_native, verify
 from dynexport.harness.clips import synthetic_clip
@@ -29,11 +28,8 @@ def small_model():
 
 
 @pytest.fixture(scope="module")
-def small_build(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("verify")
-    path = folder / "model.pt"
-    torch.save(small_model(), path)
-    return build(path, folder / "out", target="host", input_shape=(1, 3, 24, 28)).out
+def small_build(build_saved_model):
+    return build_saved_model("verify", small_model(), (1, 3, 24, 28))
 
 
 def test_small_model_passes_on_host_with_json(small_build):

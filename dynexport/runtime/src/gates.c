@@ -127,12 +127,16 @@ static float pixel_energy_run(const float* restrict current, const float* restri
   return total;
 }
 
-/* The tie band around a threshold (dynrt.h): |score - threshold| within
- * DYNRT_TIE_EPSILON * max(1, |threshold|). An infinite threshold has none. */
+/* The half-width of the tie band around a threshold (dynrt.h):
+ * DYNRT_TIE_EPSILON * max(1, |threshold|). */
+static double tie_margin(double threshold) {
+  return (double)DYNRT_TIE_EPSILON * (fabs(threshold) > 1.0 ? fabs(threshold) : 1.0);
+}
+
+/* |score - threshold| within the tie margin. An infinite threshold has no band. */
 static int in_tie_band(double score, double threshold) {
-  double scale = fabs(threshold) > 1.0 ? fabs(threshold) : 1.0;
   if (isinf(threshold) || isnan(threshold) || isnan(score)) return 0;
-  return fabs(score - threshold) <= (double)DYNRT_TIE_EPSILON * scale;
+  return fabs(score - threshold) <= tie_margin(threshold);
 }
 
 /* A D-STEP patch is a tie when its two logits are that close: the compute logit is scored
@@ -443,7 +447,7 @@ static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer*
   pass.dilation_h = (size_t)grid->dilation[0];
   pass.dilation_w = (size_t)grid->dilation[1];
   pass.threshold = layer->threshold;
-  pass.tie_margin = (double)DYNRT_TIE_EPSILON * (fabs(pass.threshold) > 1.0 ? fabs(pass.threshold) : 1.0);
+  pass.tie_margin = tie_margin(pass.threshold);
   /* A float sum of n terms is within about n * FLT_EPSILON / 2 of exact, relative to the
    * sum of their magnitudes, whatever the order. Bounds sum at most kernel_h * tile_w * C
    * non-negative terms and scores fewer; twice that covers both with room to spare. */
@@ -479,14 +483,13 @@ static int settled_without_scoring(dynrt_const_session_t session, const runtime_
   const runtime_tensor* input = layer->tensor[SLOT_INPUT];
   const double threshold = layer->threshold;
   const double zero_residual_score = layer->gate == GATE_GUMBEL ? (double)layer->gate_bias : 0.0;
-  const double tie_margin = (double)DYNRT_TIE_EPSILON * (fabs(threshold) > 1.0 ? fabs(threshold) : 1.0);
   if (input == session->input || layer->gate_input_version == 0 || input->version != layer->gate_input_version) {
     return 0;
   }
   if (layer->reference_store_due || layer->tensor[SLOT_REFERENCE]->version != layer->settled_reference_version) {
     return 0;
   }
-  return layer->gate_ties == 0 && threshold - zero_residual_score > tie_margin;
+  return layer->gate_ties == 0 && threshold - zero_residual_score > tie_margin(threshold);
 }
 
 dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {

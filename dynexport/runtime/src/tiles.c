@@ -210,10 +210,6 @@ static void apply_channel_decisions(float* restrict values, const float* restric
   }
 }
 
-/* DSTEP_APPLY: per output channel, skip -> 0, reuse -> unchanged, compute -> the computed
- * value in active patches and 0 in the others. `source` says where the computed values
- * are: the packed tile outputs (in active-list order), the dense output, or nowhere
- * (nothing computed: compute channels are 0). */
 static void dstep_apply_versions(const runtime_layer* layer, uint32_t source, uint64_t versions[4]) {
   const runtime_tensor* computed = source == DSTEP_SOURCE_TILES   ? layer->tensor[SLOT_TILE_OUTPUT]
                                    : source == DSTEP_SOURCE_DENSE ? layer->tensor[SLOT_DENSE_OUTPUT]
@@ -241,6 +237,10 @@ void dynrt_dstep_apply(runtime_layer* layer, uint32_t source) {
   layer->applied_valid = 1;
 }
 
+/* DSTEP_APPLY: per output channel, skip -> 0, reuse -> unchanged, compute -> the computed
+ * value in active patches and 0 in the others. `source` says where the computed values
+ * are: the packed tile outputs (in active-list order), the dense output, or nowhere
+ * (nothing computed: compute channels are 0). */
 static void dstep_apply_values(runtime_layer* layer, uint32_t source) {
   float* output = (float*)layer->tensor[SLOT_OUTPUT]->data;
   const size_t width = (size_t)layer->grid.output_size[1], channels = layer->out_channels;
