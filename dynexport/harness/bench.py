@@ -89,11 +89,13 @@ def _frame_times(stats: list[dict], frames: int) -> FrameTimes:
 def _run_side_by_side(build: Build, dense_folder: Path, backend: str, clip: VerifyClip, device: str, threads: int,
                       passes: int) -> FrameTimes:
     from dynexport.harness.devices import run_driver
+    from targets import backend as registered_backend
 
     with tempfile.TemporaryDirectory(prefix="dynexport-bench-") as tmp:
         tmp = Path(tmp)
         files = {"plan": build.folder / build.manifest["plan"]["file"], "artifact": build.artifact(backend),
-                 "dense-plan": dense_folder / "plan.dxfp", "dense-artifact": dense_folder / "model.pte",
+                 "dense-plan": dense_folder / "plan.dxfp",
+                 "dense-artifact": dense_folder / registered_backend(backend).artifact,
                  "frames": tmp / "frames.bin", "outputs": tmp / "outputs.bin", "stats": tmp / "stats.jsonl"}
         _physical_frames(clip.frames).tofile(files["frames"])
         run_driver(device, files, ["--reset-frames", ",".join(str(r) for r in clip.resets), "--threads", str(threads),
