@@ -3,8 +3,8 @@ Each is exported on its own (one method / signature / function per segment).
 
 These are the target-neutral forms, in the reference's own ops: what the plan interpreter and
 the torch callback backend run. A backend whose delegate runs another form of a module
-faster substitutes it in its own emitter (ExecuTorch: ``targets/executorch/policy_segment.py``
-for ``DStepPolicySegment``); the substitute keeps the inputs, outputs and numbers."""
+faster substitutes it in its own emitter, under ``targets/<backend>/`` (its README says
+which); the substitute keeps the inputs, outputs and numbers."""
 
 from __future__ import annotations
 

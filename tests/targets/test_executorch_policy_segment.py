@@ -12,7 +12,7 @@ from torch import nn
 
 from dynexport.compiler.passes.lower_dstep import PolicyAfterSegment
 from dynexport.compiler.plan_builder import SegmentArtifact, example_tensor
-from dynexport.compiler.segment_modules import DStepPolicySegment
+from dynexport.compiler.segment_modules import ConvSegment, DStepPolicySegment
 from dynexport.nn.dstep import channel_logits, spatial_logits
 from dynexport.nn.skip_conv import make_grid
 from targets.executorch.policy_segment import (
@@ -80,7 +80,7 @@ def test_equals_the_reference_policies(name, primed):
 
 def test_substitution_reaches_appended_policies_and_leaves_the_compiled_segment_alone():
     neutral, shape, _ = policy("tiled")
-    producer = nn.Conv2d(3, shape[1], 3, padding=1)
+    producer = ConvSegment(torch.randn(shape[1], 3, 3, 3), None, (1, 1), (1, 1), (1, 1), 1)  # returns a tuple
     fused = PolicyAfterSegment(producer, neutral, feature_index=0, producer_inputs=1)
     rewritten = with_xnnpack_policies(fused)
     assert rewritten is not fused
