@@ -59,8 +59,7 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
             raise CompileError(f"--backend {name!r} is not available for target {target}; "
                                f"available: {', '.join(TARGETS[target])}")
     out = Path(out)
-    if out.exists() and not force:
-        raise CompileError(f"output folder '{out}' exists; pass --force to replace it")
+    check_output_folder(out, Path(model_path), force)
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
 
@@ -83,8 +82,12 @@ def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, in
     say("export and lower gates")
     compiled = compile_model(model, input_shape, DEFAULT_DENSE_CUTOFF if dense_cutoff is None else dense_cutoff)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700: a build folder is as readable as any
+    except OSError as exc:
+        raise CompileError(f"cannot write the output folder '{out}': {exc.strerror or exc}") from None
     try:
         artifacts = {}
         versions = {"dynexport": __version__, "torch": _version("torch")}
@@ -108,10 +111,15 @@ def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, in
         artifacts[reference_file] = _sha256((staging / reference_file).read_bytes())
         manifest = make_manifest(compiled, target, backends, versions, artifacts, input_scale,
                                  time.perf_counter() - start)
-        manifest["reference"] = {"file": reference_file, "allow_pickle": reference["allow_pickle"]}
+        # information only: verify, bench and tune take trust from their own --allow-pickle, never from here
+        manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")
         _replace(staging, out)
+    except OSError as exc:  # a full disk or a folder that became read-only while compiling
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CompileError(f"cannot write the output folder '{out}': {exc.strerror or exc}"
+                           f"{f' ({exc.filename})' if exc.filename else ''}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -141,6 +149,52 @@ def _emitter(backend: str):
 
         return emit_executorch
     raise CompileError(f"unknown backend {backend!r}")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_build_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a dynexport build: its manifest says so."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("dynexport-build/")
+
+
+def check_output_folder(out: Path, model_path: Path, force: bool) -> None:
+    """Before anything is compiled: OUT can be written, and ``force`` replaces only a folder
+    that is a dynexport build, never the folder holding the model, ``.`` or a parent of the
+    current folder. Raises ``CompileError`` naming the folder."""
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise CompileError(f"output folder '{out}' exists; pass --force to replace it")
+        resolved, cwd = out.resolve(), Path.cwd().resolve()
+        if not out.is_dir():
+            raise CompileError(f"--output '{out}' is a file, not a build folder: --force replaces only a folder "
+                               f"written by dynexport build; choose another -o")
+        if resolved == cwd or resolved in cwd.parents:
+            raise CompileError(f"--output '{out}' is the current folder or a parent of it: --force will not replace "
+                               f"it; choose a new folder with -o")
+        if resolved == model_path.resolve().parent or resolved in model_path.resolve().parents:
+            raise CompileError(f"--output '{out}' holds the model '{model_path}': --force will not replace it; "
+                               f"choose a new folder with -o")
+        if not is_build_folder(out):
+            raise CompileError(f"--output '{out}' exists and is not a dynexport build (no manifest.json saying "
+                               f"\"format\": \"dynexport-build/...\"): --force replaces only a build folder, so "
+                               f"nothing of yours is deleted; choose another -o or remove it yourself")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CompileError(f"--output '{out}': '{ancestor}' is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CompileError(f"--output '{out}': the folder '{ancestor}' is not writable (read-only or not yours); "
+                           f"choose another -o")
 
 
 def _replace(staging: Path, out: Path) -> None:
