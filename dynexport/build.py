@@ -34,6 +34,9 @@ ARTIFACT_FILES = {"executorch": "model.pte"}
 RUNTIME_SOURCES = ("dynexport/runtime/include", "dynexport/runtime/src", "dynexport/runtime/CMakeLists.txt",
                    "targets/executorch/native", "runtime_android")
 REFERENCE_DIR = "reference"
+# State an android build may keep between frames: a phone gives one app a few hundred MiB
+# (Android's large-heap class on mid-range phones is 256-512 MiB), and the app needs its own.
+PHONE_STATE_BUDGET = 512 << 20
 
 
 @dataclasses.dataclass
@@ -63,6 +66,9 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
 
+    if target == "android" and input_shape is not None:
+        # cheap, before compiling: every gated layer keeps at least a frame-sized reference
+        _check_phone_state(4 * _elements(input_shape), input_shape, "the input frame alone")
     say("load model")
     model = load_model(model_path, allow_pickle=allow_pickle)
     with contextlib.ExitStack() as stack:
@@ -81,6 +87,8 @@ def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, in
         input_shape = tuple(recorded) if recorded is not None else None
     say("export and lower gates")
     compiled = compile_model(model, input_shape, DEFAULT_DENSE_CUTOFF if dense_cutoff is None else dense_cutoff)
+    if target == "android":  # before the artifacts, the slow part, are emitted
+        _check_phone_state(compiled.program.state_bytes(), compiled.input_shape, "the state kept between frames")
 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +157,21 @@ def _emitter(backend: str):
 
         return emit_executorch
     raise CompileError(f"unknown backend {backend!r}")
+
+
+def _elements(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count
+
+
+def _check_phone_state(nbytes: int, input_shape, what: str) -> None:
+    if nbytes > PHONE_STATE_BUDGET:
+        shape = "x".join(str(int(d)) for d in input_shape)
+        raise CompileError(f"--input-shape {shape}: {what} needs {nbytes / 2**20:,.0f} MiB, more than an Android "
+                           f"phone gives one app ({PHONE_STATE_BUDGET >> 20} MiB for dynexport's state): use a smaller "
+                           f"--input-shape (e.g. 1x3x512x512), or --target host")
 
 
 def _umask() -> int:
