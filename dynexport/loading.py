@@ -60,8 +60,8 @@ def _is_export_archive(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("archive_format") for name in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
+    except Exception as exc:  # zipfile raises BadZipFile, UnicodeDecodeError, ValueError, ... on a damaged directory
+        raise ModelLoadError(f"model file '{path}': a damaged zip archive ({_first_line(exc)})") from None
 
 
 def load_model(path: str | os.PathLike, allow_pickle: bool = False):
@@ -73,8 +73,13 @@ def load_model(path: str | os.PathLike, allow_pickle: bool = False):
 
     path = Path(path)
     if not path.is_file():
-        raise ModelLoadError(f"model file '{path}': no such file")
-    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"model file '{path}': " + ("not a regular file (a folder, FIFO or device)"
+                                                         if path.exists() else "no such file"))
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except Exception:  # zipfile raises on some damaged end records instead of answering
+        is_zip = False
+    if not is_zip:
         raise ModelLoadError(
             f"model file '{path}': not a torch.save or torch.export archive (expected a zip "
             "archive; the file is truncated, corrupt or of another format)"
@@ -96,7 +101,10 @@ def load_model(path: str | os.PathLike, allow_pickle: bool = False):
             f"model file '{path}': holds {kind}, expected a whole module saved with torch.save(model) "
             "or a .pt2 archive from torch.export.save"
         )
-    return model.eval()
+    try:
+        return model.eval()
+    except Exception as exc:  # a module whose pickled state lacks what nn.Module needs
+        raise ModelLoadError(f"model file '{path}': the module it holds is damaged ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -143,15 +151,15 @@ def check_export_archive(path: Path) -> None:
     safe = _safe_global_names()
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # as in _is_export_archive
         raise ModelLoadError(f"model file '{path}': not a readable zip archive ({_first_line(exc)})") from None
     with archive:
         for info in archive.infolist():
-            if info.is_dir():
-                continue
             name = info.filename
             relative = name.split("/", 1)[1] if "/" in name else name
             try:
+                if not name or name.endswith("/"):  # a folder entry (or a nameless one torch ignores)
+                    continue
                 with archive.open(info) as member:
                     head = member.read(4)
                 if relative.startswith(_NATIVE_CODE_DIRS):

@@ -44,10 +44,12 @@ def load_clip(path, manifest: dict, frames: int | None = None, resets=()) -> Ver
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise FrameError(f"clip '{path}': no such file") from None
-    except (ValueError, OSError, EOFError) as exc:
-        raise FrameError(f"clip '{path}': not a readable .npy array ({_first_line(exc)})") from None
     except MemoryError:
         raise FrameError(f"clip '{path}': its header declares an array too large for memory") from None
+    except FrameError:
+        raise
+    except Exception as exc:  # numpy's header parser raises ValueError, TokenError, SyntaxError, ... on junk
+        raise FrameError(f"clip '{path}': not a readable .npy array ({_first_line(exc)})") from None
     if not isinstance(data, np.ndarray):  # np.load gives an archive for a .npz, whatever its name
         if hasattr(data, "close"):
             data.close()
