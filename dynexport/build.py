@@ -215,9 +215,11 @@ def check_output_folder(out: Path, model_path: Path, force: bool) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise CompileError(f"--output '{out}': '{ancestor}' is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise CompileError(f"--output '{out}': the folder '{ancestor}' is not writable (read-only or not yours); "
-                           f"choose another -o")
+    try:  # really writing, not os.access: root passes access() on read-only and virtual file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".dynexport-probe-", dir=ancestor))
+    except OSError as exc:
+        raise CompileError(f"--output '{out}': cannot write in '{ancestor}' ({exc.strerror or exc}); "
+                           f"choose another -o") from None
 
 
 def _replace(staging: Path, out: Path) -> None:

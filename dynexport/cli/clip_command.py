@@ -47,6 +47,8 @@ def clip(
     if count * 3 * height * width > MAX_BYTES:
         raise DynexportError(f"{count} frames of 3x{height}x{width} are {count * 3 * height * width / 2**30:.1f} GiB; "
                              f"a clip may hold at most {MAX_BYTES >> 30} GiB: fewer --frames or a smaller --size")
+    if output.is_dir():
+        raise DynexportError(f"-o '{output}' is a folder; give a file name such as {output / 'clip.npy'}")
     # np.save appends .npy to any other name: say and check the file it really writes
     if output.suffix != ".npy":
         output = output.with_name(output.name + ".npy")
