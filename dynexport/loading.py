@@ -134,9 +134,8 @@ def _safe_global_names() -> set[str]:
     return set(torch._weights_only_unpickler._get_allowed_globals()) | {_qualified(c) for c in allowed_classes()}
 
 
-# inside a .pt2 (paths below the archive's root folder): what torch.export.load runs as code
-_NATIVE_CODE_DIRS = ("data/aotinductor/", "data/mtia")
-_PAYLOAD_CONFIGS = ("data/weights/", "data/constants/")
+# inside a .pt2, at any depth (torch finds the archive's root itself): what it runs as code
+_NATIVE_CODE_DIRS = ("/data/aotinductor/", "/data/mtia")
 
 
 def check_export_archive(path: Path) -> None:
@@ -156,13 +155,12 @@ def check_export_archive(path: Path) -> None:
     with archive:
         for info in archive.infolist():
             name = info.filename
-            relative = name.split("/", 1)[1] if "/" in name else name
             try:
                 if not name or name.endswith("/"):  # a folder entry (or a nameless one torch ignores)
                     continue
                 with archive.open(info) as member:
                     head = member.read(4)
-                if relative.startswith(_NATIVE_CODE_DIRS):
+                if any(folder in f"/{name}" for folder in _NATIVE_CODE_DIRS):
                     problems.append(f"'{name}' is compiled native code (AOTInductor), loaded and run by torch")
                 elif name.endswith(".pt") and head != b"PK\x03\x04":
                     # the legacy torch.save format: several pickles and raw bytes, which torch
@@ -174,7 +172,7 @@ def check_export_archive(path: Path) -> None:
                     unsafe = sorted(found - safe)
                     if unsafe:
                         problems.append(f"'{name}' names globals outside the allow-list: {', '.join(unsafe)}")
-                elif relative.startswith(_PAYLOAD_CONFIGS) and name.endswith("_config.json"):
+                elif name.endswith("_config.json"):  # weights' and constants' payload configs
                     for fqn, entry in _payload_config(archive.read(info)).items():
                         stored = str(entry.get("path_name", ""))
                         if entry.get("use_pickle"):

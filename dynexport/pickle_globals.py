@@ -69,8 +69,8 @@ def checkpoint_globals(data: bytes) -> set[str]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names: set[str] = set()
-            for member in archive.namelist():
-                if member.endswith(".pkl"):
+            for member in archive.infolist():  # entries, not names: a zip may hold one name twice
+                if member.filename.endswith(".pkl"):
                     names |= pickle_globals(archive.read(member))
             return names
     except NotAPickle:
