@@ -33,6 +33,9 @@ MANIFEST_FILE = "manifest.json"
 # CMake projects still find each other
 CORE_RUNTIME_SOURCES = ("dynexport/runtime/include", "dynexport/runtime/src", "dynexport/runtime/CMakeLists.txt")
 REFERENCE_DIR = "reference"
+# State an android build may keep between frames: a phone gives one app a few hundred MiB
+# (Android's large-heap class on mid-range phones is 256-512 MiB), and the app needs its own.
+PHONE_STATE_BUDGET = 512 << 20
 
 
 @dataclasses.dataclass
@@ -53,11 +56,13 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
     backends = backends_for(target, backend)
     emitters = {b.name: b.load_emitter() for b in backends}  # a missing backend library fails here, before any work
     out = Path(out)
-    if out.exists() and not force:
-        raise CompileError(f"output folder '{out}' exists; pass --force to replace it")
+    check_output_folder(out, Path(model_path), force)
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
 
+    if target == "android" and input_shape is not None:
+        # cheap, before compiling: every gated layer keeps at least a frame-sized reference
+        _check_phone_state(4 * _elements(input_shape), input_shape, "the input frame alone")
     say("load model")
     model = load_model(model_path, allow_pickle=allow_pickle)
     with contextlib.ExitStack() as stack:
@@ -76,9 +81,15 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         input_shape = tuple(recorded) if recorded is not None else None
     say("export and lower gates")
     compiled = compile_model(model, input_shape, DEFAULT_DENSE_CUTOFF if dense_cutoff is None else dense_cutoff)
+    if target == "android":  # before the artifacts, the slow part, are emitted
+        _check_phone_state(compiled.program.state_bytes(), compiled.input_shape, "the state kept between frames")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700: a build folder is as readable as any
+    except OSError as exc:
+        raise CompileError(f"cannot write the output folder '{out}': {exc.strerror or exc}") from None
     try:
         artifacts = {}
         versions = {"dynexport": __version__, "torch": _version("torch")}
@@ -103,10 +114,15 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         artifacts[reference_file] = _sha256((staging / reference_file).read_bytes())
         manifest = make_manifest(compiled, target, [b.name for b in backends], versions, artifacts, input_scale,
                                  time.perf_counter() - start)
-        manifest["reference"] = {"file": reference_file, "allow_pickle": reference["allow_pickle"]}
+        # information only: verify, bench and tune take trust from their own --allow-pickle, never from here
+        manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")
         _replace(staging, out)
+    except OSError as exc:  # a full disk or a folder that became read-only while compiling
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CompileError(f"cannot write the output folder '{out}': {exc.strerror or exc}"
+                           f"{f' ({exc.filename})' if exc.filename else ''}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -124,6 +140,69 @@ def runtime_sources(backends: tuple[Backend, ...]) -> tuple[str, ...]:
     """Repo-relative paths copied to OUT/runtime/: the core, then each backend's adapter."""
     extra = [path for b in backends for path in b.native_sources if path not in CORE_RUNTIME_SOURCES]
     return CORE_RUNTIME_SOURCES + tuple(dict.fromkeys(extra))
+
+
+def _elements(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count
+
+
+def _check_phone_state(nbytes: int, input_shape, what: str) -> None:
+    if nbytes > PHONE_STATE_BUDGET:
+        shape = "x".join(str(int(d)) for d in input_shape)
+        raise CompileError(f"--input-shape {shape}: {what} needs {nbytes / 2**20:,.0f} MiB, more than an Android "
+                           f"phone gives one app ({PHONE_STATE_BUDGET >> 20} MiB for dynexport's state): use a smaller "
+                           f"--input-shape (e.g. 1x3x512x512), or --target host")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_build_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a dynexport build: its manifest says so."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("dynexport-build/")
+
+
+def check_output_folder(out: Path, model_path: Path, force: bool) -> None:
+    """Before anything is compiled: OUT can be written, and ``force`` replaces only a folder
+    that is a dynexport build, never the folder holding the model, ``.`` or a parent of the
+    current folder. Raises ``CompileError`` naming the folder."""
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise CompileError(f"output folder '{out}' exists; pass --force to replace it")
+        resolved, cwd = out.resolve(), Path.cwd().resolve()
+        if not out.is_dir():
+            raise CompileError(f"--output '{out}' is a file, not a build folder: --force replaces only a folder "
+                               f"written by dynexport build; choose another -o")
+        if resolved == cwd or resolved in cwd.parents:
+            raise CompileError(f"--output '{out}' is the current folder or a parent of it: --force will not replace "
+                               f"it; choose a new folder with -o")
+        if resolved == model_path.resolve().parent or resolved in model_path.resolve().parents:
+            raise CompileError(f"--output '{out}' holds the model '{model_path}': --force will not replace it; "
+                               f"choose a new folder with -o")
+        if not is_build_folder(out):
+            raise CompileError(f"--output '{out}' exists and is not a dynexport build (no manifest.json saying "
+                               f"\"format\": \"dynexport-build/...\"): --force replaces only a build folder, so "
+                               f"nothing of yours is deleted; choose another -o or remove it yourself")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CompileError(f"--output '{out}': '{ancestor}' is a file, not a folder")
+    try:  # really writing, not os.access: root passes access() on read-only and virtual file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".dynexport-probe-", dir=ancestor))
+    except OSError as exc:
+        raise CompileError(f"--output '{out}': cannot write in '{ancestor}' ({exc.strerror or exc}); "
+                           f"choose another -o") from None
 
 
 def _replace(staging: Path, out: Path) -> None:

@@ -120,8 +120,9 @@ def test_failure_while_writing_artifacts_leaves_nothing_behind(tmp_path, monkeyp
              prepare=None)
     model = tiny_model_file(tmp_path)
     for out in (tmp_path / "new", tmp_path / "existing"):
-        if out.name == "existing":
+        if out.name == "existing":  # an earlier build (--force replaces nothing else)
             out.mkdir()
+            (out / "manifest.json").write_text('{"format": "dynexport-build/1"}')
             (out / "keep.txt").write_text("mine")
         with pytest.raises(CompileError, match="injected"):
             build(model, out, target="host", backend="failing", input_shape="1x3x16x16", force=True)

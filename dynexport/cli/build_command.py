@@ -14,12 +14,12 @@ def build(
     model: Annotated[Path, typer.Argument(help="model.pt (torch.save'd module) or model.pt2 (torch.export.save).",
                                           show_default=False)],
     target: Annotated[str, typer.Option("--target", help="Platform: android or host.")] = "android",
-    backend: Annotated[Optional[str], typer.Option("--backend", help="Backend [default: all of the target's: executorch].")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="Backend.", show_default="all of the target's: executorch")] = None,
     input_shape: InputShape = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("out"),
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is an earlier dynexport build (nothing else is ever deleted).")] = False,
     dense_cutoff: Annotated[Optional[float], typer.Option(
-        "--dense-cutoff", help="Fraction of active blocks above which a gated layer runs densely [default: 0.5].")] = None,
+        "--dense-cutoff", help="Fraction of active blocks above which a gated layer runs densely.", show_default="0.5")] = None,
     allow_pickle: AllowPickle = False,
     tune: Annotated[bool, typer.Option(
         "--tune", help="Then choose the dense cut-offs from measurement here, as 'dynexport tune OUT' does.")] = False,

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from dynexport.errors import FrameError
 from dynexport.harness.clips import VerifyClip
 from dynexport.harness.verify import Build, _physical_frames, load_reference, open_build
 
@@ -113,6 +114,9 @@ def bench(folder, clip_path=None, synthetic: str | None = None, frames: int | No
     build = open_build(folder)
     clip = (load_clip(clip_path, build.manifest, frames) if clip_path is not None
             else synthetic_clip(synthetic or "static_camera", build.manifest, frames))
+    if len(clip.frames) < 2:  # frame 0 runs dense by definition: one frame measures no saving
+        raise FrameError(f"clip {clip.name!r} has {len(clip.frames)} frame; bench needs at least 2 (the first frame "
+                         f"always runs dense, the savings are in the frames after it)")
     return bench_clip(build, clip, load_reference(build, allow_pickle), backends, device, threads, passes, progress)
 
 
