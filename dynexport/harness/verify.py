@@ -29,11 +29,11 @@ from dynexport.errors import DynexportError, PlanError
 from dynexport.harness.clips import VerifyClip
 from dynexport.harness.reference import StreamRun, layer_sizes, run_reference
 from dynexport.plan.frame_program import FrameProgram
+from targets import BACKENDS
 
 RELATIVE_TOLERANCE = 1e-4
 DRIFT_LIMIT = 10.0
 DRIFT_FLOOR = 1e-5
-ARTIFACT_FILES = {"executorch": "model.pte"}
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ class Build:
     program: FrameProgram
 
     def artifact(self, backend: str) -> Path:
-        return self.folder / ARTIFACT_FILES[backend]
+        return self.folder / BACKENDS[backend].artifact
 
 
 MANIFEST_LIMIT = 64 << 20  # bytes: a manifest is a few KiB; more is no manifest
@@ -81,7 +81,7 @@ def open_build(folder) -> Build:
         raise PlanError(f"'{manifest_path}' cannot be read: {exc.strerror}") from None
     except RecursionError:
         raise PlanError(f"'{manifest_path}': nested too deeply to be a manifest") from None
-    validate_manifest(manifest, where, ARTIFACT_FILES)
+    validate_manifest(manifest, where, BACKENDS)
     contents: dict[str, bytes] = {}
     for name, digest in manifest["artifacts"].items():
         path = member_path(folder, name, "listed in the manifest")
@@ -92,7 +92,7 @@ def open_build(folder) -> Build:
         if hashlib.sha256(data).hexdigest() != digest:
             raise PlanError(f"'{folder / name}' does not match the manifest's checksum: it changed after the build")
         contents[name] = data
-    needed = {manifest["plan"]["file"]: "the plan", **{ARTIFACT_FILES[b]: f"the {b} artifact" for b in manifest["backends"]}}
+    needed = {manifest["plan"]["file"]: "the plan", **{BACKENDS[b].artifact: f"the {b} artifact" for b in manifest["backends"]}}
     if "reference" in manifest:
         needed[manifest["reference"]["file"]] = "the reference model"
     for name, what in needed.items():
@@ -103,10 +103,10 @@ def open_build(folder) -> Build:
     except PlanFormatError as exc:
         raise PlanError(f"'{folder / manifest['plan']['file']}': {exc}") from None
     for backend in manifest["backends"]:
-        data = contents[ARTIFACT_FILES[backend]]
+        data = contents[BACKENDS[backend].artifact]
         recorded = [a for a in program.artifacts if a.name == backend]
         if recorded and all((a.size, a.crc32) != (len(data), zlib.crc32(data)) for a in recorded):
-            raise PlanError(f"'{folder / ARTIFACT_FILES[backend]}' is not the {backend} artifact the plan was built "
+            raise PlanError(f"'{folder / BACKENDS[backend].artifact}' is not the {backend} artifact the plan was built "
                             f"with (size or CRC-32 differ): the folder was tampered with; rebuild it")
     check_against_plan(manifest, program, where)
     return Build(folder, manifest, program)
