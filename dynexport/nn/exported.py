@@ -22,7 +22,8 @@ from dynexport.nn import ops as _ops  # noqa: F401  (registers torch.ops.dynexpo
 
 SKIP_CONV = torch.ops.dynexport.skip_conv2d.default
 DSTEP = torch.ops.dynexport.dstep_conv2d.default
-# how many leading outputs of each gate op are not state: the layer output, then decisions
+# which outputs of each gate op are its hard decisions (see ops.py): the block mask; D-STEP's
+# patch mask and channel decision
 _DECISION_OUTPUTS = {SKIP_CONV: (2,), DSTEP: (2, 3)}
 
 
@@ -54,6 +55,7 @@ class ExportedGate:
         self.stream_name = self.name
         self.node_name = node.name
         self.kind = "dstep_conv" if node.target == DSTEP else "skip_conv"
+        self._decision_outputs = _DECISION_OUTPUTS[node.target]
         self._graph_module = graph_module
         operands = dict(zip((a.name for a in node.target._schema.arguments), node.args))
         written = {n.args[0].target for n in node.graph.nodes
@@ -88,8 +90,7 @@ class ExportedGate:
             self._buffer(target).copy_(value)
 
     def record(self, outputs) -> None:
-        indices = _DECISION_OUTPUTS[DSTEP if self.kind == "dstep_conv" else SKIP_CONV]
-        decisions = tuple(outputs[i].detach().clone() for i in indices)
+        decisions = tuple(outputs[i].detach().clone() for i in self._decision_outputs)
         self.last_decisions = decisions if len(decisions) > 1 else decisions[0]
 
 
@@ -155,12 +156,12 @@ def ungated_program(program: torch.export.ExportedProgram) -> torch.export.Expor
         with graph.inserting_before(node):
             conv = graph.call_function(torch.ops.aten.conv2d.default, tuple(
                 operands[name] for name in ("x", "weight", "bias", "stride", "padding", "dilation", "groups")))
-        state = {value for value in operands.values() if isinstance(value, fx.Node) and value.op == "get_attr"}
+        buffers = {value for value in operands.values() if isinstance(value, fx.Node) and value.op == "get_attr"}
         for user in list(node.users):
             if user.args[1] == 0:  # getitem 0: the layer output; the others only feed state writes
                 user.replace_all_uses_with(conv)
         for write in [n for n in graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.copy_.default
-                      and n.args[0] in state]:
+                      and n.args[0] in buffers]:
             graph.erase_node(write)
     graph.eliminate_dead_code()
     graph.lint()
