@@ -59,6 +59,7 @@ class DStepConv2d(GatedLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, self.conv.in_channels)
+        self._apply_pruning()
         self._ensure_state(x)
         stride, padding, dilation, groups = self.conv_args()
         if self.training:

@@ -92,6 +92,20 @@ class GatedLayer(nn.Module):
                 self._buffers[name] = x.new_zeros(shape)
             self._buffers["primed"] = torch.zeros((), dtype=torch.bool, device=x.device)
 
+    def _apply_pruning(self) -> None:
+        """Recompute the weights ``torch.nn.utils.prune`` reparametrizes (``weight =
+        weight_orig * weight_mask``). Pruning does that in each pruned module's forward
+        pre-hook, but a gated layer hands its convolutions' weights to its step function
+        without calling them, so it runs those hooks itself: training then updates
+        ``weight_orig``, and export traces the product (folded by the compiler) instead of a
+        stale tensor attribute."""
+        from torch.nn.utils import prune
+
+        for module in self.modules():
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, prune.BasePruningMethod):
+                    hook(module, None)
+
     # -- geometry ---------------------------------------------------------------------------
     @property
     def block_edge(self) -> int:

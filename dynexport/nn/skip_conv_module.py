@@ -75,6 +75,7 @@ class SkipConv2d(GatedLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, self.conv.in_channels)
+        self._apply_pruning()
         self._ensure_state(x)
         gate_evaluated = False if torch.compiler.is_compiling() else bool(self.primed)
         stride, padding, dilation, groups = self.conv_args()
