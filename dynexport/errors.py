@@ -20,3 +20,7 @@ class CompileError(DynexportError):
 
 class PlanError(DynexportError):
     """A built output folder or plan file is missing, damaged or inconsistent."""
+
+
+class ExportError(DynexportError):
+    """A model cannot be exported to, or streamed as, a torch.export program as given."""

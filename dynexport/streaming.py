@@ -5,6 +5,9 @@ Batches are independent streams: each of the N items has its own state and gate 
 The batch size and resolution are fixed from the first frame after a reset; changing them
 needs ``reset``. ``step`` is transactional: a frame that is rejected anywhere in the model
 (wrong shape, dtype, NaN/Inf) leaves every layer's state as it was.
+
+A ``.pt2`` program streams as ``dynexport.nn.ExportedModel(program)`` (``stream`` wraps one
+itself); it takes frames of the one shape it was exported at.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dynexport.errors import FrameError
-from dynexport.nn import GatedLayer, LayerFrameStats, gated_layers
+from dynexport.nn import ExportedGate, ExportedModel, GatedLayer, LayerFrameStats, gated_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +42,7 @@ class FrameStats:
         return {layer.name: layer.active_fraction for layer in self.layers}
 
 
-def _named_gated_layers(model: nn.Module) -> list[GatedLayer]:
+def _named_gated_layers(model: nn.Module) -> list[GatedLayer | ExportedGate]:
     layers = []
     for name, layer in gated_layers(model):
         layer.stream_name = name or type(layer).__name__
@@ -79,6 +82,13 @@ def _as_frame(frame, expected_channels: int | None) -> Tensor:
     return frame
 
 
+def _check_exported_shape(model: nn.Module, frame: Tensor) -> None:
+    expected = model.input_shape if isinstance(model, ExportedModel) else None
+    if expected is not None and tuple(frame.shape) != expected:
+        raise FrameError(f"model input: the exported program takes frames of shape {'x'.join(map(str, expected))}, "
+                         f"got {'x'.join(map(str, frame.shape))}; export it again at that shape with dynexport.export")
+
+
 def _input_channels(model: nn.Module) -> int | None:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -92,6 +102,7 @@ def step(model: nn.Module, frame) -> Tensor:
     On any error the state of every gated layer is restored before the error propagates.
     """
     frame = _as_frame(frame, _input_channels(model))
+    _check_exported_shape(model, frame)
     layers = _named_gated_layers(model)
     snapshots = [layer.state_snapshot() for layer in layers]
     stats = [(layer.last_stats, layer.last_decisions) for layer in layers]
@@ -109,8 +120,11 @@ def stream(model: nn.Module, clip: Tensor | np.ndarray | Iterable, with_stats: b
     """Yield the model's output for each frame of ``clip`` ([T,C,H,W] or an iterable of frames),
     starting from a reset. With ``with_stats`` yields ``(output, FrameStats)`` pairs.
 
-    The model is put in eval mode: streaming is the reference semantics, not training.
+    The model is put in eval mode: streaming is the reference semantics, not training. A
+    ``torch.export.ExportedProgram`` is run as an ``ExportedModel``.
     """
+    if isinstance(model, torch.export.ExportedProgram):
+        model = ExportedModel(model)
     if isinstance(clip, np.ndarray):
         clip = torch.from_numpy(clip)
     if isinstance(clip, Tensor) and clip.dim() != 4:

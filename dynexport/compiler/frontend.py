@@ -14,6 +14,7 @@ from torch import fx, nn
 
 from dynexport.compiler.graph import GATE_TARGETS
 from dynexport.errors import CompileError
+from dynexport.exporting import export_program
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int, int]:
@@ -34,8 +35,6 @@ def parse_input_shape(text: str) -> tuple[int, int, int, int]:
 
 def export_graph(model, input_shape: tuple[int, ...] | None) -> tuple[fx.GraphModule, tuple[int, ...]]:
     """Export ``model`` at ``input_shape`` and return (graph module, input shape)."""
-    import dynexport
-
     if isinstance(model, torch.export.ExportedProgram):
         program = model
         user_inputs = [s for s in program.graph_signature.input_specs if s.kind == torch.export.graph_signature.InputKind.USER_INPUT]
@@ -57,22 +56,8 @@ def export_graph(model, input_shape: tuple[int, ...] | None) -> tuple[fx.GraphMo
             raise CompileError("the model file records no input shape: pass --input-shape 1x3xHxW")
         if input_shape[0] != 1:
             raise CompileError(f"input batch {input_shape[0]}: a frame program runs one stream (batch 1)")
-        model = model.eval()
-        example = torch.zeros(input_shape)
-        try:
-            dynexport.reset(model)
-            dynexport.step(model, example)  # allocates every gate's state at this resolution
-            dynexport.reset(model)
-        except Exception as exc:
-            raise CompileError(f"the model does not run on a {'x'.join(map(str, input_shape))} input: {exc}") from exc
-        try:
-            program = torch.export.export(model, (example,), strict=False)
-        except Exception as exc:
-            raise CompileError(
-                f"torch.export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-                "Data-dependent Python control flow outside dynexport gates cannot be compiled; "
-                "express it with dynexport.nn modules or torch.cond"
-            ) from exc
+        # one frame at the shape first (gate state allocated), pruning's warning silenced
+        program = export_program(model, input_shape)
     # No run_decompositions here: it costs seconds, and every segment is exported and
     # decomposed again by its backend anyway.
     graph_module = program.module()

@@ -11,10 +11,15 @@ import torch
 from torch import nn
 
 
-def dense_counterpart(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with each SkipConv2d / DStepConv2d replaced by its ``conv``."""
+def dense_counterpart(model):
+    """A copy of ``model`` with each SkipConv2d / DStepConv2d replaced by its ``conv``; for a
+    .pt2 program, a program with each gate node replaced by its convolution."""
     from dynexport.nn import GatedLayer
 
+    if isinstance(model, torch.export.ExportedProgram):
+        from dynexport.nn.exported import ungated_program
+
+        return ungated_program(model)
     dense = copy.deepcopy(model).eval()
     for name, module in list(dense.named_modules()):
         if isinstance(module, GatedLayer):
@@ -26,21 +31,26 @@ def dense_counterpart(model: nn.Module) -> nn.Module:
     return dense
 
 
-def build_dense(model: nn.Module, input_shape, folder: Path, progress=None):
+def build_dense(model, input_shape, folder: Path, progress=None):
     """Build the dense counterpart into ``folder`` (a one-segment plan and its artifact)."""
     from dynexport.build import build
 
     dense = dense_counterpart(model)
-    path = folder / "dense_model.pt"
-    torch.save(dense, path)
+    if isinstance(dense, torch.export.ExportedProgram):
+        path = folder / "dense_model.pt2"
+        torch.export.save(dense, path)
+    else:
+        path = folder / "dense_model.pt"
+        torch.save(dense, path)
     return build(path, folder / "dense", target="host", input_shape=tuple(input_shape), progress=progress)
 
 
-def model_macs(model: nn.Module, input_shape) -> int:
+def model_macs(model, input_shape) -> int:
     """MACs of one dense frame (convolutions and matrix products), by torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    runnable = model.module() if isinstance(model, torch.export.ExportedProgram) else model
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(torch.zeros(tuple(input_shape)))
+        runnable(torch.zeros(tuple(input_shape)))
     return counter.get_total_flops() // 2

@@ -55,8 +55,13 @@ def _reference_layers(model, program: FrameProgram):
 
 
 def run_reference(model, program: FrameProgram, frames: np.ndarray, resets) -> StreamRun:
-    """Stream ``frames`` (float32 [T, C, H, W]) through the PyTorch reference."""
+    """Stream ``frames`` (float32 [T, C, H, W]) through the PyTorch reference: an nn.Module,
+    or a .pt2 program (run as ``ExportedModel``, its gate decisions read from the gate ops)."""
     from dynexport import streaming
+    from dynexport.nn import ExportedModel
+
+    if isinstance(model, torch.export.ExportedProgram):
+        model = ExportedModel(model)
 
     layers = _reference_layers(model, program)
     sizes = layer_sizes(program)

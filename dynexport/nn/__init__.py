@@ -8,18 +8,28 @@ from torch import Tensor, nn
 
 from dynexport.nn.block_grid import BlockGrid
 from dynexport.nn.dstep import ChannelPolicy, SpatialPolicy
+from dynexport.errors import ExportError
 from dynexport.nn.dstep_module import DStepConv2d
+from dynexport.nn.exported import ExportedGate, ExportedModel
 from dynexport.nn.gated import GatedLayer, LayerFrameStats
 from dynexport.nn.residual import Residual
 from dynexport.nn.skip_conv_module import SkipConv2d
 
 __all__ = [
-    "BlockGrid", "ChannelPolicy", "DStepConv2d", "GatedLayer", "LayerFrameStats", "Residual",
+    "BlockGrid", "ChannelPolicy", "DStepConv2d", "ExportedGate", "ExportedModel", "GatedLayer",
+    "LayerFrameStats", "Residual",
     "SkipConv2d", "SpatialPolicy", "gated_layers", "mac_loss",
 ]
 
 
-def gated_layers(model: nn.Module) -> list[tuple[str, GatedLayer]]:
+def gated_layers(model: nn.Module) -> list[tuple[str, GatedLayer | ExportedGate]]:
+    """(module path, layer) of each gated layer: the GatedLayer modules of ``model``, or the
+    gate nodes of an ``ExportedModel`` in graph order."""
+    if isinstance(model, ExportedModel):
+        return [(gate.name, gate) for gate in model.gates]
+    if isinstance(model, torch.export.ExportedProgram):
+        raise ExportError("a torch.export program (.pt2) has no modules to stream: run it as "
+                          "dynexport.nn.ExportedModel(program), which keeps its gate state between frames")
     return [(name, m) for name, m in model.named_modules() if isinstance(m, GatedLayer)]
 
 

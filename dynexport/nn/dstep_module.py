@@ -59,8 +59,8 @@ class DStepConv2d(GatedLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, self.conv.in_channels)
-        if not torch.compiler.is_compiling():
-            self._ensure_state(x)
+        self._apply_pruning()
+        self._ensure_state(x)
         stride, padding, dilation, groups = self.conv_args()
         if self.training:
             output, pooled, patch_mask, decision, patch_signal, channel_signal = dstep_conv_step(

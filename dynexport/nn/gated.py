@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from dynexport.errors import FrameError
+from dynexport.errors import ExportError, FrameError
 from dynexport.nn.skip_conv import make_grid
 
 
@@ -73,13 +73,38 @@ class GatedLayer(nn.Module):
 
     def _ensure_state(self, x: Tensor) -> None:
         """(Re)allocate the state when the input's size or batch differs from what it was
-        sized for; a new allocation starts unprimed (the next frame is dense)."""
+        sized for; a new allocation starts unprimed (the next frame is dense).
+
+        Under ``torch.export`` nothing can be allocated (export lifts the buffers as they
+        are before tracing), so state of another shape is an ExportError naming the fix."""
         shapes = self._state_shapes(x)
-        if any(self._buffers.get(name) is None or tuple(self._buffers[name].shape) != tuple(shape)
-               for name, shape in shapes.items()):
+        stale = [name for name, shape in shapes.items()
+                 if self._buffers.get(name) is None or tuple(self._buffers[name].shape) != tuple(shape)]
+        if stale and torch.compiler.is_compiling():
+            shape = "x".join(str(int(d)) for d in x.shape)
+            raise ExportError(
+                f"layer '{self.stream_name}': its state is not allocated for a {shape} input, so torch.export "
+                "cannot record it. Export with dynexport.export(model, input_shape, path), or run "
+                "dynexport.step(model, example) once at that shape (then dynexport.reset(model)) before "
+                "torch.export.export")
+        if stale:
             for name, shape in shapes.items():
                 self._buffers[name] = x.new_zeros(shape)
             self._buffers["primed"] = torch.zeros((), dtype=torch.bool, device=x.device)
+
+    def _apply_pruning(self) -> None:
+        """Recompute the weights ``torch.nn.utils.prune`` reparametrizes (``weight =
+        weight_orig * weight_mask``). Pruning does that in each pruned module's forward
+        pre-hook, but a gated layer hands its convolutions' weights to its step function
+        without calling them, so it runs those hooks itself: training then updates
+        ``weight_orig``, and export traces the product (folded by the compiler) instead of a
+        stale tensor attribute."""
+        from torch.nn.utils import prune
+
+        for module in self.modules():
+            for hook in module._forward_pre_hooks.values():
+                if isinstance(hook, prune.BasePruningMethod):
+                    hook(module, None)
 
     # -- geometry ---------------------------------------------------------------------------
     @property

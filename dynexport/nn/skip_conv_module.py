@@ -75,10 +75,9 @@ class SkipConv2d(GatedLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x, self.conv.in_channels)
-        gate_evaluated = False
-        if not torch.compiler.is_compiling():
-            self._ensure_state(x)
-            gate_evaluated = bool(self.primed)
+        self._apply_pruning()
+        self._ensure_state(x)
+        gate_evaluated = False if torch.compiler.is_compiling() else bool(self.primed)
         stride, padding, dilation, groups = self.conv_args()
         gate_weight = self.gate_conv.weight if self.gate_conv is not None else None
         if self.training:
