@@ -29,7 +29,9 @@ from dynexport.errors import ModelLoadError
 
 ALLOW_PICKLE_HINT = (
     "Load it only if you trust where it came from: pass --allow-pickle "
-    "(Python: load_model(path, allow_pickle=True)), or export it with torch.export.save to a .pt2 file"
+    "(Python: load_model(path, allow_pickle=True)) with the model's own module importable (on PYTHONPATH), "
+    "or save it without pickled code: dynexport.export(model, (1, C, H, W), 'model.pt2') and build the .pt2 "
+    "(no --allow-pickle, no import of your classes needed)"
 )
 
 
