@@ -184,13 +184,23 @@ def workers_for(segment_count: int) -> int:
     return max(1, min(segment_count // PARALLEL_FROM + 1, os.cpu_count() or 1))
 
 
+def _convolutions(model) -> int:
+    """Convolutions of an nn.Module, or conv and gate nodes of a .pt2's ExportedProgram."""
+    if isinstance(model, torch.nn.Module):
+        return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    graph = getattr(model, "graph", None)
+    if graph is None:
+        return 0
+    return sum(1 for node in graph.nodes if node.op == "call_function"
+               and ("conv" in str(node.target) or "dynexport" in str(node.target)))
+
+
 @contextlib.contextmanager
 def lowering_workers(model):
     """The backend's ``prepare`` hook: for a model large enough to lower in parallel, start
     the worker processes before the model is compiled, so their imports overlap the compile.
     Yields the emitter's extra keyword arguments (``workers``, or nothing)."""
-    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) if isinstance(model, torch.nn.Module) else 0
-    count = workers_for(2 * convolutions)  # about two segments per convolution
+    count = workers_for(2 * _convolutions(model))  # about two segments per convolution
     if count == 0:
         yield {}
         return
