@@ -42,7 +42,8 @@ BUILD_COMMAND = ("cmake -S dynexport/runtime -B build/host -G Ninja -DCMAKE_BUIL
 
 
 class Status(enum.IntEnum):
-    """``dynrt_status`` (include/dynrt.h; a test checks they match)."""
+    """``dynrt_status``: the table of include/dynrt_status.def (tests/runtime/test_status_table.py
+    checks they match)."""
 
     OK = 0
     INVALID_ARGUMENT = 100

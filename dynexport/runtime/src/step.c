@@ -151,8 +151,8 @@ static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t s
     return DYNRT_OK;
   }
   start = dynrt_monotonic_ns();
-  status = backend->run_segment(backend->context, segment_index, batch, segment->input_buffers,
-                                segment->output_buffers);
+  status = backend->run_segment(backend->context, session->backend_state, segment_index, batch,
+                                segment->input_buffers, segment->output_buffers);
   elapsed = dynrt_monotonic_ns() - start;
   if (stats != NULL) {
     stats->segments_ns += elapsed;
