@@ -59,6 +59,7 @@
 
 #include "driver_backends.h"
 #include "dynrt.h"
+#include "dynrt_backend_impl.h"  // dynrt_format_dims
 
 namespace {
 
@@ -301,9 +302,11 @@ const char* path_name(uint32_t path) {
 }
 
 std::string shape_text(const uint32_t* dims, uint32_t rank) {
-  std::string text = "[";
-  for (uint32_t i = 0; i < rank && i < 4; ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
-  return text + "]";
+  uint64_t values[4] = {};
+  rank = std::min<uint32_t>(rank, 4);
+  for (uint32_t i = 0; i < rank; ++i) values[i] = dims[i];
+  char text[DYNRT_DIMS_TEXT_CAPACITY];
+  return dynrt_format_dims(text, sizeof text, rank, values, 0);
 }
 
 // One plan on its own backend. Members go in reverse order: the session, then the backend,

@@ -115,6 +115,12 @@ struct dynrt_backend {
   void (*destroy)(struct dynrt_backend* backend);
 };
 
+/* For adapters' messages: dims as "[1, 16, 16, 8]" (the leading one as "N" with any_batch),
+ * written into text (truncated to capacity); returns text. The runtime's own messages use
+ * the same. DYNRT_DIMS_TEXT_CAPACITY holds any rank-4 result. */
+#define DYNRT_DIMS_TEXT_CAPACITY 96
+const char* dynrt_format_dims(char* text, size_t capacity, uint32_t rank, const uint64_t* dims, int any_batch);
+
 #ifdef __cplusplus
 }
 #endif

@@ -482,14 +482,33 @@ const char* dynrt_session_last_error(dynrt_const_session_t session) {
   return session != NULL ? session->last_error : "session is NULL";
 }
 
+/* The error sink of a query on a const session: last_error is the one thing a failed query
+ * writes (the session is never const itself, only the query's view of it). */
+static error_sink query_errors(dynrt_const_session_t session) {
+  error_sink sink;
+  sink.text = ((struct dynrt_session*)session)->last_error;
+  sink.capacity = sizeof session->last_error;
+  return sink;
+}
+
 dynrt_status dynrt_session_layer_decisions(dynrt_const_session_t session, uint32_t layer_index, uint8_t* block_mask,
                                            size_t block_capacity, uint8_t* channel_decisions, size_t channel_capacity) {
   const runtime_layer* layer;
-  if (session == NULL || layer_index >= session->layer_count) return DYNRT_INVALID_ARGUMENT;
+  error_sink error;
+  if (session == NULL) return DYNRT_INVALID_ARGUMENT;
+  error = query_errors(session);
+  if (layer_index >= session->layer_count) {
+    return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "layer_decisions: layer %lu of %lu", (unsigned long)layer_index,
+                      (unsigned long)session->layer_count);
+  }
   layer = &session->layers[layer_index];
   if ((block_mask != NULL && block_capacity < layer->grid.block_count) ||
       (channel_decisions != NULL && channel_capacity < layer->out_channels)) {
-    return DYNRT_WRONG_BUFFER_SIZE;
+    return dynrt_fail(&error, DYNRT_WRONG_BUFFER_SIZE,
+                      "layer_decisions: layer %s has %llu blocks and %lu channels, the arrays hold %lu and %lu",
+                      layer->name, (unsigned long long)layer->grid.block_count, (unsigned long)layer->out_channels,
+                      block_mask != NULL ? (unsigned long)block_capacity : 0ul,
+                      channel_decisions != NULL ? (unsigned long)channel_capacity : 0ul);
   }
   if (block_mask != NULL) memcpy(block_mask, layer->block_mask, (size_t)layer->grid.block_count);
   if (channel_decisions != NULL) memcpy(channel_decisions, layer->channel_decisions, layer->out_channels);

@@ -4,6 +4,7 @@
  *   step.c     the frame loop: input checks, the instruction interpreter, statistics
  *   gates.c    SKIP_GATE scoring and DSTEP_DECIDE
  *   tiles.c    tile gather / scatter and the other block copies
+ *   nonfinite.c the NaN / Inf scan (a leaf: step.c and gates.c call it)
  *
  * Everything below lives in the session's arena. Tables are copies of the plan (names
  * point into the session's copy of the string section). The decisions a layer made this
@@ -148,9 +149,6 @@ struct dynrt_session {
 /* session.c: primed = 0 in every layer (the next frame is computed densely), and no
  * segment result is reused. */
 void dynrt_reset_primed(dynrt_session_t session);
-
-/* step.c: index of the first NaN or Inf of a float32 array (any alignment), or count. */
-size_t dynrt_first_nonfinite(const float* values, size_t count, uint32_t* bits_out);
 
 /* gates.c. SKIP_GATE returns DYNRT_NONFINITE_INPUT, having changed nothing, when it checked
  * the frame for step.c (frame_check_deferred) and found a NaN or Inf; else DYNRT_OK. */

@@ -461,6 +461,8 @@ static void test_null_arguments(const plan_file* plan) {
   }
   CHECK(dynrt_session_layer_decisions(f.session, f.info.layer_count, NULL, 0, NULL, 0) == DYNRT_INVALID_ARGUMENT,
         "layer out of range");
+  CHECK(strstr(dynrt_session_last_error(f.session), "layer_decisions: layer") != NULL, "message: %s",
+        dynrt_session_last_error(f.session));
   CHECK(dynrt_session_set_tie_decisions(f.session, f.info.layer_count, mask, 1) == DYNRT_INVALID_ARGUMENT,
         "tie layer out of range");
   if (f.info.layer_count > 0) {
@@ -487,6 +489,9 @@ static void test_wrong_sizes(const plan_file* plan) {
   if (f.info.layer_count > 0) {
     CHECK(dynrt_session_layer_decisions(f.session, 0, mask, 0, NULL, 0) == DYNRT_WRONG_BUFFER_SIZE,
           "block mask too small");
+    CHECK(strstr(dynrt_session_last_error(f.session), "layer_decisions") != NULL &&
+              strstr(dynrt_session_last_error(f.session), "blocks") != NULL,
+          "layer_decisions failed without its own message: %s", dynrt_session_last_error(f.session));
     CHECK(dynrt_session_layer_decisions(f.session, 0, NULL, 0, mask, 0) == DYNRT_WRONG_BUFFER_SIZE,
           "channel array too small");
     CHECK(dynrt_session_set_tie_decisions(f.session, 0, mask, 0) == DYNRT_WRONG_BUFFER_SIZE, "tie mask too small");
