@@ -34,6 +34,16 @@
 //   creations), stepped together and destroyed one by one (the others stepping on), in every
 //   creation and destruction order; every output must equal the lone session's bit for bit.
 //   outputs.bin gets clip 0's lone outputs; stdout a JSON summary; exit 3 on any difference.
+// --tune-segments GROUPS (tune mode, for `dynexport tune`): instead of streaming, time
+//   segments on the backend. GROUPS is "segment:batch,segment:batch,.../segment:batch,...":
+//   groups of calls separated by '/'. The frames are stepped once first (the buffers then
+//   hold real activations), then per group --warmup W untimed rounds and --rounds R timed
+//   ones; each round runs every call of the group once, in a fresh order shuffled with
+//   --seed S (default 0) and the group's index, timed around the backend call
+//   (dynrt_session_time_segment). --copy-bytes N: also time a memcpy of max(N, 64 KiB) bytes,
+//   2 untimed and 21 timed times (the cost of gathering tiles, on this device). --outputs is
+//   not needed. stdout: {"backend", "threads", "rounds", "warmup", "copy_bytes", "copy_ns":
+//   [21 times], "tune": [per group: [per call: {"segment", "batch", "ns": [R times]}]]}.
 // --backend NAME: which of the backends compiled in (driver_backends.h, written by CMake from
 //   what each backend's fragment registered) runs the segments; the artifact is its file.
 // --threads N: the backend's threads (dynrt_backend_options.threads), 0 = its default.
@@ -48,6 +58,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <random>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
@@ -72,6 +83,8 @@ const char* const kUsage =
     "         [--dense-plan dense.dxfp --dense-artifact dense.pte [--dense-outputs dense_outputs.bin]]\n"
     "       dynrt_driver --backend NAME --plan plan.dxfp --artifact ARTIFACT --frames frames.bin --outputs outputs.bin\n"
     "         --shared-sessions-check [--threads N]\n"
+    "       dynrt_driver --backend NAME --plan plan.dxfp --artifact ARTIFACT --frames frames.bin\n"
+    "         --tune-segments S:B,S:B/S:B,... [--rounds R] [--warmup W] [--seed S] [--copy-bytes N] [--threads N]\n"
     "  --backend NAME: one of the backends compiled in: " DYNRT_COMPILED_BACKEND_NAMES ".\n"
     "  --warmup W: untimed passes first (default 1). --dense-*: bench mode, a dense session stepped\n"
     "  on every frame next to the dynamic one (even frames dense first); stats gain dense_ns and\n"
@@ -107,6 +120,10 @@ struct Options {
   uint32_t warmup = 1;
   bool verbose = false;
   bool shared_sessions_check = false;
+  const char* tune_segments = nullptr;  // tune mode
+  uint32_t rounds = 25;
+  uint64_t seed = 0;
+  uint64_t copy_bytes = 0;
 };
 
 bool parse_u64(const char* text, uint64_t* value) {
@@ -154,6 +171,19 @@ Options parse_arguments(int argc, char** argv) {
     else if (flag == "--dense-plan") options.dense_plan = value;
     else if (flag == "--dense-artifact") options.dense_artifact = value;
     else if (flag == "--dense-outputs") options.dense_outputs = value;
+    else if (flag == "--tune-segments") options.tune_segments = value;
+    else if (flag == "--rounds") {
+      if (!parse_u64(value, &number) || number < 1 || number > 1000000)
+        throw fail(kExitUsage, "--rounds %s: expected a count >= 1", value);
+      options.rounds = static_cast<uint32_t>(number);
+    } else if (flag == "--copy-bytes") {
+      if (!parse_u64(value, &number) || number > (uint64_t{1} << 32))
+        throw fail(kExitUsage, "--copy-bytes %s: expected a byte count up to 4 GiB", value);
+      options.copy_bytes = number;
+    } else if (flag == "--seed") {
+      if (!parse_u64(value, &number)) throw fail(kExitUsage, "--seed %s: expected a number >= 0", value);
+      options.seed = number;
+    }
     else if (flag == "--threads") {
       if (!parse_u64(value, &number) || number > 1024) throw fail(kExitUsage, "--threads %s: expected 0..1024", value);
       options.threads = static_cast<uint32_t>(number);
@@ -182,7 +212,8 @@ Options parse_arguments(int argc, char** argv) {
     }
   }
   const char* missing = !options.plan ? "--plan" : !options.artifact ? "--artifact" : !options.frames ? "--frames"
-                        : !options.outputs ? "--outputs" : !options.backend ? "--backend" : nullptr;
+                        : !options.outputs && !options.tune_segments ? "--outputs"
+                        : !options.backend ? "--backend" : nullptr;
   if (missing) throw fail(kExitUsage, "missing %s\n%s", missing, kUsage);
   if (!options.dense_plan != !options.dense_artifact)
     throw fail(kExitUsage, "%s needs %s too (bench mode takes the dense export's plan and artifact)",
@@ -614,10 +645,110 @@ int check_shared_sessions(const dynrt_driver_backend& backend, const Options& op
   return kExitOk;
 }
 
+// --- --tune-segments ------------------------------------------------------------------------
+
+struct TimedCall {
+  uint32_t segment = 0, batch = 1;
+  std::vector<uint64_t> ns;
+};
+
+std::vector<std::vector<TimedCall>> parse_tune_groups(const char* spec) {
+  std::vector<std::vector<TimedCall>> groups(1);
+  std::string text = spec;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find_first_of(",/", start);
+    std::string item = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    size_t colon = item.find(':');
+    uint64_t segment = 0, batch = 0;
+    if (colon == std::string::npos || !parse_u64(item.substr(0, colon).c_str(), &segment) ||
+        !parse_u64(item.substr(colon + 1).c_str(), &batch) || segment > UINT32_MAX || batch > UINT32_MAX)
+      throw fail(kExitUsage, "--tune-segments %s: '%s' is not segment:batch", spec, item.c_str());
+    TimedCall call;
+    call.segment = static_cast<uint32_t>(segment);
+    call.batch = static_cast<uint32_t>(batch);
+    groups.back().push_back(call);
+    if (end == std::string::npos) break;
+    if (text[end] == '/') groups.emplace_back();
+    start = end + 1;
+  }
+  return groups;
+}
+
+int tune_segments(const dynrt_driver_backend& backend, const Options& options) {
+  std::vector<std::vector<TimedCall>> groups = parse_tune_groups(options.tune_segments);
+  std::unique_ptr<Loaded> loaded = load(backend, options.plan, options.artifact, options.threads, false);
+  const dynrt_session_info& info = loaded->info;
+  File frames = open_file(options.frames, "rb", "frames");
+  const uint64_t size = file_size(frames.get(), options.frames);
+  if (size == 0 || size % info.input_bytes != 0)
+    throw fail(kExitUsage, "frames %s: %" PRIu64 " bytes is not a whole number of frames of %zu bytes", options.frames,
+               size, info.input_bytes);
+  Bytes frame = allocate(info.input_bytes);
+  Bytes result = allocate(info.output_bytes);
+  for (uint64_t t = 0; t < size / info.input_bytes; ++t) {  // real activations in every buffer
+    read_exact(frames.get(), frame.get(), info.input_bytes, options.frames);
+    (void)timed_step(*loaded, frame.get(), result.get(), nullptr, t, "tune");
+  }
+  for (size_t g = 0; g < groups.size(); ++g) {
+    std::vector<TimedCall>& calls = groups[g];
+    std::vector<size_t> order(calls.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    for (TimedCall& call : calls) call.ns.reserve(options.rounds);
+    std::mt19937_64 shuffle(options.seed * 1000003u + g);
+    for (uint32_t round = 0; round < options.warmup + options.rounds; ++round) {
+      std::shuffle(order.begin(), order.end(), shuffle);
+      for (size_t i : order) {
+        TimedCall& call = calls[i];
+        uint64_t ns = 0;
+        dynrt_status status = dynrt_session_time_segment(loaded->rt.session, call.segment, call.batch, &ns);
+        if (status != DYNRT_OK)
+          throw status_failure(status, loaded->rt.session, "--tune-segments: segment %u at batch %u", call.segment,
+                               call.batch);
+        if (round >= options.warmup) call.ns.push_back(ns);
+      }
+    }
+  }
+  // a plain copy of the gathered bytes (below 64 KiB the clock's resolution dominates)
+  std::vector<uint64_t> copy_ns;
+  const uint64_t copy_bytes = options.copy_bytes ? std::max<uint64_t>(options.copy_bytes, 1 << 16) : 0;
+  if (copy_bytes) {
+    Bytes source = allocate(copy_bytes), target = allocate(copy_bytes);
+    for (uint64_t i = 0; i < copy_bytes; ++i) source.get()[i] = static_cast<uint8_t>(i * 131u);
+    for (int r = 0; r < 23; ++r) {
+      const auto start = std::chrono::steady_clock::now();
+      std::memcpy(target.get(), source.get(), copy_bytes);
+      const auto end = std::chrono::steady_clock::now();
+      if (r >= 2) copy_ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count());
+    }
+    volatile uint8_t keep = target.get()[copy_bytes / 2];  // the copy is used
+    (void)keep;
+  }
+  const uint32_t threads = backend.thread_count ? backend.thread_count(loaded->rt.backend) : options.threads;
+  std::printf("{\"backend\": \"%s\", \"threads\": %u, \"rounds\": %u, \"warmup\": %u, \"copy_bytes\": %" PRIu64
+              ", \"copy_ns\": [",
+              backend.name, threads, options.rounds, options.warmup, copy_bytes);
+  for (size_t r = 0; r < copy_ns.size(); ++r) std::printf("%s%" PRIu64, r ? ", " : "", copy_ns[r]);
+  std::printf("], \"tune\": [");
+  for (size_t g = 0; g < groups.size(); ++g) {
+    std::printf("%s[", g ? ", " : "");
+    for (size_t i = 0; i < groups[g].size(); ++i) {
+      const TimedCall& call = groups[g][i];
+      std::printf("%s{\"segment\": %u, \"batch\": %u, \"ns\": [", i ? ", " : "", call.segment, call.batch);
+      for (size_t r = 0; r < call.ns.size(); ++r) std::printf("%s%" PRIu64, r ? ", " : "", call.ns[r]);
+      std::printf("]}");
+    }
+    std::printf("]");
+  }
+  std::puts("]}");
+  return kExitOk;
+}
+
 int run(const Options& options) {
   const dynrt_driver_backend& backend = find_backend(options.backend);
   if (backend.set_up_process) backend.set_up_process(options.verbose ? 1 : 0);
   if (options.shared_sessions_check) return check_shared_sessions(backend, options);
+  if (options.tune_segments) return tune_segments(backend, options);
   std::unique_ptr<Loaded> dynamic = load(backend, options.plan, options.artifact, options.threads, false);
   std::unique_ptr<Loaded> dense;  // bench mode; destroyed first (declared last)
   if (options.dense_plan) {

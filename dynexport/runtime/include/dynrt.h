@@ -178,6 +178,16 @@ DYNRT_NODISCARD dynrt_status dynrt_session_describe_layer(dynrt_const_session_t 
 DYNRT_NODISCARD dynrt_status dynrt_session_set_tie_decisions(dynrt_session_t session, uint32_t layer,
                                                             const uint8_t* reference_mask, size_t blocks);
 
+/* Tuning runs only (dynexport tune, through the native driver): runs segment `segment`
+ * (0 .. info.segment_count - 1, plan order) once on the session's buffers as they are, at
+ * `batch` (1 .. the segment's max batch for a tile segment, 1 otherwise), and gives the wall
+ * time of the backend call in *elapsed_ns. Then the session is reset (the next step is
+ * computed densely): the segment overwrote its outputs. Never allocates.
+ * DYNRT_INVALID_ARGUMENT for a segment or batch out of range (the message says which);
+ * DYNRT_BACKEND_ERROR when the backend fails. */
+DYNRT_NODISCARD dynrt_status dynrt_session_time_segment(dynrt_session_t session, uint32_t segment, uint32_t batch,
+                                                       uint64_t* elapsed_ns);
+
 /* Options of every backend constructor (dynrt_<backend>_backend_create_v2). The first field
  * is the struct's size, so that fields can be added: a constructor reads the fields that
  * struct_size covers and takes the defaults for the rest. Start from

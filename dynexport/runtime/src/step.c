@@ -329,3 +329,41 @@ dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, siz
   }
   return status;
 }
+
+dynrt_status dynrt_session_time_segment(dynrt_session_t session, uint32_t segment_index, uint32_t batch,
+                                        uint64_t* elapsed_ns) {
+  error_sink error;
+  runtime_segment* segment;
+  dynrt_backend_t backend;
+  uint64_t start;
+  dynrt_status status;
+  uint32_t k;
+  if (session == NULL) return DYNRT_INVALID_ARGUMENT;
+  error = session_errors(session);
+  if (elapsed_ns == NULL) return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "time_segment: elapsed_ns is NULL");
+  *elapsed_ns = 0;
+  if (segment_index >= session->segment_count) {
+    return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "time_segment: segment %lu of %lu", (unsigned long)segment_index,
+                      (unsigned long)session->segment_count);
+  }
+  segment = &session->segments[segment_index];
+  if (segment->max_batch > 0 ? batch < 1 || batch > segment->max_batch : batch != 1) {
+    return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "time_segment: segment %lu (%s) runs at batch %s%lu, not %lu",
+                      (unsigned long)segment_index, segment->name, segment->max_batch > 0 ? "1.." : "",
+                      (unsigned long)(segment->max_batch > 0 ? segment->max_batch : 1), (unsigned long)batch);
+  }
+  backend = session->backend;
+  start = dynrt_monotonic_ns();
+  status = backend->run_segment(backend->context, session->backend_state, segment_index, batch,
+                                segment->input_buffers, segment->output_buffers);
+  *elapsed_ns = dynrt_monotonic_ns() - start;
+  /* its outputs changed under the program: nothing computed before may be reused */
+  for (k = 0; k < segment->output_count; ++k) tensor_written(segment->outputs[k]);
+  dynrt_reset_primed(session);
+  if (status != DYNRT_OK) {
+    return dynrt_fail(&error, DYNRT_BACKEND_ERROR, "time_segment: segment %lu (%s) failed in backend %s with status %d (%s)",
+                      (unsigned long)segment_index, segment->name, backend->name != NULL ? backend->name : "(unnamed)",
+                      (int)status, dynrt_status_string(status));
+  }
+  return DYNRT_OK;
+}

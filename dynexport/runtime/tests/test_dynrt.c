@@ -875,6 +875,55 @@ static void test_buffer_needs(const plan_file* plan) {
   close_fixture(&plain);
 }
 
+/* dynrt_session_time_segment: every segment at its batches runs (no allocation), out of
+ * range is refused with a message, and afterwards the session is as after a reset. */
+static void test_time_segment(const plan_file* plan) {
+  session_fixture a, b;
+  uint64_t elapsed = 1;
+  unsigned long before;
+  uint32_t segment, calls = 0;
+  int t;
+  if (!open_fixture(plan, &a)) return;
+  if (!open_fixture(plan, &b)) {
+    close_fixture(&a);
+    return;
+  }
+  for (t = 0; t < 3; ++t) {
+    CHECK(step_frame(&a, t, NULL) == DYNRT_OK && step_frame(&b, t, NULL) == DYNRT_OK, "frame %d", t);
+  }
+  before = allocator_calls;
+  for (segment = 0; segment < a.info.segment_count; ++segment) {
+    uint32_t batch;
+    for (batch = 1; batch <= 64; ++batch) {
+      dynrt_status status = dynrt_session_time_segment(a.session, segment, batch, &elapsed);
+      if (status != DYNRT_OK) {
+        CHECK(status == DYNRT_INVALID_ARGUMENT && batch > 1 && strstr(dynrt_session_last_error(a.session), "batch"),
+              "segment %lu at batch %lu: %s", (unsigned long)segment, (unsigned long)batch,
+              dynrt_session_last_error(a.session));
+        break;
+      }
+      ++calls;
+    }
+  }
+  CHECK(allocator_calls == before, "time_segment made %lu allocator calls", allocator_calls - before);
+  CHECK(dynrt_session_time_segment(a.session, a.info.segment_count, 1, &elapsed) == DYNRT_INVALID_ARGUMENT &&
+            strstr(dynrt_session_last_error(a.session), "segment") != NULL,
+        "segment out of range: %s", dynrt_session_last_error(a.session));
+  CHECK(dynrt_session_time_segment(a.session, 0, 0, &elapsed) == DYNRT_INVALID_ARGUMENT || a.info.segment_count == 0,
+        "batch 0");
+  CHECK(dynrt_session_time_segment(a.session, 0, 1, NULL) == DYNRT_INVALID_ARGUMENT, "NULL elapsed_ns");
+  CHECK(dynrt_session_reset(b.session) == DYNRT_OK, "reset");
+  for (t = 3; t < 6; ++t) {
+    CHECK(step_frame(&a, t, NULL) == DYNRT_OK && step_frame(&b, t, NULL) == DYNRT_OK, "frame %d", t);
+    CHECK(memcmp(a.output, b.output, a.info.output_bytes) == 0,
+          "frame %d after timing segments differs from a reset session's", t);
+  }
+  printf("  time_segment: %lu calls over %lu segments, then as after a reset\n", (unsigned long)calls,
+         (unsigned long)a.info.segment_count);
+  close_fixture(&a);
+  close_fixture(&b);
+}
+
 /* Creating allocates exactly once (the arena); step, reset and the queries never. */
 static void test_no_allocation_after_create(const plan_file* plan) {
   session_fixture f;
@@ -1042,6 +1091,7 @@ int main(int argc, char** argv) {
     test_backend_failure(&plan);
     test_sessions_sharing_a_backend(&plan);
     test_buffer_needs(&plan);
+    test_time_segment(&plan);
     test_no_allocation_after_create(&plan);
     test_artifact(&plan);
     test_truncation(&plan);
