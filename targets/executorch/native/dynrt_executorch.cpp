@@ -89,13 +89,13 @@ const char* error_name(et::Error error) {
   return std::strncmp(name, "Error::", 7) == 0 ? name + 7 : name;
 }
 
+// dynrt_format_dims (the runtime's formatter) over int64 dims, as a string.
 std::string format_dims(const int64_t* dims, uint32_t rank) {
-  std::string text = "[";
-  for (uint32_t i = 0; i < rank; ++i) {
-    if (i) text += ", ";
-    text += std::to_string(dims[i]);
-  }
-  return text + "]";
+  uint64_t values[16];
+  rank = std::min<uint32_t>(rank, 16);
+  for (uint32_t i = 0; i < rank; ++i) values[i] = dims[i] < 0 ? 0 : static_cast<uint64_t>(dims[i]);
+  char text[16 * 24];
+  return dynrt_format_dims(text, sizeof text, rank, values, 0);
 }
 
 const char* dtype_name(uint32_t dtype) { return dtype == 0 ? "float32" : dtype == 1 ? "int32" : "unknown dtype"; }
