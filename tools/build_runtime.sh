@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Configure and build the native runtime (dynrt core + ExecuTorch adapter + verify driver).
+# Configure and build the native runtime (dynrt core, backend adapters, the native driver).
 #
-#   tools/build_runtime.sh host      [--quiet]   -> build/host      (Release)
-#   tools/build_runtime.sh sanitize  [--quiet]   -> build/sanitize  (ASan + UBSan)
-#   tools/build_runtime.sh aarch64   [--quiet]   -> build/aarch64   (ARM64 cross build)
+#   tools/build_runtime.sh host      [--quiet]   -> build/host      (Release, with the ExecuTorch adapter)
+#   tools/build_runtime.sh sanitize  [--quiet]   -> build/sanitize  (ASan + UBSan, core only)
+#   tools/build_runtime.sh aarch64   [--quiet]   -> build/aarch64   (ARM64 cross build, with the ExecuTorch adapter)
 #   tools/build_runtime.sh fuzz      [--quiet]   -> build/fuzz      (clang libFuzzer target fuzz_plan, core only)
 #
-# The driver lands in build/<mode>/bin/dynrt_verify_driver. For aarch64, run it with
-#   build/aarch64/bin/qemu-run build/aarch64/bin/dynrt_verify_driver ...
+# The driver (every backend adapter built) lands in build/<mode>/bin/dynrt_driver. For
+# aarch64, run it with
+#   build/aarch64/bin/qemu-run build/aarch64/bin/dynrt_driver --backend executorch ...
 # (qemu-aarch64 -L /usr/aarch64-linux-gnu with LD_LIBRARY_PATH at the aarch64 wheel's lib/).
+# The core-only builds (sanitize, fuzz) need no backend library installed.
 #
-# ExecuTorch comes from wheels: the venv's for host/sanitize; for aarch64 the same version's
+# ExecuTorch comes from wheels: the venv's for host; for aarch64 the same version's
 # manylinux aarch64 wheel, downloaded once into .cache/aarch64 and partly unpacked (lib/,
 # include/, share/cmake/). Needs: .venv (make setup), cmake >= 3.28 (the venv's), ninja, a C/C++
 # compiler; aarch64 also g++-aarch64-linux-gnu and, to run, qemu-user.
@@ -25,7 +27,7 @@ for arg in "$@"; do
   case "$arg" in
     host|sanitize|aarch64|fuzz) MODE=$arg ;;
     --quiet|-q) QUIET=1 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build_runtime: unknown argument '$arg' (expected host, sanitize, aarch64 or fuzz, and optionally --quiet)" >&2; exit 2 ;;
   esac
 done
@@ -50,13 +52,17 @@ command -v ninja >/dev/null || die "ninja not found (Debian package: ninja-build
 SOURCE=$ROOT/dynexport/runtime
 [ -f "$SOURCE/CMakeLists.txt" ] || die "$SOURCE/CMakeLists.txt is missing (the runtime core's project)"
 
-# The venv's executorch: its version picks the aarch64 wheel, its share/cmake the host package.
-read -r ET_VERSION ET_HOST_DIR < <("$PYTHON" - <<'EOF'
+# The venv's executorch, for the modes that build its adapter: its version picks the aarch64
+# wheel, its share/cmake the host package.
+ET_VERSION="" ET_HOST_DIR=""
+if [ "$MODE" = host ] || [ "$MODE" = aarch64 ]; then
+  read -r ET_VERSION ET_HOST_DIR < <("$PYTHON" - <<'EOF'
 import importlib.metadata, importlib.util, pathlib
 spec = importlib.util.find_spec("executorch")
 print(importlib.metadata.version("executorch"), pathlib.Path(list(spec.submodule_search_locations)[0]))
 EOF
-) || die "executorch is not installed in .venv (run 'make setup')"
+  ) || die "executorch is not installed in .venv (run 'make setup'); the $MODE build includes its adapter"
+fi
 
 BUILD=$ROOT/build/$MODE
 mkdir -p "$BUILD"
@@ -76,19 +82,17 @@ run_logged() {
   fi
 }
 
-ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=ON)
+PREFIX=""
 case "$MODE" in
   host)
     PREFIX=$ET_HOST_DIR
-    ARGS+=(-DCMAKE_BUILD_TYPE=Release)
+    ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=ON -DCMAKE_BUILD_TYPE=Release)
     ;;
   sanitize)
-    PREFIX=$ET_HOST_DIR
-    ARGS+=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DDYNRT_SANITIZE=ON)
+    ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDYNRT_SANITIZE=ON)
     ;;
   fuzz)
     command -v clang >/dev/null || die "clang not found (Debian packages: clang libclang-rt-14-dev)"
-    PREFIX=$ET_HOST_DIR
     ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDYNRT_FUZZ=ON
           -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++)
     ;;
@@ -119,10 +123,11 @@ shutil.rmtree(dest, ignore_errors=True)
 staging.rename(dest)
 EOF
     fi
-    ARGS+=(-DCMAKE_BUILD_TYPE=Release "-DCMAKE_TOOLCHAIN_FILE=$ROOT/tools/aarch64-linux-gnu.cmake")
+    ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=ON -DCMAKE_BUILD_TYPE=Release
+          "-DCMAKE_TOOLCHAIN_FILE=$ROOT/tools/aarch64-linux-gnu.cmake")
     ;;
 esac
-ARGS+=("-DCMAKE_PREFIX_PATH=$PREFIX/share/cmake")
+[ -z "$PREFIX" ] || ARGS+=("-DCMAKE_PREFIX_PATH=$PREFIX/share/cmake")
 
 # Configure when new, or when the settings differ from the last configure.
 settings="$CMAKE -S $SOURCE ${ARGS[*]}"
@@ -144,7 +149,9 @@ if [ "$MODE" = aarch64 ]; then
 exec qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$PREFIX/lib" "\$@"
 EOF
   chmod +x "$BUILD/bin/qemu-run"
-  say "run: build/aarch64/bin/qemu-run build/aarch64/bin/dynrt_verify_driver --help"
+  say "run: build/aarch64/bin/qemu-run build/aarch64/bin/dynrt_driver --help"
+elif [ -x "$BUILD/bin/dynrt_driver" ]; then
+  say "driver: build/$MODE/bin/dynrt_driver"
 else
-  say "driver: build/$MODE/bin/dynrt_verify_driver"
+  say "core only (no backend adapter): build/$MODE/dynrt_test"
 fi

@@ -100,7 +100,7 @@ def _run_side_by_side(build: Build, dense_folder: Path, backend: str, clip: Veri
                  "frames": tmp / "frames.bin", "outputs": tmp / "outputs.bin", "stats": tmp / "stats.jsonl"}
         _physical_frames(clip.frames).tofile(files["frames"])
         run_driver(device, files, ["--reset-frames", ",".join(str(r) for r in clip.resets), "--threads", str(threads),
-                                   "--repeat", str(passes), "--warmup", "1"])
+                                   "--repeat", str(passes), "--warmup", "1"], backend=backend)
         stats = [json.loads(line) for line in files["stats"].read_text().splitlines() if line.strip()]
     return _frame_times(stats, len(clip.frames))
 

@@ -1,7 +1,7 @@
 """Where the native runtime runs: this machine, an ARM64 CPU under qemu user-mode emulation,
-or an Android device over adb. Each runs the same verify driver
-(targets/executorch/native/dynrt_verify_driver.cpp) on the same files; only how the program
-is started differs."""
+or an Android device over adb. Each runs the same native driver
+(dynexport/runtime/driver/dynrt_driver.cpp) on the same files, with the backend named on its
+command line (``--backend``); only how the program is started differs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dynexport.errors import DynexportError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEVICES = ("host", "qemu-arm64", "adb")
-DRIVER = "dynrt_verify_driver"
+DRIVER = "dynrt_driver"
 ANDROID_DIR = "/data/local/tmp/dynexport"
 
 
@@ -45,9 +45,12 @@ def driver_command(device: str) -> list[str]:
     raise DeviceError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
 
 
-def run_driver(device: str, files: dict[str, Path], options: list[str], timeout: float | None = None) -> str:
-    """Run the driver with ``--<name> <file>`` for each of ``files`` plus ``options``;
-    returns its stdout. Output files named in ``files`` are written by the driver."""
+def run_driver(device: str, files: dict[str, Path], options: list[str], timeout: float | None = None, *,
+               backend: str) -> str:
+    """Run the driver with ``--backend backend``, ``--<name> <file>`` for each of ``files``
+    and ``options``; returns its stdout. Output files named in ``files`` are written by the
+    driver. A backend the driver was not built with fails with the names it has."""
+    options = ["--backend", backend, *options]
     if device == "adb":
         return _run_on_android(files, options, timeout)
     arguments = [a for name, path in files.items() for a in (f"--{name}", str(path))]

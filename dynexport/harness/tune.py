@@ -1,9 +1,10 @@
-"""``dynexport tune``: each gated layer's dense cut-off chosen from measurement on this machine.
+"""``dynexport tune``: each gated layer's dense cut-off chosen from measurement on a device.
 
 For every gated layer of a build folder that has both a tile segment and a dense segment,
 time the tile segment at each batch K = 1..max_batch (sampled and interpolated for large
-bounds, ``cutoff_choice``) and the dense segment (ExecuTorch methods of OUT/model.pte,
-``segment_timing``), add the estimated cost of gathering K tiles, and choose the largest K
+bounds, ``cutoff_choice``) and the dense segment on the build's backend, through the native
+driver on the device (``segment_timing``: host, qemu-arm64, adb), add the cost of gathering
+K tiles (a memory copy measured there too), and choose the largest K
 up to which tiles are cheaper at every count (``cutoff_choice.choose_cutoff``). The plan gets
 the new cut-offs and the manifest the measured table (``manifest["tuning"]``), written back
 with ``build_update``.
@@ -29,11 +30,10 @@ from typing import Callable
 from dynexport.errors import PlanError
 from dynexport.harness.build_update import write_plan
 from dynexport.harness.cutoff_choice import batches_to_measure, choose_cutoff, interpolate_costs, tile_path_costs
-from dynexport.harness.segment_timing import MethodTimer, TimedCall, copy_ms_per_byte, segment_inputs
+from dynexport.harness.segment_timing import SegmentCall, Timings, time_segments
 from dynexport.harness.verify import Build, open_build
 from dynexport.plan.frame_program import NO_LAYER, NO_TENSOR, FrameProgram, LayerKind, Op
 
-BACKEND = "executorch"  # the backend whose methods are timed (the only one a build has today)
 DEFAULT_ROUNDS = 25
 DEFAULT_WARMUP = 3
 # Rounds whose interquartile range typically exceeds this share of their median: the machine
@@ -112,13 +112,16 @@ class TuneReport:
     written: bool
 
     load_average: float  # the 1-minute load when tuning began (the machine's other work)
+    backend: str = "executorch"  # whose segments were timed
+    device: str = "host"  # where (devices.DEVICES)
 
     @property
     def noisy(self) -> bool:
         return any(layer.spread > NOISY for layer in self.layers)
 
     def as_json(self) -> dict:
-        return {"folder": str(self.folder), "backend": BACKEND, "threads": self.threads, "rounds": self.rounds,
+        return {"folder": str(self.folder), "backend": self.backend, "device": self.device, "threads": self.threads,
+                "rounds": self.rounds,
                 "warmup": self.warmup, "statistic": "median wall ms per call", "machine": _machine(),
                 "cpus": os.cpu_count(), "load_average": round(self.load_average, 2), "noisy": self.noisy,
                 "cost_model": "tile path = tile segment at K + K x copy_ms_per_tile; dense path = dense segment; "
@@ -132,32 +135,38 @@ Progress = Callable[[str, int, int], None]  # (what, steps done, steps in all)
 
 
 def tune(folder, threads: int = 1, rounds: int = DEFAULT_ROUNDS, warmup: int = DEFAULT_WARMUP, write: bool = True,
-         progress: Progress | None = None) -> TuneReport:
-    """Measure every tunable layer of ``folder`` and, with ``write``, store the chosen cut-offs
-    in its plan and the table in its manifest."""
+         progress: Progress | None = None, device: str = "host", backend: str | None = None,
+         timeout: float | None = None) -> TuneReport:
+    """Measure every tunable layer of ``folder`` on ``device`` with ``backend`` (default: the
+    build's first) and, with ``write``, store the chosen cut-offs in its plan and the table
+    in its manifest."""
     start = time.perf_counter()
     load_average = os.getloadavg()[0]
     if rounds < 1 or warmup < 0 or threads < 1:
         raise ValueError("rounds >= 1, warmup >= 0 and threads >= 1 are required")
     say = progress or (lambda what, done, total: None)
     build = open_build(folder)
-    if BACKEND not in build.manifest.get("backends", []):
-        raise PlanError(f"'{build.folder}' has no {BACKEND} artifact to measure (backends: "
-                        f"{', '.join(build.manifest.get('backends', [])) or 'none'})")
+    backends = build.manifest.get("backends", [])
+    backend = backend or (backends[0] if backends else "none")
+    if backend not in backends:
+        raise PlanError(f"'{build.folder}' has no {backend} artifact to measure (backends: "
+                        f"{', '.join(backends) or 'none'})")
     program = build.program
     candidates = tunable_layers(program)
     if not candidates:
         raise PlanError(f"'{build.folder}' has no gated layer with both a tile and a dense segment: nothing to tune "
                         f"(grids of <= 4 blocks run tiles only; a cut-off of 0 builds no tile segment)")
-    steps = len(candidates) * (warmup + rounds)
+    say(f"timing {len(candidates)} layer(s) on {device} ({backend})", 0, len(candidates))
+    groups = [_layer_calls(program, candidate) for candidate in candidates]
+    measured = time_segments(build.folder / build.manifest["plan"]["file"], build.artifact(backend), program, groups,
+                             backend, device, threads, rounds, warmup,
+                             copy_bytes=_largest_packed_bytes(program, candidates), timeout=timeout)
     results = []
-    with MethodTimer(build.artifact(BACKEND).read_bytes(), threads) as timer:
-        for position, candidate in enumerate(candidates):
-            done = position * (warmup + rounds)
-            results.append(_measure_layer(timer, program, candidate, rounds, warmup,
-                                          lambda name, r, _t, done=done: say(f"{name}: round {r}", done + r, steps)))
+    for position, (candidate, timings) in enumerate(zip(candidates, measured.groups)):
+        results.append(_layer_tuning(program, candidate, timings, measured.copy_ms_per_byte))
+        say(f"{results[-1].name}: measured", position + 1, len(candidates))
     report = TuneReport(build.folder, threads, rounds, warmup, results, time.perf_counter() - start, write,
-                        load_average)
+                        load_average, backend, device)
     if write:
         _write_back(build, candidates, report)
     return report
@@ -178,20 +187,34 @@ def _write_back(build: Build, candidates: list[TunableLayer], report: TuneReport
     open_build(build.folder)  # what was written verifies, or this raises
 
 
-def _measure_layer(timer: MethodTimer, program: FrameProgram, candidate: TunableLayer, rounds: int, warmup: int,
-                   progress: Callable[[str, int, int], None]) -> LayerTuning:
+def _layer_calls(program: FrameProgram, candidate: TunableLayer) -> dict:
+    """What to time for a layer: its tile segment at each batch to measure, its dense segment."""
+    tiles = program.segments[candidate.tile_segment]
+    calls = {k: SegmentCall(candidate.tile_segment, k) for k in batches_to_measure(tiles.max_batch)}
+    calls["dense"] = SegmentCall(candidate.dense_segment, 1)
+    return calls
+
+
+def _tile_bytes(program: FrameProgram, layer_index: int) -> int:
+    packed = program.tensors[program.layers[layer_index].tiles]
+    return packed.nbytes // packed.shape[0]
+
+
+def _largest_packed_bytes(program: FrameProgram, candidates: list[TunableLayer]) -> int:
+    """The copy the estimate is measured with: the largest full batch of packed tiles."""
+    return max(_tile_bytes(program, c.layer) * program.segments[c.tile_segment].max_batch for c in candidates)
+
+
+def _layer_tuning(program: FrameProgram, candidate: TunableLayer, timings: Timings,
+                  copy_ms_per_byte: float) -> LayerTuning:
     layer = program.layers[candidate.layer]
     tiles, dense = program.segments[candidate.tile_segment], program.segments[candidate.dense_segment]
-    batches = batches_to_measure(tiles.max_batch)
-    calls = {k: TimedCall(tiles.name, segment_inputs(program, tiles, k)) for k in batches}
-    calls["dense"] = TimedCall(dense.name, segment_inputs(program, dense))
-    timings = timer.time_calls(calls, rounds, warmup, seed=candidate.layer,
-                               progress=lambda r, total: progress(layer.name, r, total))
-    medians = timings.median_ms
-    packed = program.tensors[layer.tiles]
-    tile_bytes = packed.nbytes // packed.shape[0]
-    copy_ms = copy_ms_per_byte(tile_bytes * tiles.max_batch) * tile_bytes
-    tile_ms = {k: medians[k] for k in batches}
+    # the choice is made from the numbers as the manifest records them (LayerTuning.as_json's
+    # rounding), so that the recorded table gives the recorded cut-off again, even where a
+    # tile cost and the dense cost differ by less than the rounding
+    medians = {key: round(ms, 5) for key, ms in timings.median_ms.items()}
+    copy_ms = round(copy_ms_per_byte * _tile_bytes(program, candidate.layer), 6)
+    tile_ms = {k: medians[k] for k in batches_to_measure(tiles.max_batch)}
     costs = tile_path_costs(interpolate_costs(tile_ms, tiles.max_batch), copy_ms)
     return LayerTuning(layer.name, LayerKind(layer.kind).name.lower(), layer.grid.num_blocks, tiles.max_batch,
                        layer.dense_cutoff, choose_cutoff(costs, medians["dense"]), tiles.name, dense.name, tile_ms,

@@ -159,7 +159,7 @@ def run_native(build: Build, backend: str, clip: VerifyClip, device: str, refere
             files["tie-decisions"] = tmp / "ties.bin"
             np.ascontiguousarray(reference.tie_masks, dtype=np.uint8).tofile(files["tie-decisions"])
         options = ["--reset-frames", ",".join(str(r) for r in clip.resets), "--warmup", "0"] + (extra_options or [])
-        run_driver(device, files, options, timeout)
+        run_driver(device, files, options, timeout, backend=backend)
         frames = len(clip.frames)
         outputs = np.fromfile(files["outputs"], dtype=np.float32)
         if outputs.size != frames * int(np.prod(out_dims)):

@@ -42,7 +42,8 @@ BUILD_COMMAND = ("cmake -S dynexport/runtime -B build/host -G Ninja -DCMAKE_BUIL
 
 
 class Status(enum.IntEnum):
-    """``dynrt_status`` (include/dynrt.h; a test checks they match)."""
+    """``dynrt_status``: the table of include/dynrt_status.def (tests/runtime/test_status_table.py
+    checks they match)."""
 
     OK = 0
     INVALID_ARGUMENT = 100
@@ -188,7 +189,7 @@ class CallbackBackend:
         self._sessions = weakref.WeakSet()  # open sessions: the backend must outlive them
         self.pending_exception: Optional[BaseException] = None
         self._segments = None  # per segment: (input specs, output specs, max_batch) from the plan
-        self._views: dict[int, tuple] = {}
+        self._views: dict[tuple, tuple] = {}  # (segment, buffer addresses) -> (input views, output views)
         # the CFUNCTYPE object must live as long as the C side may call it
         self._trampoline = SEGMENT_CALLBACK(self._call)
         self._lib = load_library()
@@ -217,27 +218,29 @@ class CallbackBackend:
         if self._segments is not None and segments != self._segments and len(self._sessions) > 0:
             # the views are made from these shapes: another plan's would misread the buffers
             raise ValueError("this callback backend serves open sessions of another plan: use one backend per plan")
+        if segments != self._segments:
+            self._views = {}
         self._segments = segments
-        self._views = {}
 
     def _views_for(self, segment: int, inputs, outputs):
         """Full-size numpy views over the segment's buffers; the runtime passes the same
-        addresses on every call of a session, so they are made once per address set."""
+        addresses on every call of a session (each session its own), so they are made once
+        per session and segment."""
         input_specs, output_specs, _ = self._segments[segment]
         addresses = (tuple(inputs[i] for i in range(len(input_specs))),
                      tuple(outputs[i] for i in range(len(output_specs))))
-        cached = self._views.get(segment)
-        if cached is None or cached[0] != addresses:
+        cached = self._views.get((segment, addresses))
+        if cached is None:
             def view(address, shape_dtype):
                 shape, dtype = shape_dtype
                 count = int(np.prod(shape)) if shape else 1
                 c_type = ctypes.c_float if dtype == np.float32 else ctypes.c_int32
                 return np.ctypeslib.as_array((c_type * count).from_address(address)).reshape(shape)
 
-            cached = (addresses, [view(a, s) for a, s in zip(addresses[0], input_specs)],
+            cached = ([view(a, s) for a, s in zip(addresses[0], input_specs)],
                       [view(a, s) for a, s in zip(addresses[1], output_specs)])
-            self._views[segment] = cached
-        return cached[1], cached[2]
+            self._views[(segment, addresses)] = cached
+        return cached
 
     def _call(self, _user_data, segment, batch, inputs, outputs) -> int:
         try:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,6 +139,40 @@ def test_cli_dry_run_writes_nothing_then_tune_writes_and_the_folder_verifies(fol
     result = subprocess.run([*CLI, "verify", str(folder), "--synthetic", "mixed", "--frames", "12"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_tune_times_through_the_native_driver_on_the_device_asked(folder):
+    """The table comes from the driver's tune mode on the device: its threads, the backend and
+    the device are recorded, and an unknown device is refused before anything runs."""
+    from dynexport.harness.devices import DeviceError
+
+    report = tune(folder, write=False, **FAST)
+    table = report.as_json()
+    assert table["backend"] == "executorch" and table["device"] == "host" and table["written"] is False
+    assert all(layer.dense_ms > 0 and layer.copy_ms_per_tile > 0 and min(layer.tile_ms.values()) > 0
+               for layer in report.layers)
+    with pytest.raises(DeviceError, match="expected one of host, qemu-arm64, adb"):
+        tune(folder, write=False, device="phone", **FAST)
+    with pytest.raises(PlanError, match="no litert artifact"):
+        tune(folder, write=False, backend="litert", **FAST)
+
+
+@pytest.mark.slow
+def test_tune_on_qemu_arm64(folder):
+    missing = [tool for tool in ("aarch64-linux-gnu-g++", "qemu-aarch64") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"not run: needs {', '.join(missing)} (Debian g++-aarch64-linux-gnu, qemu-user; make setup)")
+    result = subprocess.run(["bash", "tools/build_runtime.sh", "aarch64", "--quiet"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr[-2000:]
+    before = file_bytes(folder)
+    report = tune(folder, write=False, device="qemu-arm64", rounds=2, warmup=0)
+    assert report.device == "qemu-arm64" and [layer.name for layer in report.layers] == \
+        [layer.name for layer in open_build(folder).program.layers][:2]
+    for entry in report.layers:
+        assert entry.new_cutoff == choose_cutoff(entry.tile_path_ms(), entry.dense_ms)
+        assert sorted(entry.tile_ms) == list(range(1, entry.max_batch + 1)) and entry.dense_ms > 0
+    assert file_bytes(folder) == before
 
 
 # -- refusals ----------------------------------------------------------------------------------

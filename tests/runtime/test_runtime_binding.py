@@ -32,7 +32,10 @@ def _enum_in_header(enum_name: str) -> dict[str, int]:
 
 
 def test_status_enum_matches_the_header():
-    assert {s.name: s.value for s in Status} == _enum_in_header("dynrt_status")
+    # the header's enum is made from the status table (test_status_table.py checks that too)
+    from tests.runtime.test_status_table import status_table
+
+    assert {s.name: s.value for s in Status} == {name: code for name, code, _ in status_table()}
 
 
 def test_layer_path_enum_matches_the_header():
@@ -293,3 +296,34 @@ def test_the_native_validator_is_at_least_as_strict_as_the_python_reader(host_bu
     backend.close()
     print(counts)
     assert counts["both accept"] > 0 and counts["both refuse"] > 0
+
+
+@pytest.mark.parametrize("destroy_first", [0, 1])
+def test_two_sessions_on_one_callback_backend_match_lone_sessions(host_build, destroy_first):
+    """Two sessions on ONE callback backend, each on its own clip, the second created while
+    the first runs and either destroyed first: every output is a lone session's."""
+    _, compiled = compiled_small("residual_gumbel")
+    clips = [_frames(6), _frames(6)[::-1]]
+
+    def lone(frames):
+        with NativeSession(plan_bytes(compiled), torch_callback_backend(compiled.program, compiled.segments)) as s:
+            return [s.step(frame) for frame in frames]
+
+    expected = [lone(frames) for frames in clips]
+    shared = torch_callback_backend(compiled.program, compiled.segments)
+    sessions = [NativeSession(plan_bytes(compiled), shared)]
+    got = [[sessions[0].step(clips[0][0])], []]
+    sessions.append(NativeSession(plan_bytes(compiled), shared))
+    for t in range(1, 3):
+        got[0].append(sessions[0].step(clips[0][t]))
+        got[1].append(sessions[1].step(clips[1][t - 1]))
+    sessions[destroy_first].close()
+    alive = 1 - destroy_first
+    for t in range(len(got[alive]), 6):
+        got[alive].append(sessions[alive].step(clips[alive][t]))
+    sessions[alive].close()
+    for clip_index in (0, 1):
+        for t, output in enumerate(got[clip_index]):
+            np.testing.assert_array_equal(output, expected[clip_index][t], err_msg=f"clip {clip_index} frame {t}")
+    assert len(got[alive]) == 6
+    shared.close()

@@ -1,4 +1,4 @@
-"""The verify driver's bench mode (targets/executorch/native/dynrt_verify_driver.cpp,
+"""The native driver's bench mode (dynexport/runtime/driver/dynrt_driver.cpp,
 --dense-plan/--dense-artifact): a second session over the dense export of the same model,
 stepped on every frame next to the dynamic one. Its timings reach stats.jsonl and the summary,
 its outputs are the model's, and the dynamic session's outputs do not change."""
@@ -40,7 +40,7 @@ def host_driver():
                             capture_output=True, text=True)
     if result.returncode != 0:
         pytest.fail(f"tools/build_runtime.sh host failed:\n{result.stderr[-4000:]}")
-    return ROOT / "build" / "host" / "bin" / "dynrt_verify_driver"
+    return ROOT / "build" / "host" / "bin" / "dynrt_driver"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def builds(tmp_path_factory):
 
 def run_driver(driver, builds, folder, dense=None, extra=()):
     plan, pte = builds["paths"]["dynamic"]
-    args = [str(driver), "--plan", str(plan), "--artifact", str(pte), "--frames", str(builds["dir"] / "frames.bin"),
+    args = [str(driver), "--backend", "executorch", "--plan", str(plan), "--artifact", str(pte), "--frames", str(builds["dir"] / "frames.bin"),
             "--outputs", str(folder / "outputs.bin"), "--repeat", str(REPEAT), "--reset-frames", str(RESET_AT)]
     if dense:
         dense_plan, dense_pte = builds["paths"][dense]

@@ -1,8 +1,8 @@
 """The native runtime with the ExecuTorch adapter (targets/executorch/native), through the
-verify driver: against the Python frame-program interpreter running the same .pte with
+native driver (--backend executorch): against the Python frame-program interpreter running the same .pte with
 ExecuTorch's Python runtime, on the host and, cross-built, under qemu-aarch64; and the
 driver's errors (a foreign artifact, a segment the artifact does not match, a truncated clip,
-bad arguments)."""
+bad arguments, a backend not compiled in); and sessions sharing one ExecuTorch backend."""
 
 import json
 import shutil
@@ -36,7 +36,7 @@ def build_runtime(mode):
 
 @pytest.fixture(scope="session")
 def host_driver():
-    return build_runtime("host") / "dynrt_verify_driver"
+    return build_runtime("host") / "dynrt_driver"
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,7 @@ def aarch64_driver():
     if missing:
         pytest.skip(f"not run: needs {', '.join(missing)} (Debian g++-aarch64-linux-gnu, qemu-user; make setup)")
     bin_dir = build_runtime("aarch64")
-    return [str(bin_dir / "qemu-run"), str(bin_dir / "dynrt_verify_driver")]
+    return [str(bin_dir / "qemu-run"), str(bin_dir / "dynrt_driver")]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,8 @@ def reference_run(built):
 
 def run_driver(command, built, frames=None, extra=(), plan=None, pte=None, folder=None):
     folder = folder or built["dir"]
-    args = [*map(str, command), "--plan", str(plan or built["plan"]), "--artifact", str(pte or built["pte"]),
+    args = [*map(str, command), "--backend", "executorch", "--plan", str(plan or built["plan"]),
+            "--artifact", str(pte or built["pte"]),
             "--frames", str(frames or built["dir"] / "frames.bin"), "--outputs", str(folder / "outputs.bin"),
             *map(str, extra)]
     return subprocess.run(args, capture_output=True, text=True, timeout=600)
@@ -211,9 +212,38 @@ def test_truncated_frames_file_is_a_clear_error(host_driver, built, tmp_path):
     assert "not a whole number of frames" in result.stderr and str(4 * 3 * HEIGHT * WIDTH) in result.stderr
 
 
+def test_sessions_sharing_one_backend_give_a_lone_sessions_outputs(host_driver, built, tmp_path):
+    """2 and 3 sessions on one ExecuTorch backend object, created and destroyed in every
+    order, each stepping its own clip: every output is a lone session's (the driver's check
+    fails on the first difference or failed step; before per-session backend state,
+    destroying the first session failed every later step of the second with status 400)."""
+    result = run_driver([host_driver], built, folder=tmp_path, extra=["--shared-sessions-check", "--threads", 1])
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])["shared_sessions_check"]
+    assert summary == {"schedules": 2 * 2 + 6 * 6, "steps": summary["steps"], "differences": 0}
+    assert summary["steps"] >= 40 * 2 * 4
+    # clip 0's lone outputs are the plain run's
+    lone = np.fromfile(tmp_path / "outputs.bin", np.float32)
+    plain = run_driver([host_driver], built, folder=tmp_path, extra=["--threads", 1])
+    assert plain.returncode == 0, plain.stderr
+    stepped = np.fromfile(tmp_path / "outputs.bin", np.float32)
+    np.testing.assert_array_equal(lone, np.concatenate([stepped, stepped])[:lone.size])
+
+
+def test_backend_not_compiled_in_is_named(host_driver, built, tmp_path):
+    args = [str(host_driver), "--backend", "litert", "--plan", str(built["plan"]), "--artifact", str(built["pte"]),
+            "--frames", str(built["dir"] / "frames.bin"), "--outputs", str(tmp_path / "outputs.bin")]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--backend litert: not compiled into this driver (it has: executorch)" in result.stderr
+
+
 def test_bad_arguments_exit_2(host_driver, built, tmp_path):
     result = subprocess.run([str(host_driver), "--plan", str(built["plan"])], capture_output=True, text=True)
     assert result.returncode == 2 and "missing --artifact" in result.stderr
+    result = subprocess.run([str(host_driver), "--plan", str(built["plan"]), "--artifact", str(built["pte"]),
+                             "--frames", "f.bin", "--outputs", "o.bin"], capture_output=True, text=True)
+    assert result.returncode == 2 and "missing --backend" in result.stderr
     result = run_driver([host_driver], built, folder=tmp_path, extra=["--reset-frames", FRAMES])
     assert result.returncode == 2 and "past the clip" in result.stderr
     result = run_driver([host_driver], built, folder=tmp_path, extra=["--tie-decisions", built["plan"]])

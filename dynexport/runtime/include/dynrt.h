@@ -7,10 +7,14 @@
  * ...) for each segment of the plan and scatters the results back into state. All of it is
  * plain NHWC memory copies; the backend only ever sees dense tensors.
  *
+ *     dynrt_backend_options options = DYNRT_BACKEND_OPTIONS_INIT;
+ *     options.threads = 1;
  *     dynrt_backend_t backend;                 // e.g. from dynrt_executorch.h
- *     dynrt_executorch_backend_create(pte, pte_bytes, &backend);
- *     dynrt_session_t session;
  *     char why[256];
+ *     if (dynrt_executorch_backend_create_v2(pte, pte_bytes, &options, why, sizeof why, &backend) != DYNRT_OK) {
+ *       fprintf(stderr, "backend: %s\n", why);
+ *     }
+ *     dynrt_session_t session;
  *     if (dynrt_session_create(plan, plan_bytes, backend, why, sizeof why, &session) != DYNRT_OK) {
  *       fprintf(stderr, "plan rejected: %s\n", why);
  *     }
@@ -34,7 +38,9 @@
  *    query functions never allocate and only read/write the caller's buffers during the call.
  *  - Strings returned by the runtime are owned by it (static, or by the session until the
  *    next call on it).
- *  - A session is not thread-safe: one thread at a time per session. Sessions are independent.
+ *  - A session is not thread-safe: one thread at a time per session. Sessions are independent,
+ *    also when they share one backend: any number of sessions may use one backend object,
+ *    created and destroyed in any order (each keeps its own prepared segments in it).
  *
  * Layout: every 4-D tensor the runtime exchanges is float32 NHWC, batch 1 (the plan's
  * physical layout; the manifest says the same). Lower-rank outputs are row-major.
@@ -56,21 +62,13 @@ extern "C" {
 #endif
 
 /* Status codes, in ranges: 0 ok; 1xx arguments; 2xx plan; 3xx input frames; 4xx backend;
- * 5xx resources. Keep in sync with dynexport/runtime/binding.py (a test checks). */
+ * 5xx resources. The table, with what each means, is dynrt_status.def (next to this header;
+ * the bindings are tested against it): DYNRT_OK = 0, DYNRT_INVALID_ARGUMENT = 100,
+ * DYNRT_WRONG_BUFFER_SIZE = 101, DYNRT_PLAN_TRUNCATED = 200, ... DYNRT_OUT_OF_MEMORY = 500. */
 typedef enum dynrt_status {
-  DYNRT_OK = 0,
-  DYNRT_INVALID_ARGUMENT = 100,  /* a NULL pointer, an index out of range */
-  DYNRT_WRONG_BUFFER_SIZE = 101, /* an input/output buffer of the wrong byte size */
-  DYNRT_PLAN_TRUNCATED = 200,    /* shorter than its header says */
-  DYNRT_PLAN_BAD_MAGIC = 201,    /* not a dynexport plan */
-  DYNRT_PLAN_VERSION = 202,      /* a format version this runtime does not read */
-  DYNRT_PLAN_CHECKSUM = 203,     /* CRC32 of the payload does not match */
-  DYNRT_PLAN_INVALID = 204,      /* an index, size or value out of range */
-  DYNRT_ARTIFACT_MISMATCH = 205, /* the backend's artifact is not the one the plan was built with */
-  DYNRT_NONFINITE_INPUT = 300,   /* NaN or Inf in the frame; nothing was changed */
-  DYNRT_BACKEND_ERROR = 400,     /* a segment failed; the session was reset (next frame dense) */
-  DYNRT_SEGMENT_MISMATCH = 401,  /* the artifact's segment signature differs from the plan's */
-  DYNRT_OUT_OF_MEMORY = 500,
+#define DYNRT_STATUS(name, code, description) DYNRT_##name = code,
+#include "dynrt_status.def"
+#undef DYNRT_STATUS
 } dynrt_status;
 
 /* A static, one-line description of a status ("plan checksum mismatch"). Never NULL. */
@@ -179,6 +177,34 @@ DYNRT_NODISCARD dynrt_status dynrt_session_describe_layer(dynrt_const_session_t 
  * The mask is copied; it applies to one step and is then forgotten. */
 DYNRT_NODISCARD dynrt_status dynrt_session_set_tie_decisions(dynrt_session_t session, uint32_t layer,
                                                             const uint8_t* reference_mask, size_t blocks);
+
+/* Tuning runs only (dynexport tune, through the native driver): runs segment `segment`
+ * (0 .. info.segment_count - 1, plan order) once on the session's buffers as they are, at
+ * `batch` (1 .. the segment's max batch for a tile segment, 1 otherwise), and gives the wall
+ * time of the backend call in *elapsed_ns. Then the session is reset (the next step is
+ * computed densely): the segment overwrote its outputs. Never allocates.
+ * DYNRT_INVALID_ARGUMENT for a segment or batch out of range (the message says which);
+ * DYNRT_BACKEND_ERROR when the backend fails. */
+DYNRT_NODISCARD dynrt_status dynrt_session_time_segment(dynrt_session_t session, uint32_t segment, uint32_t batch,
+                                                       uint64_t* elapsed_ns);
+
+/* Options of every backend constructor (dynrt_<backend>_backend_create_v2). The first field
+ * is the struct's size, so that fields can be added: a constructor reads the fields that
+ * struct_size covers and takes the defaults for the rest. Start from
+ * DYNRT_BACKEND_OPTIONS_INIT (every field its default); NULL options mean all defaults. */
+typedef struct dynrt_backend_options {
+  size_t struct_size; /* sizeof(dynrt_backend_options) as the caller was compiled */
+  uint32_t threads;   /* 0: the backend's default; 1: run on the calling thread; N: N threads */
+} dynrt_backend_options;
+
+#define DYNRT_BACKEND_OPTIONS_INIT {sizeof(dynrt_backend_options), 0u}
+
+/* The shape of every backend constructor: the artifact's bytes (the backend may keep a
+ * pointer to them: see its header), options (may be NULL), a caller buffer for the reason
+ * of a failure (may be NULL with capacity 0). On failure *backend_out is NULL. */
+typedef dynrt_status (*dynrt_backend_create_fn)(const void* artifact, size_t artifact_bytes,
+                                                const dynrt_backend_options* options, char* error_message,
+                                                size_t error_capacity, dynrt_backend_t* backend_out);
 
 void dynrt_backend_destroy(dynrt_backend_t backend);
 

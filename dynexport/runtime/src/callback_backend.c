@@ -1,4 +1,6 @@
-/* The callback backend (dynrt_callback.h): each segment call is forwarded to a function. */
+/* The callback backend (dynrt_callback.h): each segment call is forwarded to a function.
+ * It prepares nothing, so its sessions need no state of their own (NULL): the function
+ * tells sessions apart by their buffers, which differ per session. */
 #include <stdlib.h>
 
 #include "dynrt_backend_impl.h"
@@ -10,9 +12,10 @@ typedef struct callback_backend {
   void* user_data;
 } callback_backend;
 
-static dynrt_status prepare_segment(void* context, uint32_t segment, const dynrt_segment_info* info, char* message,
-                                    size_t message_capacity) {
+static dynrt_status prepare_segment(void* context, void* session_state, uint32_t segment,
+                                    const dynrt_segment_info* info, char* message, size_t message_capacity) {
   (void)context;
+  (void)session_state;
   (void)segment;
   (void)info;
   (void)message;
@@ -20,9 +23,10 @@ static dynrt_status prepare_segment(void* context, uint32_t segment, const dynrt
   return DYNRT_OK; /* the callback knows its segments; nothing to look up */
 }
 
-static dynrt_status run_segment(void* context, uint32_t segment, uint32_t batch, void* const* inputs,
-                                void* const* outputs) {
+static dynrt_status run_segment(void* context, void* session_state, uint32_t segment, uint32_t batch,
+                                void* const* inputs, void* const* outputs) {
   const callback_backend* self = (const callback_backend*)context;
+  (void)session_state;
   return self->run(self->user_data, segment, batch, inputs, outputs) == 0 ? DYNRT_OK : DYNRT_BACKEND_ERROR;
 }
 
@@ -44,9 +48,12 @@ dynrt_status dynrt_callback_backend_create(dynrt_segment_callback run, void* use
   self->backend.context = self;
   self->backend.artifact = NULL;
   self->backend.artifact_bytes = 0;
+  self->backend.buffer_alignment = 0;   /* the defaults: 64-byte aligned, no tail */
+  self->backend.buffer_tail_bytes = 0;
+  self->backend.prepare_session = NULL;
   self->backend.prepare_segment = prepare_segment;
   self->backend.run_segment = run_segment;
-  self->backend.release_segments = NULL;
+  self->backend.release_session = NULL;
   self->backend.destroy = destroy;
   *backend_out = &self->backend;
   return DYNRT_OK;

@@ -20,6 +20,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "nonfinite.h"
 #include "session_internal.h"
 
 /* Independent partial sums per accumulation: two SSE or NEON vectors of floats (one AVX).

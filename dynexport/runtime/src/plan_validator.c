@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "block_grid.h"
+#include "dynrt_backend_impl.h" /* dynrt_format_dims */
 
 static const char* const OPCODE_NAMES[OP_COUNT] = {
     "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
@@ -35,22 +36,6 @@ static const char* tensor_name(const plan_view* plan, uint32_t index) {
   if (index >= plan->tensor_count) return "?";
   dynrt_plan_tensor(plan, index, &tensor);
   return name_at(plan, tensor.name);
-}
-
-/* "[1,16,16,8]" for messages; `any_batch` writes the leading dim as N. */
-static const char* format_dims(char* text, size_t capacity, uint32_t rank, const uint64_t* dims, int any_batch) {
-  size_t used = 0;
-  uint32_t i;
-  used += (size_t)snprintf(text + used, capacity - used, "[");
-  for (i = 0; i < rank && used < capacity; ++i) {
-    if (i == 0 && any_batch) {
-      used += (size_t)snprintf(text + used, capacity - used, "N");
-    } else {
-      used += (size_t)snprintf(text + used, capacity - used, "%s%llu", i ? "," : "", (unsigned long long)dims[i]);
-    }
-  }
-  if (used < capacity) (void)snprintf(text + used, capacity - used, "]");
-  return text;
 }
 
 static dynrt_status validate_names(const plan_view* plan, error_sink* error) {
@@ -92,10 +77,10 @@ static dynrt_status validate_tensors(const plan_view* plan, error_sink* error) {
     }
     if (d < t.rank || dynrt_tensor_bytes(&t) > PLAN_MAX_TENSOR_BYTES) {
       uint64_t dims[4];
-      char text[80];
+      char text[DYNRT_DIMS_TEXT_CAPACITY];
       for (d = 0; d < 4; ++d) dims[d] = t.dims[d];
       return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: tensor %lu (%s) has invalid dims %s", (unsigned long)i,
-                        name_at(plan, t.name), format_dims(text, sizeof text, t.rank, dims, 0));
+                        name_at(plan, t.name), dynrt_format_dims(text, sizeof text, t.rank, dims, 0));
     }
   }
   return DYNRT_OK;
@@ -180,14 +165,14 @@ static dynrt_status check_layer_tensor(const plan_view* plan, const plan_layer* 
   }
   if (!matches) {
     uint64_t got[4];
-    char got_text[80], want_text[80];
+    char got_text[DYNRT_DIMS_TEXT_CAPACITY], want_text[DYNRT_DIMS_TEXT_CAPACITY];
     for (d = 0; d < 4; ++d) got[d] = t.dims[d];
     return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: layer %s.%s is tensor %s, %s %s; the layer needs %s %s",
                       name_at(plan, layer->name), SLOT_NAMES[slot], name_at(plan, t.name),
                       t.dtype == DTYPE_INT32 ? "int32" : "float32",
-                      format_dims(got_text, sizeof got_text, t.rank, got, 0),
+                      dynrt_format_dims(got_text, sizeof got_text, t.rank, got, 0),
                       want->dtype == DTYPE_INT32 ? "int32" : "float32",
-                      format_dims(want_text, sizeof want_text, want->rank, want->dims, want->any_batch));
+                      dynrt_format_dims(want_text, sizeof want_text, want->rank, want->dims, want->any_batch));
   }
   return DYNRT_OK;
 }

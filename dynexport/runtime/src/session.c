@@ -19,7 +19,7 @@
 /* The largest arena a session may allocate. Builds that must not try huge allocations
  * (the fuzzer, sanitizer runs) define a smaller limit; by default only memory limits it. */
 #ifndef DYNRT_MAX_ARENA_BYTES
-#define DYNRT_MAX_ARENA_BYTES ((uint64_t)SIZE_MAX - 64)
+#define DYNRT_MAX_ARENA_BYTES ((uint64_t)SIZE_MAX - DYNRT_MAX_BUFFER_ALIGNMENT)
 #endif
 
 #define BUFFER_ALIGNMENT 64u  /* tensor buffers: cache lines and any SIMD width */
@@ -28,6 +28,9 @@
 typedef struct arena_cursor {
   unsigned char* base;  /* NULL while measuring */
   uint64_t offset;
+  /* the backend's buffer needs, defaults applied (check_backend validated them) */
+  uint64_t buffer_alignment;
+  uint64_t buffer_tail_bytes;
 } arena_cursor;
 
 /* The next `bytes` of the arena at `alignment` (a power of two), or NULL while measuring. */
@@ -169,12 +172,15 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
     plan_tensor record;
     void* data;
     dynrt_plan_tensor(plan, i, &record);
-    data = arena_take(arena, dynrt_tensor_bytes(&record), BUFFER_ALIGNMENT);
+    /* the tail bytes follow the buffer and stay zero: the runtime writes `bytes` only */
+    data = arena_take(arena, dynrt_saturating_add(dynrt_tensor_bytes(&record), arena->buffer_tail_bytes),
+                      arena->buffer_alignment);
     if (placing) {
       runtime_tensor* tensor = &tensors[i];
       uint32_t d;
       tensor->name = strings + record.name;
       tensor->dtype = record.dtype;
+      tensor->layout = record.layout;
       tensor->role = record.role;
       tensor->rank = record.rank;
       for (d = 0; d < 4; ++d) tensor->dims[d] = d < record.rank ? record.dims[d] : 0;
@@ -209,6 +215,7 @@ static void link_tables(dynrt_session_t session, const plan_view* plan) {
       info->rank = tensor->rank;
       memcpy(info->dims, tensor->dims, sizeof info->dims);
       info->dtype = tensor->dtype;
+      info->layout = tensor->layout == LAYOUT_NHWC ? DYNRT_LAYOUT_NHWC : DYNRT_LAYOUT_ROW_MAJOR;
       if (is_input) {
         segment->input_buffers[k] = tensor->data;
         segment->inputs[k] = tensor;
@@ -269,6 +276,18 @@ static dynrt_status check_backend(dynrt_backend_t backend, error_sink* error) {
     return dynrt_fail(error, DYNRT_INVALID_ARGUMENT, "backend %s lacks prepare_segment or run_segment",
                       backend->name != NULL ? backend->name : "(unnamed)");
   }
+  if (backend->buffer_alignment > DYNRT_MAX_BUFFER_ALIGNMENT ||
+      (backend->buffer_alignment & (backend->buffer_alignment - 1)) != 0) {
+    return dynrt_fail(error, DYNRT_INVALID_ARGUMENT,
+                      "backend %s asks for a buffer alignment of %lu bytes: expected a power of two up to %lu",
+                      backend->name != NULL ? backend->name : "(unnamed)", (unsigned long)backend->buffer_alignment,
+                      (unsigned long)DYNRT_MAX_BUFFER_ALIGNMENT);
+  }
+  if (backend->buffer_tail_bytes > DYNRT_MAX_BUFFER_TAIL_BYTES) {
+    return dynrt_fail(error, DYNRT_INVALID_ARGUMENT, "backend %s asks for %lu tail bytes per buffer: at most %lu",
+                      backend->name != NULL ? backend->name : "(unnamed)", (unsigned long)backend->buffer_tail_bytes,
+                      (unsigned long)DYNRT_MAX_BUFFER_TAIL_BYTES);
+  }
   if (backend->artifact != NULL && backend->name == NULL) {
     return dynrt_fail(error, DYNRT_INVALID_ARGUMENT, "backend has an artifact but no name to look it up by");
   }
@@ -307,10 +326,34 @@ static dynrt_status check_artifact(const plan_view* plan, dynrt_backend_t backen
                     backend->name, (unsigned long)plan->artifact_count);
 }
 
+/* The arena's buffer alignment and tail: the backend's needs, with the defaults. */
+static void apply_buffer_needs(dynrt_backend_t backend, arena_cursor* arena) {
+  arena->buffer_alignment = backend->buffer_alignment > DYNRT_DEFAULT_BUFFER_ALIGNMENT ? backend->buffer_alignment
+                                                                                      : DYNRT_DEFAULT_BUFFER_ALIGNMENT;
+  arena->buffer_tail_bytes = backend->buffer_tail_bytes;
+}
+
+/* The backend's state for this session, then every segment prepared into it. */
 static dynrt_status prepare_segments(dynrt_session_t session, error_sink* error) {
   dynrt_backend_t backend = session->backend;
+  const char* backend_name = backend->name != NULL ? backend->name : "(unnamed)";
   uint32_t i;
-  session->segments_prepared = 1; /* even a partial preparation is released at destroy */
+  session->backend_state = NULL;
+  if (backend->prepare_session != NULL) {
+    dynrt_plan_info plan_info;
+    char reason[200];
+    dynrt_status status;
+    plan_info.segment_count = session->segment_count;
+    reason[0] = '\0';
+    status = backend->prepare_session(backend->context, &plan_info, &session->backend_state, reason, sizeof reason);
+    if (status != DYNRT_OK) {
+      reason[sizeof reason - 1] = '\0';
+      session->backend_state = NULL;
+      return dynrt_fail(error, status, "backend %s could not prepare a session: %s", backend_name,
+                        reason[0] != '\0' ? reason : dynrt_status_string(status));
+    }
+  }
+  session->backend_state_made = 1; /* even a partial preparation is released at destroy */
   for (i = 0; i < session->segment_count; ++i) {
     const runtime_segment* segment = &session->segments[i];
     dynrt_segment_info info;
@@ -325,11 +368,11 @@ static dynrt_status prepare_segments(dynrt_session_t session, error_sink* error)
     info.input_buffers = segment->input_buffers;
     info.output_buffers = segment->output_buffers;
     reason[0] = '\0';
-    status = backend->prepare_segment(backend->context, i, &info, reason, sizeof reason);
+    status = backend->prepare_segment(backend->context, session->backend_state, i, &info, reason, sizeof reason);
     if (status != DYNRT_OK) {
       reason[sizeof reason - 1] = '\0';
-      return dynrt_fail(error, status, "backend %s could not prepare segment %lu (%s): %s",
-                        backend->name != NULL ? backend->name : "(unnamed)", (unsigned long)i, segment->name,
+      return dynrt_fail(error, status, "backend %s could not prepare segment %lu (%s): %s", backend_name,
+                        (unsigned long)i, segment->name,
                         reason[0] != '\0' ? reason : dynrt_status_string(status));
     }
   }
@@ -359,6 +402,7 @@ dynrt_status dynrt_session_create(const void* plan, size_t plan_bytes, dynrt_bac
 
   arena.base = NULL;
   arena.offset = 0;
+  apply_buffer_needs(backend, &arena);
   (void)lay_out_arena(&view, &arena);
   arena_bytes = arena.offset;
   if (arena_bytes > (uint64_t)DYNRT_MAX_ARENA_BYTES) {
@@ -367,18 +411,18 @@ dynrt_status dynrt_session_create(const void* plan, size_t plan_bytes, dynrt_bac
                       (unsigned long long)arena_bytes, (unsigned long long)DYNRT_MAX_ARENA_BYTES);
   }
   /* calloc: tensors start at zero, as in the interpreter */
-  allocation = calloc(1, (size_t)arena_bytes + BUFFER_ALIGNMENT);
+  allocation = calloc(1, (size_t)arena_bytes + (size_t)arena.buffer_alignment);
   if (allocation == NULL) {
     return dynrt_fail(&error, DYNRT_OUT_OF_MEMORY, "could not allocate the session's %llu bytes",
                       (unsigned long long)arena_bytes);
   }
-  /* the arena starts at the first 64-byte boundary of the allocation */
+  /* the arena starts at the first buffer-aligned boundary of the allocation */
   arena.base = (unsigned char*)allocation +
-               (BUFFER_ALIGNMENT - (uintptr_t)allocation % BUFFER_ALIGNMENT) % BUFFER_ALIGNMENT;
+               (arena.buffer_alignment - (uintptr_t)allocation % arena.buffer_alignment) % arena.buffer_alignment;
   arena.offset = 0;
   session = lay_out_arena(&view, &arena);
   session->allocation = allocation;
-  session->arena_bytes = (size_t)arena_bytes + BUFFER_ALIGNMENT;
+  session->arena_bytes = (size_t)arena_bytes + (size_t)arena.buffer_alignment;
   session->backend = backend;
   link_tables(session, &view);
   find_frame_checking_layer(session);
@@ -394,8 +438,8 @@ dynrt_status dynrt_session_create(const void* plan, size_t plan_bytes, dynrt_bac
 
 void dynrt_session_destroy(dynrt_session_t session) {
   if (session == NULL) return;
-  if (session->segments_prepared && session->backend->release_segments != NULL) {
-    session->backend->release_segments(session->backend->context);
+  if (session->backend_state_made && session->backend->release_session != NULL) {
+    session->backend->release_session(session->backend->context, session->backend_state);
   }
   free(session->allocation);
 }
@@ -438,14 +482,33 @@ const char* dynrt_session_last_error(dynrt_const_session_t session) {
   return session != NULL ? session->last_error : "session is NULL";
 }
 
+/* The error sink of a query on a const session: last_error is the one thing a failed query
+ * writes (the session is never const itself, only the query's view of it). */
+static error_sink query_errors(dynrt_const_session_t session) {
+  error_sink sink;
+  sink.text = ((struct dynrt_session*)session)->last_error;
+  sink.capacity = sizeof session->last_error;
+  return sink;
+}
+
 dynrt_status dynrt_session_layer_decisions(dynrt_const_session_t session, uint32_t layer_index, uint8_t* block_mask,
                                            size_t block_capacity, uint8_t* channel_decisions, size_t channel_capacity) {
   const runtime_layer* layer;
-  if (session == NULL || layer_index >= session->layer_count) return DYNRT_INVALID_ARGUMENT;
+  error_sink error;
+  if (session == NULL) return DYNRT_INVALID_ARGUMENT;
+  error = query_errors(session);
+  if (layer_index >= session->layer_count) {
+    return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "layer_decisions: layer %lu of %lu", (unsigned long)layer_index,
+                      (unsigned long)session->layer_count);
+  }
   layer = &session->layers[layer_index];
   if ((block_mask != NULL && block_capacity < layer->grid.block_count) ||
       (channel_decisions != NULL && channel_capacity < layer->out_channels)) {
-    return DYNRT_WRONG_BUFFER_SIZE;
+    return dynrt_fail(&error, DYNRT_WRONG_BUFFER_SIZE,
+                      "layer_decisions: layer %s has %llu blocks and %lu channels, the arrays hold %lu and %lu",
+                      layer->name, (unsigned long long)layer->grid.block_count, (unsigned long)layer->out_channels,
+                      block_mask != NULL ? (unsigned long)block_capacity : 0ul,
+                      channel_decisions != NULL ? (unsigned long)channel_capacity : 0ul);
   }
   if (block_mask != NULL) memcpy(block_mask, layer->block_mask, (size_t)layer->grid.block_count);
   if (channel_decisions != NULL) memcpy(channel_decisions, layer->channel_decisions, layer->out_channels);

@@ -4,6 +4,7 @@
  *   step.c     the frame loop: input checks, the instruction interpreter, statistics
  *   gates.c    SKIP_GATE scoring and DSTEP_DECIDE
  *   tiles.c    tile gather / scatter and the other block copies
+ *   nonfinite.c the NaN / Inf scan (a leaf: step.c and gates.c call it)
  *
  * Everything below lives in the session's arena. Tables are copies of the plan (names
  * point into the session's copy of the string section). The decisions a layer made this
@@ -25,10 +26,11 @@
 
 typedef struct runtime_tensor {
   const char* name;
-  uint32_t dtype, role, rank;
+  uint32_t dtype, layout, role, rank;  /* layout: dynrt_operand_layout (the plan's, validated) */
   uint32_t dims[4];  /* dims[rank..4) are 0 */
   size_t bytes;
-  void* data;        /* 64-byte aligned, zero at create */
+  void* data;        /* aligned to the backend's buffer alignment (>= 64), zero at create, followed
+                        by the backend's buffer_tail_bytes of zeros */
   /* bumped by every write (tensor_written); a fixed segment whose inputs and outputs are
    * at the versions of its last run is not run again (step.c) */
   uint64_t version;
@@ -109,6 +111,7 @@ typedef struct runtime_layer {
 
 struct dynrt_session {
   dynrt_backend_t backend;
+  void* backend_state;         /* what the backend's prepare_session made for this session */
   void* allocation;            /* the one block from malloc; the arena starts 64-aligned inside */
   size_t arena_bytes;
   size_t state_bytes;
@@ -139,16 +142,13 @@ struct dynrt_session {
   uint8_t* gate_value_rows;    /* [th]: 1 where gate_values holds that tile row (gumbel, computed lazily) */
   uint8_t* gate_decisions;     /* [blocks]: decisions held back until the frame check passed */
 
-  int segments_prepared;       /* release_segments is due at destroy */
+  int backend_state_made;      /* prepare_session succeeded: release_session is due at destroy */
   char last_error[256];
 };
 
 /* session.c: primed = 0 in every layer (the next frame is computed densely), and no
  * segment result is reused. */
 void dynrt_reset_primed(dynrt_session_t session);
-
-/* step.c: index of the first NaN or Inf of a float32 array (any alignment), or count. */
-size_t dynrt_first_nonfinite(const float* values, size_t count, uint32_t* bits_out);
 
 /* gates.c. SKIP_GATE returns DYNRT_NONFINITE_INPUT, having changed nothing, when it checked
  * the frame for step.c (frame_check_deferred) and found a NaN or Inf; else DYNRT_OK. */

@@ -1,4 +1,4 @@
-/* Status descriptions and the error-message helper. */
+/* Status descriptions (the table of dynrt_status.def) and the error-message helper. */
 #include "status.h"
 
 #include <stdarg.h>
@@ -6,19 +6,11 @@
 
 const char* dynrt_status_string(dynrt_status status) {
   switch (status) {
-    case DYNRT_OK: return "ok";
-    case DYNRT_INVALID_ARGUMENT: return "invalid argument";
-    case DYNRT_WRONG_BUFFER_SIZE: return "wrong buffer size";
-    case DYNRT_PLAN_TRUNCATED: return "plan truncated";
-    case DYNRT_PLAN_BAD_MAGIC: return "not a dynexport plan (bad magic)";
-    case DYNRT_PLAN_VERSION: return "unsupported plan format version";
-    case DYNRT_PLAN_CHECKSUM: return "plan checksum mismatch";
-    case DYNRT_PLAN_INVALID: return "invalid plan";
-    case DYNRT_ARTIFACT_MISMATCH: return "backend artifact does not match the plan";
-    case DYNRT_NONFINITE_INPUT: return "input frame contains NaN or Inf";
-    case DYNRT_BACKEND_ERROR: return "backend error";
-    case DYNRT_SEGMENT_MISMATCH: return "backend segment signature does not match the plan";
-    case DYNRT_OUT_OF_MEMORY: return "out of memory";
+#define DYNRT_STATUS(name, code, description) \
+  case DYNRT_##name:                          \
+    return description;
+#include "dynrt_status.def"
+#undef DYNRT_STATUS
   }
   return "unknown status";
 }

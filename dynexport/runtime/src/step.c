@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "nonfinite.h"
 #include "session_internal.h"
 
 static const char* const OPCODE_NAMES[OP_COUNT] = {
@@ -16,36 +17,6 @@ static error_sink session_errors(dynrt_session_t session) {
   sink.text = session->last_error;
   sink.capacity = sizeof session->last_error;
   return sink;
-}
-
-/* Index of the first NaN or Inf of a float32 array, or `count` if there is none. Works on
- * the bit pattern (all exponent bits set), so it holds under -ffast-math too, and reads
- * through memcpy so an unaligned caller buffer is fine. Every frame is scanned whole, so
- * the common case is branch-free: (bits & exponent) + 0x00800000 reaches bit 31 only for an
- * all-ones exponent, and a chunk ORs those (SIMD code); only a flagged chunk is searched. */
-size_t dynrt_first_nonfinite(const float* values, size_t count, uint32_t* bits_out) {
-  enum { CHUNK = 256 };
-  const unsigned char* bytes = (const unsigned char*)values;
-  size_t begin, i;
-  for (begin = 0; begin < count; begin += CHUNK) {
-    const size_t end = count - begin < CHUNK ? count : begin + CHUNK;
-    uint32_t flags = 0;
-    for (i = begin; i < end; ++i) {
-      uint32_t bits;
-      memcpy(&bits, bytes + 4 * i, 4);
-      flags |= (bits & 0x7F800000u) + 0x00800000u;
-    }
-    if ((flags & 0x80000000u) == 0) continue;
-    for (i = begin; i < end; ++i) {
-      uint32_t bits;
-      memcpy(&bits, bytes + 4 * i, 4);
-      if ((bits & 0x7F800000u) == 0x7F800000u) {
-        *bits_out = bits;
-        return i;
-      }
-    }
-  }
-  return count;
 }
 
 /* DYNRT_NONFINITE_INPUT naming the first NaN or Inf of the frame, or DYNRT_OK. */
@@ -151,8 +122,8 @@ static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t s
     return DYNRT_OK;
   }
   start = dynrt_monotonic_ns();
-  status = backend->run_segment(backend->context, segment_index, batch, segment->input_buffers,
-                                segment->output_buffers);
+  status = backend->run_segment(backend->context, session->backend_state, segment_index, batch,
+                                segment->input_buffers, segment->output_buffers);
   elapsed = dynrt_monotonic_ns() - start;
   if (stats != NULL) {
     stats->segments_ns += elapsed;
@@ -357,4 +328,42 @@ dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, siz
     stats->frame_ns = dynrt_monotonic_ns() - frame_start;
   }
   return status;
+}
+
+dynrt_status dynrt_session_time_segment(dynrt_session_t session, uint32_t segment_index, uint32_t batch,
+                                        uint64_t* elapsed_ns) {
+  error_sink error;
+  runtime_segment* segment;
+  dynrt_backend_t backend;
+  uint64_t start;
+  dynrt_status status;
+  uint32_t k;
+  if (session == NULL) return DYNRT_INVALID_ARGUMENT;
+  error = session_errors(session);
+  if (elapsed_ns == NULL) return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "time_segment: elapsed_ns is NULL");
+  *elapsed_ns = 0;
+  if (segment_index >= session->segment_count) {
+    return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "time_segment: segment %lu of %lu", (unsigned long)segment_index,
+                      (unsigned long)session->segment_count);
+  }
+  segment = &session->segments[segment_index];
+  if (segment->max_batch > 0 ? batch < 1 || batch > segment->max_batch : batch != 1) {
+    return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "time_segment: segment %lu (%s) runs at batch %s%lu, not %lu",
+                      (unsigned long)segment_index, segment->name, segment->max_batch > 0 ? "1.." : "",
+                      (unsigned long)(segment->max_batch > 0 ? segment->max_batch : 1), (unsigned long)batch);
+  }
+  backend = session->backend;
+  start = dynrt_monotonic_ns();
+  status = backend->run_segment(backend->context, session->backend_state, segment_index, batch,
+                                segment->input_buffers, segment->output_buffers);
+  *elapsed_ns = dynrt_monotonic_ns() - start;
+  /* its outputs changed under the program: nothing computed before may be reused */
+  for (k = 0; k < segment->output_count; ++k) tensor_written(segment->outputs[k]);
+  dynrt_reset_primed(session);
+  if (status != DYNRT_OK) {
+    return dynrt_fail(&error, DYNRT_BACKEND_ERROR, "time_segment: segment %lu (%s) failed in backend %s with status %d (%s)",
+                      (unsigned long)segment_index, segment->name, backend->name != NULL ? backend->name : "(unnamed)",
+                      (int)status, dynrt_status_string(status));
+  }
+  return DYNRT_OK;
 }

@@ -22,9 +22,10 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
-static dynrt_status stub_prepare(void* context, uint32_t segment, const dynrt_segment_info* info, char* message,
-                                 size_t message_capacity) {
+static dynrt_status stub_prepare(void* context, void* session_state, uint32_t segment, const dynrt_segment_info* info,
+                                 char* message, size_t message_capacity) {
   (void)context;
+  (void)session_state;
   (void)segment;
   (void)message;
   (void)message_capacity;
@@ -34,9 +35,10 @@ static dynrt_status stub_prepare(void* context, uint32_t segment, const dynrt_se
   return DYNRT_OK;
 }
 
-static dynrt_status stub_run(void* context, uint32_t segment, uint32_t batch, void* const* inputs,
-                             void* const* outputs) {
+static dynrt_status stub_run(void* context, void* session_state, uint32_t segment, uint32_t batch,
+                             void* const* inputs, void* const* outputs) {
   (void)context;
+  (void)session_state;
   (void)segment;
   (void)batch;
   (void)inputs;
@@ -44,8 +46,9 @@ static dynrt_status stub_run(void* context, uint32_t segment, uint32_t batch, vo
   return DYNRT_OK;
 }
 
+/* a tail, so that the fuzzer also runs the arena layout with one */
 static struct dynrt_backend stub_backend = {
-    DYNRT_BACKEND_API_VERSION, "fuzz", NULL, NULL, 0, stub_prepare, stub_run, NULL, NULL};
+    DYNRT_BACKEND_API_VERSION, "fuzz", NULL, NULL, 0, 0, 16, NULL, stub_prepare, stub_run, NULL, NULL};
 
 /* A frame of an accepted plan may only fail the ways a plan can make it fail at run time
  * (a tile instruction with more active blocks than its batch holds); anything else, or a

@@ -88,13 +88,24 @@ typedef struct operand_shape {
 typedef struct test_segment {
   uint32_t max_batch, input_count, output_count;
   operand_shape inputs[TEST_MAX_OPERANDS], outputs[TEST_MAX_OPERANDS];
+  void* input_buffers[TEST_MAX_OPERANDS];  /* as prepared: run_segment must get the same */
+  void* output_buffers[TEST_MAX_OPERANDS];
 } test_segment;
+
+/* What one session prepared (prepare_session .. release_session). The backend's own
+ * allocations go around the counting wrappers: the tests count the runtime's. */
+typedef struct test_session_state {
+  uint32_t segment_count, prepared;
+  test_segment* segments;
+} test_session_state;
 
 typedef struct test_backend {
   struct dynrt_backend base;  /* first: the dynrt_backend_t points here */
   long fail_on_call;          /* run_segment call number that fails (-1: none) */
   long calls;
-  test_segment segments[TEST_MAX_SEGMENTS];
+  long live_states;           /* prepare_session minus release_session */
+  long foreign_buffers;       /* run_segment calls with buffers other than the state's segment prepared */
+  long misaligned;            /* buffers not at the backend's alignment, or tail bytes not zero */
 } test_backend;
 
 static operand_shape shape_of(const dynrt_operand_info* info) {
@@ -107,34 +118,98 @@ static operand_shape shape_of(const dynrt_operand_info* info) {
   return shape;
 }
 
-static dynrt_status test_prepare(void* context, uint32_t segment, const dynrt_segment_info* info, char* message,
-                                 size_t capacity) {
+static dynrt_status test_prepare_session(void* context, const dynrt_plan_info* plan, void** state_out, char* message,
+                                         size_t capacity) {
   test_backend* self = (test_backend*)context;
-  test_segment* s;
-  uint32_t k;
-  if (segment >= TEST_MAX_SEGMENTS || info->input_count > TEST_MAX_OPERANDS || info->output_count > TEST_MAX_OPERANDS) {
-    snprintf(message, capacity, "the test backend takes at most %d segments of %d operands", TEST_MAX_SEGMENTS,
-             TEST_MAX_OPERANDS);
+  test_session_state* state;
+  if (plan->segment_count > TEST_MAX_SEGMENTS) {
+    snprintf(message, capacity, "the test backend takes at most %d segments", TEST_MAX_SEGMENTS);
     return DYNRT_SEGMENT_MISMATCH;
   }
-  s = &self->segments[segment];
+  state = (test_session_state*)__real_calloc(1, sizeof *state);
+  if (state == NULL) return DYNRT_OUT_OF_MEMORY;
+  state->segment_count = plan->segment_count;
+  state->segments = (test_segment*)__real_calloc(plan->segment_count > 0 ? plan->segment_count : 1, sizeof(test_segment));
+  if (state->segments == NULL) {
+    __real_free(state);
+    return DYNRT_OUT_OF_MEMORY;
+  }
+  self->live_states += 1;
+  *state_out = state;
+  return DYNRT_OK;
+}
+
+static void test_release_session(void* context, void* session_state) {
+  test_backend* self = (test_backend*)context;
+  test_session_state* state = (test_session_state*)session_state;
+  self->live_states -= 1;
+  __real_free(state->segments);
+  __real_free(state);
+}
+
+/* Whether `buffer` sits at the backend's alignment and its tail bytes read zero. */
+static int buffer_as_asked(const test_backend* self, const void* buffer, const operand_shape* shape) {
+  const size_t alignment = self->base.buffer_alignment > 64 ? self->base.buffer_alignment : 64;
+  const unsigned char* tail = (const unsigned char*)buffer + shape->elements * 4;
+  size_t i;
+  if ((uintptr_t)buffer % alignment != 0) return 0;
+  for (i = 0; i < self->base.buffer_tail_bytes; ++i) {
+    if (tail[i] != 0) return 0;
+  }
+  return 1;
+}
+
+static dynrt_status test_prepare(void* context, void* session_state, uint32_t segment, const dynrt_segment_info* info,
+                                 char* message, size_t capacity) {
+  test_backend* self = (test_backend*)context;
+  test_session_state* state = (test_session_state*)session_state;
+  test_segment* s;
+  uint32_t k;
+  if (state == NULL || segment >= state->segment_count || segment != state->prepared ||
+      info->input_count > TEST_MAX_OPERANDS || info->output_count > TEST_MAX_OPERANDS) {
+    snprintf(message, capacity, "segment %lu: not the next of this session's %lu, or more than %d operands",
+             (unsigned long)segment, state != NULL ? (unsigned long)state->segment_count : 0ul, TEST_MAX_OPERANDS);
+    return DYNRT_SEGMENT_MISMATCH;
+  }
+  state->prepared += 1;
+  s = &state->segments[segment];
   s->max_batch = info->max_batch;
   s->input_count = info->input_count;
   s->output_count = info->output_count;
-  for (k = 0; k < info->input_count; ++k) s->inputs[k] = shape_of(&info->inputs[k]);
-  for (k = 0; k < info->output_count; ++k) s->outputs[k] = shape_of(&info->outputs[k]);
+  for (k = 0; k < info->input_count; ++k) {
+    s->inputs[k] = shape_of(&info->inputs[k]);
+    s->input_buffers[k] = info->input_buffers[k];
+    if (!buffer_as_asked(self, info->input_buffers[k], &s->inputs[k])) self->misaligned += 1;
+    if (info->inputs[k].layout != (info->inputs[k].rank == 4 ? DYNRT_LAYOUT_NHWC : DYNRT_LAYOUT_ROW_MAJOR)) {
+      self->misaligned += 1; /* the plans written here keep 4-D tensors NHWC, the rest row-major */
+    }
+  }
+  for (k = 0; k < info->output_count; ++k) {
+    s->outputs[k] = shape_of(&info->outputs[k]);
+    s->output_buffers[k] = info->output_buffers[k];
+    if (!buffer_as_asked(self, info->output_buffers[k], &s->outputs[k])) self->misaligned += 1;
+  }
   return DYNRT_OK;
 }
 
 /* output[i] = 0.5 * input0[i mod n] + 0.01 * (output index + 1): deterministic and bounded. */
-static dynrt_status test_run(void* context, uint32_t segment, uint32_t batch, void* const* inputs,
+static dynrt_status test_run(void* context, void* session_state, uint32_t segment, uint32_t batch, void* const* inputs,
                              void* const* outputs) {
   test_backend* self = (test_backend*)context;
-  const test_segment* s = &self->segments[segment];
+  const test_session_state* state = (const test_session_state*)session_state;
+  const test_segment* s;
   const float* source = NULL;
   size_t source_count = 0, i;
-  uint32_t o;
+  uint32_t o, k;
   if (self->fail_on_call >= 0 && self->calls++ == self->fail_on_call) return DYNRT_BACKEND_ERROR;
+  if (state == NULL || segment >= state->prepared) return DYNRT_INVALID_ARGUMENT;
+  s = &state->segments[segment];
+  for (k = 0; k < s->input_count; ++k) {
+    if (inputs[k] != s->input_buffers[k]) self->foreign_buffers += 1;
+  }
+  for (k = 0; k < s->output_count; ++k) {
+    if (outputs[k] != s->output_buffers[k]) self->foreign_buffers += 1;
+  }
   if (s->input_count > 0 && s->inputs[0].dtype == 0) {
     source = (const float*)inputs[0];
     source_count = s->max_batch > 0 ? batch * s->inputs[0].elements_per_item : s->inputs[0].elements;
@@ -154,6 +229,12 @@ static dynrt_status test_run(void* context, uint32_t segment, uint32_t batch, vo
 }
 
 static void test_destroy(struct dynrt_backend* backend) {
+  const test_backend* self = (const test_backend*)backend;
+  CHECK(self->live_states == 0, "backend destroyed with %ld session states not released", self->live_states);
+  CHECK(self->foreign_buffers == 0, "%ld segment calls got buffers other than the ones prepared for their session",
+        self->foreign_buffers);
+  CHECK(self->misaligned == 0, "%ld operands not as the backend asked (alignment, zero tail, layout)",
+        self->misaligned);
   free(backend);
 }
 
@@ -168,9 +249,10 @@ static test_backend* make_test_backend(const char* name, const void* artifact, s
   self->base.context = self;
   self->base.artifact = artifact;
   self->base.artifact_bytes = artifact_bytes;
+  self->base.prepare_session = test_prepare_session;
   self->base.prepare_segment = test_prepare;
   self->base.run_segment = test_run;
-  self->base.release_segments = NULL;
+  self->base.release_session = test_release_session;
   self->base.destroy = test_destroy;
   self->fail_on_call = -1;
   return self;
@@ -288,6 +370,41 @@ static void test_describe(const plan_file* plan) {
   close_fixture(&f);
 }
 
+/* dynrt_status_string gives each status of the table its own description, and every other
+ * code "unknown status" (never NULL). */
+static void test_status_strings(void) {
+  static const struct {
+    int code;
+    const char* description;
+  } TABLE[] = {
+#define DYNRT_STATUS(name, code, description) {code, description},
+#include "dynrt_status.def"
+#undef DYNRT_STATUS
+  };
+  const size_t count = sizeof TABLE / sizeof TABLE[0];
+  size_t i, j;
+  int code;
+  CHECK(count >= 13, "the status table has %lu rows", (unsigned long)count);
+  CHECK(strcmp(dynrt_status_string(DYNRT_PLAN_CHECKSUM), "plan checksum mismatch") == 0, "DYNRT_PLAN_CHECKSUM: %s",
+        dynrt_status_string(DYNRT_PLAN_CHECKSUM));
+  for (i = 0; i < count; ++i) {
+    const char* text = dynrt_status_string((dynrt_status)TABLE[i].code);
+    CHECK(text != NULL && strcmp(text, TABLE[i].description) == 0, "status %d: '%s', the table says '%s'",
+          TABLE[i].code, text != NULL ? text : "(NULL)", TABLE[i].description);
+    for (j = 0; j < i; ++j) {
+      CHECK(TABLE[j].code != TABLE[i].code && strcmp(TABLE[j].description, TABLE[i].description) != 0,
+            "statuses %d and %d share a code or a description", TABLE[j].code, TABLE[i].code);
+    }
+  }
+  for (code = -1; code <= 600; ++code) {
+    int listed = 0;
+    const char* text = dynrt_status_string((dynrt_status)code);
+    for (i = 0; i < count; ++i) listed |= TABLE[i].code == code;
+    CHECK(text != NULL && (listed || strcmp(text, "unknown status") == 0), "status %d (not in the table): '%s'", code,
+          text != NULL ? text : "(NULL)");
+  }
+}
+
 static void test_null_arguments(const plan_file* plan) {
   test_backend* backend = make_test_backend("dynrt_test", NULL, 0);
   dynrt_session_t session = (dynrt_session_t)1;
@@ -295,7 +412,6 @@ static void test_null_arguments(const plan_file* plan) {
   char why[256];
   session_fixture f;
   uint8_t mask[4];
-  int code;
 
   CHECK(dynrt_session_create(NULL, plan->size, &backend->base, why, sizeof why, &session) ==
             DYNRT_INVALID_ARGUMENT, "NULL plan");
@@ -324,9 +440,7 @@ static void test_null_arguments(const plan_file* plan) {
   CHECK(dynrt_session_last_error(NULL) != NULL, "last_error(NULL) is NULL");
   dynrt_session_destroy(NULL);
   dynrt_backend_destroy(NULL);
-  for (code = 0; code <= 600; ++code) {
-    CHECK(dynrt_status_string((dynrt_status)code) != NULL, "status %d has no string", code);
-  }
+  test_status_strings();
   CHECK(dynrt_callback_backend_create(NULL, NULL, NULL) == DYNRT_INVALID_ARGUMENT, "callback backend NULL");
 
   if (!open_fixture(plan, &f)) return;
@@ -347,6 +461,8 @@ static void test_null_arguments(const plan_file* plan) {
   }
   CHECK(dynrt_session_layer_decisions(f.session, f.info.layer_count, NULL, 0, NULL, 0) == DYNRT_INVALID_ARGUMENT,
         "layer out of range");
+  CHECK(strstr(dynrt_session_last_error(f.session), "layer_decisions: layer") != NULL, "message: %s",
+        dynrt_session_last_error(f.session));
   CHECK(dynrt_session_set_tie_decisions(f.session, f.info.layer_count, mask, 1) == DYNRT_INVALID_ARGUMENT,
         "tie layer out of range");
   if (f.info.layer_count > 0) {
@@ -373,6 +489,9 @@ static void test_wrong_sizes(const plan_file* plan) {
   if (f.info.layer_count > 0) {
     CHECK(dynrt_session_layer_decisions(f.session, 0, mask, 0, NULL, 0) == DYNRT_WRONG_BUFFER_SIZE,
           "block mask too small");
+    CHECK(strstr(dynrt_session_last_error(f.session), "layer_decisions") != NULL &&
+              strstr(dynrt_session_last_error(f.session), "blocks") != NULL,
+          "layer_decisions failed without its own message: %s", dynrt_session_last_error(f.session));
     CHECK(dynrt_session_layer_decisions(f.session, 0, NULL, 0, mask, 0) == DYNRT_WRONG_BUFFER_SIZE,
           "channel array too small");
     CHECK(dynrt_session_set_tie_decisions(f.session, 0, mask, 0) == DYNRT_WRONG_BUFFER_SIZE, "tie mask too small");
@@ -603,6 +722,208 @@ static void test_backend_failure(const plan_file* plan) {
   close_fixture(&fresh);
 }
 
+/* ---- sessions sharing one backend ------------------------------------------------------ */
+
+#define SHARED_CLIPS 3
+#define SHARED_FRAMES 24 /* more than any schedule below steps a session */
+
+/* Frame i of clip c: the moving square forwards, backwards, and from the middle. */
+static int clip_frame(int clip, int i) {
+  const int period = 8;
+  return clip == 0 ? i % period : clip == 1 ? period - 1 - i % period : (i + period / 2) % period;
+}
+
+typedef struct shared_run {
+  dynrt_session_t session;
+  int clip, frames_done, alive;
+} shared_run;
+
+static void step_shared(const plan_file* plan, shared_run* run, const float* const lone[SHARED_CLIPS], float* frame,
+                        float* output, const dynrt_session_info* info, const char* schedule) {
+  dynrt_status status;
+  if (!run->alive || run->frames_done >= SHARED_FRAMES) return;
+  make_frame(frame, info, clip_frame(run->clip, run->frames_done));
+  status = dynrt_session_step(run->session, frame, info->input_bytes, output, info->output_bytes, NULL);
+  CHECK(status == DYNRT_OK, "%s: clip %d frame %d: %s", schedule, run->clip, run->frames_done,
+        dynrt_session_last_error(run->session));
+  CHECK(memcmp(output, lone[run->clip] + (size_t)run->frames_done * (info->output_bytes / 4), info->output_bytes) == 0,
+        "%s: clip %d frame %d differs from a lone session's", schedule, run->clip, run->frames_done);
+  (void)plan;
+  run->frames_done += 1;
+}
+
+static void step_all(const plan_file* plan, shared_run* runs, int count, const float* const lone[SHARED_CLIPS],
+                     float* frame, float* output, const dynrt_session_info* info, const char* schedule) {
+  int k;
+  for (k = 0; k < count; ++k) step_shared(plan, &runs[k], lone, frame, output, info, schedule);
+}
+
+/* The permutation number `index` of 0..count-1 (count <= 3). */
+static void permutation(int index, int count, int* order) {
+  int pool[3] = {0, 1, 2}, k, left = count;
+  for (k = 0; k < count; ++k) {
+    int factorial = 1, f, pick;
+    for (f = 2; f < left; ++f) factorial *= f;
+    pick = index / factorial;
+    index %= factorial;
+    order[k] = pool[pick];
+    for (f = pick; f + 1 < left; ++f) pool[f] = pool[f + 1];
+    --left;
+  }
+}
+
+/* Two and three sessions on ONE backend, each stepping its own clip: created one by one
+ * (every live session steps between creations), stepped together, destroyed one by one
+ * (the others step on between destructions), in every creation and destruction order.
+ * Every output equals a lone session's on the same clip, bit for bit. */
+static void test_sessions_sharing_a_backend(const plan_file* plan) {
+  float* lone[SHARED_CLIPS] = {NULL, NULL, NULL};
+  session_fixture f;
+  dynrt_session_info info;
+  int clip, count, schedules = 0;
+  if (!open_fixture(plan, &f)) return;
+  info = f.info;
+  for (clip = 0; clip < SHARED_CLIPS; ++clip) {
+    int i;
+    lone[clip] = (float*)malloc((size_t)SHARED_FRAMES * info.output_bytes);
+    if (lone[clip] == NULL) break;
+    CHECK(dynrt_session_reset(f.session) == DYNRT_OK, "reset");
+    for (i = 0; i < SHARED_FRAMES; ++i) {
+      make_frame(f.frame, &info, clip_frame(clip, i));
+      CHECK(dynrt_session_step(f.session, f.frame, info.input_bytes, lone[clip] + (size_t)i * (info.output_bytes / 4),
+                               info.output_bytes, NULL) == DYNRT_OK,
+            "lone session, clip %d frame %d: %s", clip, i, dynrt_session_last_error(f.session));
+    }
+  }
+  for (count = 2; count <= 3 && lone[SHARED_CLIPS - 1] != NULL; ++count) {
+    const int orders = count == 2 ? 2 : 6;
+    int create_index, destroy_index;
+    for (create_index = 0; create_index < orders; ++create_index) {
+      for (destroy_index = 0; destroy_index < orders; ++destroy_index) {
+        test_backend* backend = make_test_backend("dynrt_test", NULL, 0);
+        shared_run runs[3];
+        int create_order[3], destroy_order[3], k;
+        char schedule[96];
+        permutation(create_index, count, create_order);
+        permutation(destroy_index, count, destroy_order);
+        snprintf(schedule, sizeof schedule, "%d sessions, created %d%d%d, destroyed %d%d%d", count, create_order[0],
+                 create_order[1], count > 2 ? create_order[2] : 9, destroy_order[0], destroy_order[1],
+                 count > 2 ? destroy_order[2] : 9);
+        memset(runs, 0, sizeof runs);
+        for (k = 0; k < count; ++k) {
+          shared_run* run = &runs[create_order[k]];
+          char why[256];
+          dynrt_status status = dynrt_session_create(plan->bytes, plan->size, &backend->base, why, sizeof why,
+                                                     &run->session);
+          CHECK(status == DYNRT_OK, "%s: create: %s", schedule, why);
+          run->clip = create_order[k];
+          run->alive = status == DYNRT_OK;
+          step_all(plan, runs, count, (const float* const*)lone, f.frame, f.output, &info, schedule);
+        }
+        for (k = 0; k < 3; ++k) step_all(plan, runs, count, (const float* const*)lone, f.frame, f.output, &info, schedule);
+        for (k = 0; k < count; ++k) {
+          shared_run* run = &runs[destroy_order[k]];
+          if (run->alive) dynrt_session_destroy(run->session);
+          run->alive = 0;
+          step_all(plan, runs, count, (const float* const*)lone, f.frame, f.output, &info, schedule);
+        }
+        CHECK(backend->live_states == 0, "%s: %ld session states left", schedule, backend->live_states);
+        dynrt_backend_destroy(&backend->base);
+        ++schedules;
+      }
+    }
+  }
+  printf("  shared backend: %d schedules of 2 and 3 sessions matched lone sessions\n", schedules);
+  for (clip = 0; clip < SHARED_CLIPS; ++clip) free(lone[clip]);
+  close_fixture(&f);
+}
+
+/* A backend's buffer needs: every operand buffer at its alignment, followed by zero tail
+ * bytes; the outputs are the same as with the defaults; out-of-range needs are refused. */
+static void test_buffer_needs(const plan_file* plan) {
+  session_fixture plain;
+  test_backend* backend = make_test_backend("dynrt_test", NULL, 0);
+  dynrt_session_t session = NULL;
+  char why[256];
+  float* output = NULL;
+  int t;
+  if (!open_fixture(plan, &plain)) {
+    dynrt_backend_destroy(&backend->base);
+    return;
+  }
+  backend->base.buffer_alignment = 3;
+  CHECK(dynrt_session_create(plan->bytes, plan->size, &backend->base, why, sizeof why, &session) ==
+            DYNRT_INVALID_ARGUMENT && strstr(why, "power of two") != NULL, "alignment 3: %s", why);
+  backend->base.buffer_alignment = 256;
+  backend->base.buffer_tail_bytes = DYNRT_MAX_BUFFER_TAIL_BYTES + 1;
+  CHECK(dynrt_session_create(plan->bytes, plan->size, &backend->base, why, sizeof why, &session) ==
+            DYNRT_INVALID_ARGUMENT && strstr(why, "tail") != NULL, "too long a tail: %s", why);
+  backend->base.buffer_tail_bytes = 48;
+  CHECK(dynrt_session_create(plan->bytes, plan->size, &backend->base, why, sizeof why, &session) == DYNRT_OK,
+        "alignment 256, tail 48: %s", why);
+  output = (float*)malloc(plain.info.output_bytes);
+  for (t = 0; session != NULL && output != NULL && t < 6; ++t) {
+    CHECK(step_frame(&plain, t, NULL) == DYNRT_OK, "default buffers, frame %d", t);
+    CHECK(dynrt_session_step(session, plain.frame, plain.info.input_bytes, output, plain.info.output_bytes, NULL) ==
+              DYNRT_OK, "aligned buffers, frame %d: %s", t, dynrt_session_last_error(session));
+    CHECK(memcmp(output, plain.output, plain.info.output_bytes) == 0, "frame %d differs with other buffer needs", t);
+  }
+  CHECK(backend->misaligned == 0, "%ld buffers not at 256 bytes with a zero tail of 48", backend->misaligned);
+  dynrt_session_destroy(session);
+  dynrt_backend_destroy(&backend->base);
+  free(output);
+  close_fixture(&plain);
+}
+
+/* dynrt_session_time_segment: every segment at its batches runs (no allocation), out of
+ * range is refused with a message, and afterwards the session is as after a reset. */
+static void test_time_segment(const plan_file* plan) {
+  session_fixture a, b;
+  uint64_t elapsed = 1;
+  unsigned long before;
+  uint32_t segment, calls = 0;
+  int t;
+  if (!open_fixture(plan, &a)) return;
+  if (!open_fixture(plan, &b)) {
+    close_fixture(&a);
+    return;
+  }
+  for (t = 0; t < 3; ++t) {
+    CHECK(step_frame(&a, t, NULL) == DYNRT_OK && step_frame(&b, t, NULL) == DYNRT_OK, "frame %d", t);
+  }
+  before = allocator_calls;
+  for (segment = 0; segment < a.info.segment_count; ++segment) {
+    uint32_t batch;
+    for (batch = 1; batch <= 64; ++batch) {
+      dynrt_status status = dynrt_session_time_segment(a.session, segment, batch, &elapsed);
+      if (status != DYNRT_OK) {
+        CHECK(status == DYNRT_INVALID_ARGUMENT && batch > 1 && strstr(dynrt_session_last_error(a.session), "batch"),
+              "segment %lu at batch %lu: %s", (unsigned long)segment, (unsigned long)batch,
+              dynrt_session_last_error(a.session));
+        break;
+      }
+      ++calls;
+    }
+  }
+  CHECK(allocator_calls == before, "time_segment made %lu allocator calls", allocator_calls - before);
+  CHECK(dynrt_session_time_segment(a.session, a.info.segment_count, 1, &elapsed) == DYNRT_INVALID_ARGUMENT &&
+            strstr(dynrt_session_last_error(a.session), "segment") != NULL,
+        "segment out of range: %s", dynrt_session_last_error(a.session));
+  CHECK(dynrt_session_time_segment(a.session, 0, 0, &elapsed) == DYNRT_INVALID_ARGUMENT || a.info.segment_count == 0,
+        "batch 0");
+  CHECK(dynrt_session_time_segment(a.session, 0, 1, NULL) == DYNRT_INVALID_ARGUMENT, "NULL elapsed_ns");
+  CHECK(dynrt_session_reset(b.session) == DYNRT_OK, "reset");
+  for (t = 3; t < 6; ++t) {
+    CHECK(step_frame(&a, t, NULL) == DYNRT_OK && step_frame(&b, t, NULL) == DYNRT_OK, "frame %d", t);
+    CHECK(memcmp(a.output, b.output, a.info.output_bytes) == 0,
+          "frame %d after timing segments differs from a reset session's", t);
+  }
+  printf("  time_segment: %lu calls over %lu segments, then as after a reset\n", (unsigned long)calls,
+         (unsigned long)a.info.segment_count);
+  close_fixture(&a);
+  close_fixture(&b);
+}
+
 /* Creating allocates exactly once (the arena); step, reset and the queries never. */
 static void test_no_allocation_after_create(const plan_file* plan) {
   session_fixture f;
@@ -768,6 +1089,9 @@ int main(int argc, char** argv) {
     test_nonfinite_frames(&plan);
     test_stats(&plan);
     test_backend_failure(&plan);
+    test_sessions_sharing_a_backend(&plan);
+    test_buffer_needs(&plan);
+    test_time_segment(&plan);
     test_no_allocation_after_create(&plan);
     test_artifact(&plan);
     test_truncation(&plan);

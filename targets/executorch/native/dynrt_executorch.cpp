@@ -1,16 +1,22 @@
 // dynrt ExecuTorch backend adapter: one ExecuTorch method per plan segment.
 //
-// create:   Program::load over a BufferDataLoader on the caller's pte bytes (no copy).
-// prepare:  per segment, check the method's signature against the plan's, allocate its
-//           planned memory once and load it (XNNPACK compiles its subgraphs here).
-// run:      bind the runtime's NHWC buffers as tensors with NHWC dim order (resized to the
-//           batch for tile segments), execute, hand back the outputs.
+// create:   Program::load over a BufferDataLoader on the caller's pte bytes (no copy). The
+//           backend object (Adapter) holds only the program and the thread setting and is
+//           not changed after create, so any number of sessions share it.
+// prepare:  per session a SessionState (its own scratch allocator and loaded methods); per
+//           segment, check the method's signature against the plan's, allocate its planned
+//           memory and load it into that state (XNNPACK compiles its subgraphs here).
+// run:      bind the session's buffers as tensors in their stated layout (NHWC dim order,
+//           or row-major; resized to the batch for tile segments), execute, hand back the
+//           outputs.
+// release:  the session's methods and memory go with its state; other sessions' stay.
 // Errors never escape as exceptions: every vtable entry catches and returns a status.
 
 #include "dynrt_executorch.h"
 
 #include <algorithm>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -63,6 +69,7 @@ using ::executorch::extension::threadpool::NoThreadPoolGuard;
 
 constexpr const char* kBackendName = "executorch";
 constexpr size_t kBufferAlignment = 64;  // planned buffers: a cache line, enough for XNNPACK
+constexpr size_t kXnnpackExtraBytes = 16;  // XNN_EXTRA_BYTES: what XNNPACK may read past a buffer
 constexpr uint32_t kMaxRank = 4;
 
 // --- small helpers ------------------------------------------------------------------------
@@ -82,13 +89,13 @@ const char* error_name(et::Error error) {
   return std::strncmp(name, "Error::", 7) == 0 ? name + 7 : name;
 }
 
+// dynrt_format_dims (the runtime's formatter) over int64 dims, as a string.
 std::string format_dims(const int64_t* dims, uint32_t rank) {
-  std::string text = "[";
-  for (uint32_t i = 0; i < rank; ++i) {
-    if (i) text += ", ";
-    text += std::to_string(dims[i]);
-  }
-  return text + "]";
+  uint64_t values[16];
+  rank = std::min<uint32_t>(rank, 16);
+  for (uint32_t i = 0; i < rank; ++i) values[i] = dims[i] < 0 ? 0 : static_cast<uint64_t>(dims[i]);
+  char text[16 * 24];
+  return dynrt_format_dims(text, sizeof text, rank, values, 0);
 }
 
 const char* dtype_name(uint32_t dtype) { return dtype == 0 ? "float32" : dtype == 1 ? "int32" : "unknown dtype"; }
@@ -117,7 +124,7 @@ Block allocate_block(size_t bytes) {
   return Block(static_cast<uint8_t*>(std::aligned_alloc(kBufferAlignment, rounded)));
 }
 
-// ExecuTorch's temp allocator, shared by the segments of a backend (they run one at a time).
+// ExecuTorch's temp allocator, shared by the segments of a session (they run one at a time).
 // ExecuTorch resets it after every kernel / delegate call. It starts empty; a request that
 // does not fit is served from malloc, and the next reset() grows the arena to what that call
 // needed, so a segment call allocates at most while a kernel needs more scratch than ever
@@ -221,15 +228,19 @@ struct Segment {
   ~Segment() { method.reset(); }
 };
 
+// The backend object: read-only once created (sessions only read the program).
 struct Adapter {
   std::optional<BufferDataLoader> loader;  // over the caller's pte bytes (not copied)
   std::optional<et::Program> program;
-  ScratchAllocator scratch;
   bool serial = false;     // threads == 1: NoThreadPoolGuard around loads and runs
   bool pool_user = false;  // counted in g_pool_users
-  std::vector<std::unique_ptr<Segment>> segments;
+};
 
-  ~Adapter() { segments.clear(); }  // methods before the program
+// What one session prepared: its methods with their planned memory, and the scratch their
+// kernels share. Released by release_session, before the backend (the program) goes.
+struct SessionState {
+  ScratchAllocator scratch;
+  std::vector<std::unique_ptr<Segment>> segments;  // destroyed before scratch (declared after)
 };
 
 // Shapes in the order the runtime's buffer holds them, for messages: a 4-D logical
@@ -257,12 +268,14 @@ std::string plan_shape(const dynrt_operand_info& info) {
   int64_t dims[kMaxRank] = {};
   uint32_t rank = std::min(info.rank, kMaxRank);
   for (uint32_t i = 0; i < rank; ++i) dims[i] = info.dims[i];
-  return std::string(dtype_name(info.dtype)) + (rank == 4 ? " NHWC " : " ") + format_dims(dims, rank);
+  return std::string(dtype_name(info.dtype)) + (info.layout == DYNRT_LAYOUT_NHWC ? " NHWC " : " ") +
+         format_dims(dims, rank);
 }
 
-// The plan's operand as a tensor over the runtime buffer: NHWC for 4-D, row-major otherwise.
+// The plan's operand as a tensor over the runtime buffer, in the layout its info states.
 bool describe_plan_operand(const dynrt_operand_info& info, Operand* out) {
   if (info.rank > kMaxRank || info.dtype > 1) return false;
+  if (info.layout != DYNRT_LAYOUT_ROW_MAJOR && !(info.layout == DYNRT_LAYOUT_NHWC && info.rank == 4)) return false;
   out->rank = info.rank;
   out->type = info.dtype == 0 ? ScalarType::Float : ScalarType::Int;
   size_t elements = 1;
@@ -270,7 +283,7 @@ bool describe_plan_operand(const dynrt_operand_info& info, Operand* out) {
     if (info.dims[i] == 0 || info.dims[i] > INT32_MAX) return false;
     elements *= info.dims[i];
   }
-  if (info.rank == 4) {
+  if (info.layout == DYNRT_LAYOUT_NHWC) {
     const uint32_t* d = info.dims;  // physical N, H, W, C
     SizesType logical[4] = {(SizesType)d[0], (SizesType)d[3], (SizesType)d[1], (SizesType)d[2]};
     DimOrderType order[4] = {0, 2, 3, 1};
@@ -400,8 +413,8 @@ dynrt_status check_operands(const Segment& segment, const et::MethodMeta& meta, 
   return DYNRT_OK;
 }
 
-dynrt_status prepare(Adapter& adapter, uint32_t index, const dynrt_segment_info& info, char* message,
-                     size_t capacity) {
+dynrt_status prepare(const Adapter& adapter, SessionState& state, uint32_t index, const dynrt_segment_info& info,
+                     char* message, size_t capacity) {
   if (info.name == nullptr || (info.input_count && !info.inputs) || (info.output_count && !info.outputs)) {
     set_message(message, capacity, "segment %u: incomplete segment info", index);
     return DYNRT_INVALID_ARGUMENT;
@@ -463,7 +476,7 @@ dynrt_status prepare(Adapter& adapter, uint32_t index, const dynrt_segment_info&
   segment->planned_memory = std::make_unique<et::HierarchicalAllocator>(
       et::Span<et::Span<uint8_t>>(segment->planned_spans.data(), segment->planned_spans.size()));
   segment->memory =
-      std::make_unique<et::MemoryManager>(&segment->method_allocator, segment->planned_memory.get(), &adapter.scratch);
+      std::make_unique<et::MemoryManager>(&segment->method_allocator, segment->planned_memory.get(), &state.scratch);
 
   et::Result<et::Method> method = [&] {
     // XNNPACK binds its thread pool at load: for threads = 1 it gets none.
@@ -481,14 +494,15 @@ dynrt_status prepare(Adapter& adapter, uint32_t index, const dynrt_segment_info&
   }
   segment->method = std::make_unique<et::Method>(std::move(method.get()));
 
-  if (adapter.segments.size() <= index) adapter.segments.resize(index + 1);
-  adapter.segments[index] = std::move(segment);
+  if (index >= state.segments.size()) return DYNRT_INVALID_ARGUMENT;  // prepare_session sized it
+  state.segments[index] = std::move(segment);
   return DYNRT_OK;
 }
 
-dynrt_status run(Adapter& adapter, uint32_t index, uint32_t batch, void* const* inputs, void* const* outputs) {
-  if (index >= adapter.segments.size() || !adapter.segments[index]) return DYNRT_INVALID_ARGUMENT;
-  Segment& segment = *adapter.segments[index];
+dynrt_status run(const Adapter& adapter, SessionState& state, uint32_t index, uint32_t batch, void* const* inputs,
+                 void* const* outputs) {
+  if (index >= state.segments.size() || !state.segments[index]) return DYNRT_INVALID_ARGUMENT;
+  Segment& segment = *state.segments[index];
   if (segment.max_batch > 0 ? (batch < 1 || batch > segment.max_batch) : batch != 1) return DYNRT_INVALID_ARGUMENT;
   if ((!segment.inputs.empty() && !inputs) || (!segment.outputs.empty() && !outputs)) return DYNRT_INVALID_ARGUMENT;
   et::Method& method = *segment.method;
@@ -558,11 +572,29 @@ dynrt_status run(Adapter& adapter, uint32_t index, uint32_t batch, void* const* 
 
 // --- vtable --------------------------------------------------------------------------------
 
-dynrt_status vt_prepare_segment(void* context, uint32_t segment, const dynrt_segment_info* info, char* message,
+dynrt_status vt_prepare_session(void* context, const dynrt_plan_info* plan, void** state_out, char* message,
                                 size_t message_capacity) {
-  if (context == nullptr || info == nullptr) return DYNRT_INVALID_ARGUMENT;
+  if (context == nullptr || plan == nullptr || state_out == nullptr) return DYNRT_INVALID_ARGUMENT;
+  *state_out = nullptr;
   try {
-    return prepare(*static_cast<Adapter*>(context), segment, *info, message, message_capacity);
+    auto state = std::make_unique<SessionState>();
+    state->segments.resize(plan->segment_count);
+    *state_out = state.release();
+    return DYNRT_OK;
+  } catch (const std::bad_alloc&) {
+    set_message(message, message_capacity, "out of memory for a session of %u segments", plan->segment_count);
+    return DYNRT_OUT_OF_MEMORY;
+  } catch (...) {
+    return DYNRT_BACKEND_ERROR;
+  }
+}
+
+dynrt_status vt_prepare_segment(void* context, void* session_state, uint32_t segment, const dynrt_segment_info* info,
+                                char* message, size_t message_capacity) {
+  if (context == nullptr || session_state == nullptr || info == nullptr) return DYNRT_INVALID_ARGUMENT;
+  try {
+    return prepare(*static_cast<const Adapter*>(context), *static_cast<SessionState*>(session_state), segment, *info,
+                   message, message_capacity);
   } catch (const std::bad_alloc&) {
     set_message(message, message_capacity, "segment %u: out of memory while loading", segment);
     return DYNRT_OUT_OF_MEMORY;
@@ -572,18 +604,19 @@ dynrt_status vt_prepare_segment(void* context, uint32_t segment, const dynrt_seg
   }
 }
 
-dynrt_status vt_run_segment(void* context, uint32_t segment, uint32_t batch, void* const* inputs,
+dynrt_status vt_run_segment(void* context, void* session_state, uint32_t segment, uint32_t batch, void* const* inputs,
                             void* const* outputs) {
-  if (context == nullptr) return DYNRT_INVALID_ARGUMENT;
+  if (context == nullptr || session_state == nullptr) return DYNRT_INVALID_ARGUMENT;
   try {
-    return run(*static_cast<Adapter*>(context), segment, batch, inputs, outputs);
+    return run(*static_cast<const Adapter*>(context), *static_cast<SessionState*>(session_state), segment, batch,
+               inputs, outputs);
   } catch (...) {
     return DYNRT_BACKEND_ERROR;
   }
 }
 
-void vt_release_segments(void* context) {
-  if (context != nullptr) static_cast<Adapter*>(context)->segments.clear();
+void vt_release_session(void*, void* session_state) {
+  delete static_cast<SessionState*>(session_state);  // its methods, then their memory and scratch
 }
 
 void vt_destroy(dynrt_backend* backend) {
@@ -597,58 +630,121 @@ void vt_destroy(dynrt_backend* backend) {
   delete backend;
 }
 
+// The thread setting, applied to the process-wide pool (see dynrt_executorch.h).
+dynrt_status claim_threads(Adapter& adapter, uint32_t threads, char* message, size_t capacity) {
+  if (adapter.serial) return DYNRT_OK;
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  if (threads > 1) {
+#if DYNRT_EXECUTORCH_HAS_THREADPOOL
+    auto* pool = ::executorch::extension::threadpool::get_threadpool();
+    if (pool == nullptr) {
+      set_message(message, capacity, "threads %u: ExecuTorch has no thread pool in this process", threads);
+      return DYNRT_INVALID_ARGUMENT;
+    }
+    if (pool->get_thread_count() != threads) {
+      if (g_pool_users > 0) {  // their methods hold the current pool
+        set_message(message, capacity,
+                    "threads %u: %u other ExecuTorch backend(s) of this process run on the shared pool of %zu "
+                    "threads (destroy them first, or ask for the same count, or 1)",
+                    threads, g_pool_users, pool->get_thread_count());
+        return DYNRT_INVALID_ARGUMENT;
+      }
+      pool->_unsafe_reset_threadpool(threads);
+      if (pool->get_thread_count() != threads) {
+        set_message(message, capacity, "threads %u: ExecuTorch's pool could not be resized (it has %zu)", threads,
+                    pool->get_thread_count());
+        return DYNRT_INVALID_ARGUMENT;
+      }
+    }
+#else
+    set_message(message, capacity, "threads %u: this build has no ExecuTorch thread pool (use 0 or 1)", threads);
+    return DYNRT_INVALID_ARGUMENT;
+#endif
+  }
+  ++g_pool_users;
+  adapter.pool_user = true;
+  return DYNRT_OK;
+}
+
 }  // namespace
 
-extern "C" dynrt_status dynrt_executorch_backend_create(const void* pte, size_t pte_bytes, uint32_t threads,
-                                                        dynrt_backend_t* backend_out) {
-  if (backend_out == nullptr) return DYNRT_INVALID_ARGUMENT;
+extern "C" dynrt_status dynrt_executorch_backend_create_v2(const void* pte, size_t pte_bytes,
+                                                           const dynrt_backend_options* options, char* message,
+                                                           size_t capacity, dynrt_backend_t* backend_out) {
+  if (message != nullptr && capacity > 0) message[0] = '\0';
+  if (backend_out == nullptr) {
+    set_message(message, capacity, "backend_out is NULL");
+    return DYNRT_INVALID_ARGUMENT;
+  }
   *backend_out = nullptr;
-  if (pte == nullptr || pte_bytes == 0) return DYNRT_INVALID_ARGUMENT;
-  if (reinterpret_cast<uintptr_t>(pte) % 16 != 0) return DYNRT_INVALID_ARGUMENT;  // Program::load needs it
+  if (pte == nullptr || pte_bytes == 0) {
+    set_message(message, capacity, "the program bytes are %s", pte == nullptr ? "NULL" : "empty");
+    return DYNRT_INVALID_ARGUMENT;
+  }
+  if (reinterpret_cast<uintptr_t>(pte) % 16 != 0) {  // Program::load needs it
+    set_message(message, capacity, "the program bytes must be 16-byte aligned (malloc and mmap are); they start at %p",
+                pte);
+    return DYNRT_INVALID_ARGUMENT;
+  }
+  // Fields the caller's struct has; the rest keep their defaults (dynrt.h).
+  uint32_t threads = 0;
+  if (options != nullptr) {
+    // every version of the struct has threads: a smaller size is not one of them
+    if (options->struct_size < offsetof(dynrt_backend_options, threads) + sizeof options->threads) {
+      set_message(message, capacity,
+                  "options.struct_size is %zu, not a dynrt_backend_options (start from DYNRT_BACKEND_OPTIONS_INIT)",
+                  options->struct_size);
+      return DYNRT_INVALID_ARGUMENT;
+    }
+    threads = options->threads;
+  }
   try {
     et::runtime_init();
     auto adapter = std::make_unique<Adapter>();
     adapter->serial = threads == 1;
     adapter->loader.emplace(pte, pte_bytes);
     auto program = et::Program::load(&*adapter->loader, et::Program::Verification::InternalConsistency);
-    if (!program.ok()) return DYNRT_BACKEND_ERROR;
+    if (!program.ok()) {
+      set_message(message, capacity, "the %zu bytes are not an ExecuTorch program this runtime loads: %s", pte_bytes,
+                  error_name(program.error()));
+      return DYNRT_BACKEND_ERROR;
+    }
     adapter->program.emplace(std::move(program.get()));
 
     auto backend = std::make_unique<dynrt_backend>();
-    if (!adapter->serial) {
-      std::lock_guard<std::mutex> lock(g_pool_mutex);
-      if (threads > 1) {
-#if DYNRT_EXECUTORCH_HAS_THREADPOOL
-        auto* pool = ::executorch::extension::threadpool::get_threadpool();
-        if (pool == nullptr) return DYNRT_INVALID_ARGUMENT;
-        if (pool->get_thread_count() != threads) {
-          if (g_pool_users > 0) return DYNRT_INVALID_ARGUMENT;  // their methods hold the current pool
-          pool->_unsafe_reset_threadpool(threads);
-          if (pool->get_thread_count() != threads) return DYNRT_INVALID_ARGUMENT;
-        }
-#else
-        return DYNRT_INVALID_ARGUMENT;
-#endif
-      }
-      ++g_pool_users;
-      adapter->pool_user = true;
-    }
+    dynrt_status status = claim_threads(*adapter, threads, message, capacity);
+    if (status != DYNRT_OK) return status;
+    *backend = dynrt_backend{};
     backend->api_version = DYNRT_BACKEND_API_VERSION;
     backend->name = kBackendName;
     backend->artifact = pte;
     backend->artifact_bytes = pte_bytes;
+    backend->buffer_alignment = kBufferAlignment;
+    // XNNPACK may read up to XNN_EXTRA_BYTES (16) past a tensor it is given in place (an
+    // input the method's memory plan does not own)
+    backend->buffer_tail_bytes = kXnnpackExtraBytes;
+    backend->prepare_session = vt_prepare_session;
     backend->prepare_segment = vt_prepare_segment;
     backend->run_segment = vt_run_segment;
-    backend->release_segments = vt_release_segments;
+    backend->release_session = vt_release_session;
     backend->destroy = vt_destroy;
     backend->context = adapter.release();
     *backend_out = backend.release();
     return DYNRT_OK;
   } catch (const std::bad_alloc&) {
+    set_message(message, capacity, "out of memory loading the program");
     return DYNRT_OUT_OF_MEMORY;
   } catch (...) {
+    set_message(message, capacity, "unexpected C++ exception loading the program");
     return DYNRT_BACKEND_ERROR;
   }
+}
+
+extern "C" dynrt_status dynrt_executorch_backend_create(const void* pte, size_t pte_bytes, uint32_t threads,
+                                                        dynrt_backend_t* backend_out) {
+  dynrt_backend_options options = DYNRT_BACKEND_OPTIONS_INIT;
+  options.threads = threads;
+  return dynrt_executorch_backend_create_v2(pte, pte_bytes, &options, nullptr, 0, backend_out);
 }
 
 extern "C" uint32_t dynrt_executorch_thread_count(dynrt_backend_t backend) {

@@ -3,8 +3,12 @@
  * (the model.pte `dynexport build` writes: one method per segment, XNNPACK-delegated,
  * channels_last I/O).
  *
+ *     dynrt_backend_options options = DYNRT_BACKEND_OPTIONS_INIT;   // threads 0: ExecuTorch's default
  *     dynrt_backend_t backend;
- *     if (dynrt_executorch_backend_create(pte, pte_bytes, 0, &backend) != DYNRT_OK) { ... }
+ *     char why[256];
+ *     if (dynrt_executorch_backend_create_v2(pte, pte_bytes, &options, why, sizeof why, &backend) != DYNRT_OK) {
+ *       fprintf(stderr, "%s\n", why);
+ *     }
  *     dynrt_session_create(plan, plan_bytes, backend, why, sizeof why, &session);
  *     ...
  *     dynrt_session_destroy(session);
@@ -25,16 +29,19 @@
 extern "C" {
 #endif
 
-/* Creates an ExecuTorch backend over the program bytes `pte` (the model.pte of a build).
+/* Creates an ExecuTorch backend over the program bytes `pte` (the model.pte of a build),
+ * with options (NULL: defaults; options->threads as below) and, on failure, the reason in
+ * error_message (caller-owned, may be NULL with capacity 0). A dynrt_backend_create_fn.
  *
  * Ownership: the backend KEEPS A POINTER to `pte` and does not copy it (ExecuTorch reads
  * weights and delegate blobs from it lazily, so it can be an mmap of the file): the bytes
  * must stay valid and unchanged until dynrt_backend_destroy returns. They must be aligned
  * to 16 bytes (malloc, operator new and mmap are); otherwise DYNRT_INVALID_ARGUMENT.
  * The caller owns *backend_out and frees it with dynrt_backend_destroy, after every
- * session using it. One session at a time per backend: creating a session prepares (loads)
- * every segment's method, with its planned memory, into the backend; destroying the
- * session releases them.
+ * session using it. Any number of sessions may share the backend, created and destroyed in
+ * any order: each session loads its own methods (with their planned memory and scratch)
+ * when it is created and releases them when it is destroyed; the backend keeps only the
+ * program. Sessions on one backend may run on different threads.
  *
  * threads: how many threads XNNPACK (and the optimized kernels) use per segment.
  *   0  leave ExecuTorch's default: its process-wide pool, sized to the performance cores
@@ -51,7 +58,8 @@ extern "C" {
  *
  * Errors: DYNRT_INVALID_ARGUMENT (NULL pointer, empty or misaligned pte, a thread count
  * that cannot be applied), DYNRT_BACKEND_ERROR (the bytes are not an ExecuTorch program
- * this runtime loads; ExecuTorch logs the reason to stderr), DYNRT_OUT_OF_MEMORY.
+ * this runtime loads; ExecuTorch also logs the reason), DYNRT_OUT_OF_MEMORY; each with its
+ * reason in error_message.
  * On failure *backend_out is NULL.
  *
  * Checks done later, in dynrt_session_create: the plan's artifact record (size, CRC32) vs
@@ -61,15 +69,22 @@ extern "C" {
  * DYNRT_SEGMENT_MISMATCH with a message naming the method, the operand and both shapes.
  *
  * Data movement per segment call: inputs are bound as tensors over the runtime's buffers
- * with their NHWC dim order (no layout conversion when the method is channels_last, as the
- * emitter exports it). When the method's memory plan owns an input or output (ExecuTorch's
+ * in the layout the operand info states: NHWC dim order, or row-major (no layout conversion
+ * when the method is channels_last, as the emitter exports it). When the method's memory plan owns an input or output (ExecuTorch's
  * default export), ExecuTorch copies the input into its planned buffer and the adapter copies
  * the output (batch rows) back: one memcpy each way. An input/output the plan leaves unplanned
  * is used in place (zero-copy). A method tensor in another dim order (e.g. a contiguous NCHW
  * output) still works: that operand is permuted by a copy on every call.
  * No allocation happens in a segment call, except that a kernel asking for temporary memory
- * beyond what earlier calls needed grows the adapter's scratch once.
+ * beyond what earlier calls needed grows the session's scratch once.
  */
+DYNRT_NODISCARD dynrt_status dynrt_executorch_backend_create_v2(const void* pte, size_t pte_bytes,
+                                                                const dynrt_backend_options* options,
+                                                                char* error_message, size_t error_capacity,
+                                                                dynrt_backend_t* backend_out);
+
+/* The first constructor, kept: dynrt_executorch_backend_create_v2 with options.threads =
+ * threads and no message. */
 DYNRT_NODISCARD dynrt_status dynrt_executorch_backend_create(const void* pte, size_t pte_bytes, uint32_t threads,
                                                              dynrt_backend_t* backend_out);
 

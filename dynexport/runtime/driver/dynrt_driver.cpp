@@ -1,7 +1,7 @@
-// dynrt_verify_driver: streams a clip through the native runtime with the ExecuTorch
-// backend, for `dynexport verify` / `dynexport bench` (host, qemu-aarch64, adb).
+// dynrt_driver: streams a clip through the native runtime on any backend compiled in, for
+// `dynexport verify` / `dynexport bench` (host, qemu-aarch64, adb).
 //
-//   dynrt_verify_driver --plan plan.dxfp --artifact model.pte --frames frames.bin --outputs outputs.bin
+//   dynrt_driver --backend NAME --plan plan.dxfp --artifact ARTIFACT --frames frames.bin --outputs outputs.bin
 //       [--decisions decisions.bin] [--tie-decisions ties.bin] [--reset-frames 0,17,...]
 //       [--stats stats.jsonl] [--threads N] [--repeat R] [--warmup W] [--verbose]
 //       [--dense-plan dense.dxfp --dense-artifact dense.pte [--dense-outputs dense_outputs.bin]]
@@ -27,8 +27,27 @@
 //   pass, --reset-frames) and takes no tie decisions. Each step is timed around
 //   dynrt_session_step with a steady clock: "wall_ns" (dynamic) and "dense_ns" in stats.
 //   --dense-outputs: the dense session's outputs of the last pass, laid out like outputs.bin.
-// --threads N: ExecuTorch threads (dynrt_executorch_backend_create), 0 = its default.
-// --verbose: also ExecuTorch's info log lines (by default only its errors reach stderr).
+// --shared-sessions-check: instead of the above, a check of the backend itself: sessions
+//   sharing one backend object. Each of 3 clips (the frames forwards, backwards, and from the
+//   middle, looped) is stepped by a lone session (its own backend); then 2 and 3 sessions on
+//   ONE backend, each on its own clip, are created one by one (the live ones stepping between
+//   creations), stepped together and destroyed one by one (the others stepping on), in every
+//   creation and destruction order; every output must equal the lone session's bit for bit.
+//   outputs.bin gets clip 0's lone outputs; stdout a JSON summary; exit 3 on any difference.
+// --tune-segments GROUPS (tune mode, for `dynexport tune`): instead of streaming, time
+//   segments on the backend. GROUPS is "segment:batch,segment:batch,.../segment:batch,...":
+//   groups of calls separated by '/'. The frames are stepped once first (the buffers then
+//   hold real activations), then per group --warmup W untimed rounds and --rounds R timed
+//   ones; each round runs every call of the group once, in a fresh order shuffled with
+//   --seed S (default 0) and the group's index, timed around the backend call
+//   (dynrt_session_time_segment). --copy-bytes N: also time a memcpy of max(N, 64 KiB) bytes,
+//   2 untimed and 21 timed times (the cost of gathering tiles, on this device). --outputs is
+//   not needed. stdout: {"backend", "threads", "rounds", "warmup", "copy_bytes", "copy_ns":
+//   [21 times], "tune": [per group: [per call: {"segment", "batch", "ns": [R times]}]]}.
+// --backend NAME: which of the backends compiled in (driver_backends.h, written by CMake from
+//   what each backend's fragment registered) runs the segments; the artifact is its file.
+// --threads N: the backend's threads (dynrt_backend_options.threads), 0 = its default.
+// --verbose: also the backend library's info log lines (by default only its errors reach stderr).
 // stdout: one JSON summary line; in bench mode with "median_dense_ns" and "median_dynamic_ns":
 //   for each frame the median of its R step times, then the median of those over the frames
 //   (a median is the sorted values' element n / 2).
@@ -38,6 +57,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
+#include <random>
 #include <cinttypes>
 #include <cstdarg>
 #include <cstdio>
@@ -47,24 +68,29 @@
 #include <string>
 #include <vector>
 
-#include <executorch/runtime/platform/platform.h>
-
+#include "driver_backends.h"
 #include "dynrt.h"
-#include "dynrt_executorch.h"
+#include "dynrt_backend_impl.h"  // dynrt_format_dims
 
 namespace {
 
 constexpr int kExitOk = 0, kExitUsage = 2, kExitStatus = 3;
 
 const char* const kUsage =
-    "usage: dynrt_verify_driver --plan plan.dxfp --artifact model.pte --frames frames.bin --outputs outputs.bin\n"
+    "usage: dynrt_driver --backend NAME --plan plan.dxfp --artifact ARTIFACT --frames frames.bin --outputs outputs.bin\n"
     "         [--decisions decisions.bin] [--tie-decisions ties.bin] [--reset-frames 0,17,...]\n"
     "         [--stats stats.jsonl] [--threads N] [--repeat R] [--warmup W] [--verbose]\n"
     "         [--dense-plan dense.dxfp --dense-artifact dense.pte [--dense-outputs dense_outputs.bin]]\n"
+    "       dynrt_driver --backend NAME --plan plan.dxfp --artifact ARTIFACT --frames frames.bin --outputs outputs.bin\n"
+    "         --shared-sessions-check [--threads N]\n"
+    "       dynrt_driver --backend NAME --plan plan.dxfp --artifact ARTIFACT --frames frames.bin\n"
+    "         --tune-segments S:B,S:B/S:B,... [--rounds R] [--warmup W] [--seed S] [--copy-bytes N] [--threads N]\n"
+    "  --backend NAME: one of the backends compiled in: " DYNRT_COMPILED_BACKEND_NAMES ".\n"
     "  --warmup W: untimed passes first (default 1). --dense-*: bench mode, a dense session stepped\n"
     "  on every frame next to the dynamic one (even frames dense first); stats gain dense_ns and\n"
     "  wall_ns, the summary median_dense_ns and median_dynamic_ns: per frame the median over the\n"
-    "  R passes, then the median over frames.\n";
+    "  R passes, then the median over frames. --shared-sessions-check: sessions sharing one backend,\n"
+    "  created and destroyed in every order, must give a lone session's outputs (see the source).\n";
 
 // An error that ends the run with an exit code; main prints it.
 struct Failure {
@@ -84,6 +110,7 @@ Failure fail(int code, const char* format, ...) {
 }
 
 struct Options {
+  const char* backend = nullptr;
   const char *plan = nullptr, *artifact = nullptr, *frames = nullptr, *outputs = nullptr;
   const char *decisions = nullptr, *ties = nullptr, *stats = nullptr;
   const char *dense_plan = nullptr, *dense_artifact = nullptr, *dense_outputs = nullptr;  // bench mode
@@ -92,6 +119,11 @@ struct Options {
   uint32_t repeat = 1;
   uint32_t warmup = 1;
   bool verbose = false;
+  bool shared_sessions_check = false;
+  const char* tune_segments = nullptr;  // tune mode
+  uint32_t rounds = 25;
+  uint64_t seed = 0;
+  uint64_t copy_bytes = 0;
 };
 
 bool parse_u64(const char* text, uint64_t* value) {
@@ -116,6 +148,9 @@ Options parse_arguments(int argc, char** argv) {
     } else if (flag == "--verbose") {
       options.verbose = true;
       continue;
+    } else if (flag == "--shared-sessions-check") {
+      options.shared_sessions_check = true;
+      continue;
     } else if (flag == "-h" || flag == "--help") {
       std::fputs(kUsage, stdout);
       std::exit(kExitOk);
@@ -125,7 +160,8 @@ Options parse_arguments(int argc, char** argv) {
       throw fail(kExitUsage, "%s needs a value\n%s", flag.c_str(), kUsage);
     }
     uint64_t number = 0;
-    if (flag == "--plan") options.plan = value;
+    if (flag == "--backend") options.backend = value;
+    else if (flag == "--plan") options.plan = value;
     else if (flag == "--artifact") options.artifact = value;
     else if (flag == "--frames") options.frames = value;
     else if (flag == "--outputs") options.outputs = value;
@@ -135,6 +171,19 @@ Options parse_arguments(int argc, char** argv) {
     else if (flag == "--dense-plan") options.dense_plan = value;
     else if (flag == "--dense-artifact") options.dense_artifact = value;
     else if (flag == "--dense-outputs") options.dense_outputs = value;
+    else if (flag == "--tune-segments") options.tune_segments = value;
+    else if (flag == "--rounds") {
+      if (!parse_u64(value, &number) || number < 1 || number > 1000000)
+        throw fail(kExitUsage, "--rounds %s: expected a count >= 1", value);
+      options.rounds = static_cast<uint32_t>(number);
+    } else if (flag == "--copy-bytes") {
+      if (!parse_u64(value, &number) || number > (uint64_t{1} << 32))
+        throw fail(kExitUsage, "--copy-bytes %s: expected a byte count up to 4 GiB", value);
+      options.copy_bytes = number;
+    } else if (flag == "--seed") {
+      if (!parse_u64(value, &number)) throw fail(kExitUsage, "--seed %s: expected a number >= 0", value);
+      options.seed = number;
+    }
     else if (flag == "--threads") {
       if (!parse_u64(value, &number) || number > 1024) throw fail(kExitUsage, "--threads %s: expected 0..1024", value);
       options.threads = static_cast<uint32_t>(number);
@@ -163,7 +212,8 @@ Options parse_arguments(int argc, char** argv) {
     }
   }
   const char* missing = !options.plan ? "--plan" : !options.artifact ? "--artifact" : !options.frames ? "--frames"
-                        : !options.outputs ? "--outputs" : nullptr;
+                        : !options.outputs && !options.tune_segments ? "--outputs"
+                        : !options.backend ? "--backend" : nullptr;
   if (missing) throw fail(kExitUsage, "missing %s\n%s", missing, kUsage);
   if (!options.dense_plan != !options.dense_artifact)
     throw fail(kExitUsage, "%s needs %s too (bench mode takes the dense export's plan and artifact)",
@@ -173,6 +223,21 @@ Options parse_arguments(int argc, char** argv) {
     throw fail(kExitUsage, "--dense-outputs needs --dense-plan and --dense-artifact");
   std::sort(options.reset_frames.begin(), options.reset_frames.end());
   return options;
+}
+
+// --- backends ---------------------------------------------------------------------------------
+
+std::string compiled_backend_names() {
+  std::string names;
+  for (const dynrt_driver_backend* entry : kCompiledBackends) names += (names.empty() ? "" : ", ") + std::string(entry->name);
+  return names;
+}
+
+const dynrt_driver_backend& find_backend(const char* name) {
+  for (const dynrt_driver_backend* entry : kCompiledBackends)
+    if (std::strcmp(entry->name, name) == 0) return *entry;
+  throw fail(kExitUsage, "--backend %s: not compiled into this driver (it has: %s); build the runtime with that "
+             "backend's adapter", name, compiled_backend_names().c_str());
 }
 
 // --- files ----------------------------------------------------------------------------------
@@ -210,7 +275,7 @@ uint64_t file_size(std::FILE* file, const char* path) {
   return static_cast<uint64_t>(size);
 }
 
-// The whole file, 64-byte aligned (ExecuTorch needs 16 for a program).
+// The whole file, 64-byte aligned (backends may need it: ExecuTorch programs need 16).
 Bytes read_whole(const char* path, const char* what, size_t* size_out) {
   File file = open_file(path, "rb", what);
   uint64_t size = file_size(file.get(), path);
@@ -268,42 +333,38 @@ const char* path_name(uint32_t path) {
 }
 
 std::string shape_text(const uint32_t* dims, uint32_t rank) {
-  std::string text = "[";
-  for (uint32_t i = 0; i < rank && i < 4; ++i) text += (i ? ", " : "") + std::to_string(dims[i]);
-  return text + "]";
+  uint64_t values[4] = {};
+  rank = std::min<uint32_t>(rank, 4);
+  for (uint32_t i = 0; i < rank; ++i) values[i] = dims[i];
+  char text[DYNRT_DIMS_TEXT_CAPACITY];
+  return dynrt_format_dims(text, sizeof text, rank, values, 0);
 }
 
-// ExecuTorch logs through its platform layer; by default only errors get through (its
-// cpuinfo and thread pool report at info level on every start).
-bool g_verbose = false;
-
-void emit_executorch_log(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*, size_t line,
-                         const char* message, size_t length) {
-  if (!g_verbose && (level == kDebug || level == kInfo)) return;
-  std::fprintf(stderr, "executorch %c %s:%zu] %.*s\n", static_cast<char>(level), filename ? filename : "?", line,
-               static_cast<int>(length), message);
-}
-
-// One plan on its own ExecuTorch backend. Members go in reverse order: the session, then the
-// backend, then the artifact bytes the backend reads from.
+// One plan on its own backend. Members go in reverse order: the session, then the backend,
+// then the artifact bytes the backend may read from.
 struct Loaded {
-  Bytes pte;
+  Bytes artifact;
   Runtime rt;
   dynrt_session_info info{};
   const char* who = "";  // prefix of error messages: "" or "dense session: "
 };
 
-std::unique_ptr<Loaded> load(const char* plan_path, const char* artifact_path, uint32_t threads, bool dense) {
+std::unique_ptr<Loaded> load(const dynrt_driver_backend& backend, const char* plan_path, const char* artifact_path,
+                             uint32_t threads, bool dense) {
   auto loaded = std::make_unique<Loaded>();
   loaded->who = dense ? "dense session: " : "";
-  size_t plan_bytes = 0, pte_bytes = 0;
+  size_t plan_bytes = 0, artifact_bytes = 0;
   Bytes plan = read_whole(plan_path, dense ? "dense plan" : "plan", &plan_bytes);
-  loaded->pte = read_whole(artifact_path, dense ? "dense artifact" : "artifact", &pte_bytes);
-  dynrt_status status = dynrt_executorch_backend_create(loaded->pte.get(), pte_bytes, threads, &loaded->rt.backend);
-  if (status != DYNRT_OK)
-    throw status_failure(status, nullptr, "cannot create the ExecuTorch backend from %s %s (threads %u)",
-                         dense ? "dense artifact" : "artifact", artifact_path, threads);
+  loaded->artifact = read_whole(artifact_path, dense ? "dense artifact" : "artifact", &artifact_bytes);
+  dynrt_backend_options options = DYNRT_BACKEND_OPTIONS_INIT;
+  options.threads = threads;
   char why[1024] = "";
+  dynrt_status status = backend.create(loaded->artifact.get(), artifact_bytes, &options, why, sizeof why,
+                                       &loaded->rt.backend);
+  if (status != DYNRT_OK)
+    throw fail(kExitStatus, "cannot create the %s backend from %s %s (threads %u): %s (status %d)%s%s", backend.name,
+               dense ? "dense artifact" : "artifact", artifact_path, threads, dynrt_status_string(status),
+               static_cast<int>(status), why[0] ? ": " : "", why);
   status = dynrt_session_create(plan.get(), plan_bytes, loaded->rt.backend, why, sizeof why, &loaded->rt.session);
   if (status != DYNRT_OK)
     throw fail(kExitStatus, "%s %s with artifact %s rejected: %s (status %d): %s", dense ? "dense plan" : "plan",
@@ -438,13 +499,260 @@ uint64_t median_of_frame_medians(const std::vector<uint64_t>& ns, uint64_t frame
   return median(per_frame);
 }
 
+// --- --shared-sessions-check ---------------------------------------------------------------
+
+constexpr int kClips = 3;
+constexpr uint64_t kClipSteps = 12;  // more than a schedule below steps one session
+
+uint64_t clip_frame(int clip, uint64_t i, uint64_t frames) {
+  return clip == 0 ? i % frames : clip == 1 ? frames - 1 - i % frames : (i + frames / 2) % frames;
+}
+
+// Sessions made on one backend object (not owning it), destroyed by the schedule or at the end.
+struct SharedSession {
+  dynrt_session_t session = nullptr;
+  int clip = 0;
+  uint64_t steps = 0;
+  SharedSession() = default;
+  SharedSession(const SharedSession&) = delete;
+  SharedSession& operator=(const SharedSession&) = delete;
+  ~SharedSession() { dynrt_session_destroy(session); }
+};
+
+struct SharedCheck {
+  const Bytes* plan;
+  size_t plan_bytes;
+  const std::vector<uint8_t>* frames;
+  uint64_t frame_count;
+  dynrt_session_info info;
+  std::vector<std::vector<uint8_t>> lone;  // per clip, kClipSteps outputs
+  std::vector<uint8_t> output;
+  uint64_t steps = 0;
+
+  void step(SharedSession& run, const char* schedule) {
+    if (run.session == nullptr || run.steps >= kClipSteps) return;
+    const uint8_t* frame = frames->data() + clip_frame(run.clip, run.steps, frame_count) * info.input_bytes;
+    dynrt_status status = dynrt_session_step(run.session, reinterpret_cast<const float*>(frame), info.input_bytes,
+                                             reinterpret_cast<float*>(output.data()), info.output_bytes, nullptr);
+    if (status != DYNRT_OK)
+      throw status_failure(status, run.session, "%s: clip %d step %" PRIu64, schedule, run.clip, run.steps);
+    const uint8_t* expected = lone[run.clip].data() + run.steps * info.output_bytes;
+    if (std::memcmp(output.data(), expected, info.output_bytes) != 0) {
+      const float* got = reinterpret_cast<const float*>(output.data());
+      const float* want = reinterpret_cast<const float*>(expected);
+      float worst = 0;
+      for (size_t i = 0; i < info.output_bytes / 4; ++i) worst = std::max(worst, std::abs(got[i] - want[i]));
+      throw fail(kExitStatus, "%s: clip %d step %" PRIu64 " differs from a lone session's (max abs difference %g)",
+                 schedule, run.clip, run.steps, static_cast<double>(worst));
+    }
+    run.steps += 1;
+    steps += 1;
+  }
+};
+
+int check_shared_sessions(const dynrt_driver_backend& backend, const Options& options) {
+  size_t plan_bytes = 0, artifact_bytes = 0;
+  Bytes plan = read_whole(options.plan, "plan", &plan_bytes);
+  Bytes artifact = read_whole(options.artifact, "artifact", &artifact_bytes);
+  auto make_backend = [&](Runtime& rt) {
+    dynrt_backend_options backend_options = DYNRT_BACKEND_OPTIONS_INIT;
+    backend_options.threads = options.threads;
+    char why[1024] = "";
+    dynrt_status status = backend.create(artifact.get(), artifact_bytes, &backend_options, why, sizeof why, &rt.backend);
+    if (status != DYNRT_OK)
+      throw fail(kExitStatus, "cannot create the %s backend: %s (status %d): %s", backend.name,
+                 dynrt_status_string(status), static_cast<int>(status), why);
+  };
+  auto make_session = [&](dynrt_backend_t on, dynrt_session_t* out, const char* schedule) {
+    char why[1024] = "";
+    dynrt_status status = dynrt_session_create(plan.get(), plan_bytes, on, why, sizeof why, out);
+    if (status != DYNRT_OK)
+      throw fail(kExitStatus, "%s: plan %s rejected: %s (status %d): %s", schedule, options.plan,
+                 dynrt_status_string(status), static_cast<int>(status), why);
+  };
+
+  SharedCheck check{};
+  {  // the lone sessions, each on its own backend
+    Runtime first;
+    make_backend(first);
+    make_session(first.backend, &first.session, "lone session");
+    if (dynrt_session_describe(first.session, &check.info) != DYNRT_OK) throw fail(kExitStatus, "describe failed");
+  }
+  File frames_file = open_file(options.frames, "rb", "frames");
+  const uint64_t size = file_size(frames_file.get(), options.frames);
+  if (size == 0 || size % check.info.input_bytes != 0)
+    throw fail(kExitUsage, "frames %s: %" PRIu64 " bytes is not a whole number of frames of %zu bytes", options.frames,
+               size, check.info.input_bytes);
+  std::vector<uint8_t> frames(size);
+  read_exact(frames_file.get(), frames.data(), size, options.frames);
+  check.frames = &frames;
+  check.frame_count = size / check.info.input_bytes;
+  check.output.resize(check.info.output_bytes);
+  for (int clip = 0; clip < kClips; ++clip) {
+    Runtime lone;
+    make_backend(lone);
+    make_session(lone.backend, &lone.session, "lone session");
+    check.lone.emplace_back(kClipSteps * check.info.output_bytes);
+    for (uint64_t i = 0; i < kClipSteps; ++i) {
+      const uint8_t* frame = frames.data() + clip_frame(clip, i, check.frame_count) * check.info.input_bytes;
+      dynrt_status status = dynrt_session_step(lone.session, reinterpret_cast<const float*>(frame),
+                                               check.info.input_bytes,
+                                               reinterpret_cast<float*>(check.lone.back().data() + i * check.info.output_bytes),
+                                               check.info.output_bytes, nullptr);
+      if (status != DYNRT_OK) throw status_failure(status, lone.session, "lone session, clip %d step %" PRIu64, clip, i);
+    }
+  }
+  File outputs = open_file(options.outputs, "wb", "outputs");
+  write_exact(outputs.get(), check.lone[0].data(), check.lone[0].size(), options.outputs);
+
+  uint32_t schedules = 0;
+  for (int count = 2; count <= kClips; ++count) {
+    std::vector<int> create_order(count), destroy_order(count);
+    for (int k = 0; k < count; ++k) create_order[k] = k;
+    do {
+      for (int k = 0; k < count; ++k) destroy_order[k] = k;
+      do {
+        char schedule[128];
+        std::snprintf(schedule, sizeof schedule, "%d sessions on one backend, created in order", count);
+        std::string name = schedule;
+        for (int k : create_order) name += " " + std::to_string(k);
+        name += ", destroyed in order";
+        for (int k : destroy_order) name += " " + std::to_string(k);
+        Runtime shared;  // the backend; its sessions below are destroyed before it
+        make_backend(shared);
+        std::vector<SharedSession> runs(count);
+        for (int k = 0; k < count; ++k) {
+          SharedSession& run = runs[create_order[k]];
+          run.clip = create_order[k];
+          make_session(shared.backend, &run.session, name.c_str());
+          for (SharedSession& live : runs) check.step(live, name.c_str());
+        }
+        for (int repeat = 0; repeat < 3; ++repeat)
+          for (SharedSession& live : runs) check.step(live, name.c_str());
+        for (int k = 0; k < count; ++k) {
+          SharedSession& run = runs[destroy_order[k]];
+          dynrt_session_destroy(run.session);
+          run.session = nullptr;
+          for (SharedSession& live : runs) check.step(live, name.c_str());
+        }
+        ++schedules;
+      } while (std::next_permutation(destroy_order.begin(), destroy_order.end()));
+    } while (std::next_permutation(create_order.begin(), create_order.end()));
+  }
+  std::printf("{\"backend\": \"%s\", \"shared_sessions_check\": {\"schedules\": %u, \"steps\": %" PRIu64
+              ", \"differences\": 0}}\n",
+              backend.name, schedules, check.steps);
+  return kExitOk;
+}
+
+// --- --tune-segments ------------------------------------------------------------------------
+
+struct TimedCall {
+  uint32_t segment = 0, batch = 1;
+  std::vector<uint64_t> ns;
+};
+
+std::vector<std::vector<TimedCall>> parse_tune_groups(const char* spec) {
+  std::vector<std::vector<TimedCall>> groups(1);
+  std::string text = spec;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t end = text.find_first_of(",/", start);
+    std::string item = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    size_t colon = item.find(':');
+    uint64_t segment = 0, batch = 0;
+    if (colon == std::string::npos || !parse_u64(item.substr(0, colon).c_str(), &segment) ||
+        !parse_u64(item.substr(colon + 1).c_str(), &batch) || segment > UINT32_MAX || batch > UINT32_MAX)
+      throw fail(kExitUsage, "--tune-segments %s: '%s' is not segment:batch", spec, item.c_str());
+    TimedCall call;
+    call.segment = static_cast<uint32_t>(segment);
+    call.batch = static_cast<uint32_t>(batch);
+    groups.back().push_back(call);
+    if (end == std::string::npos) break;
+    if (text[end] == '/') groups.emplace_back();
+    start = end + 1;
+  }
+  return groups;
+}
+
+int tune_segments(const dynrt_driver_backend& backend, const Options& options) {
+  std::vector<std::vector<TimedCall>> groups = parse_tune_groups(options.tune_segments);
+  std::unique_ptr<Loaded> loaded = load(backend, options.plan, options.artifact, options.threads, false);
+  const dynrt_session_info& info = loaded->info;
+  File frames = open_file(options.frames, "rb", "frames");
+  const uint64_t size = file_size(frames.get(), options.frames);
+  if (size == 0 || size % info.input_bytes != 0)
+    throw fail(kExitUsage, "frames %s: %" PRIu64 " bytes is not a whole number of frames of %zu bytes", options.frames,
+               size, info.input_bytes);
+  Bytes frame = allocate(info.input_bytes);
+  Bytes result = allocate(info.output_bytes);
+  for (uint64_t t = 0; t < size / info.input_bytes; ++t) {  // real activations in every buffer
+    read_exact(frames.get(), frame.get(), info.input_bytes, options.frames);
+    (void)timed_step(*loaded, frame.get(), result.get(), nullptr, t, "tune");
+  }
+  for (size_t g = 0; g < groups.size(); ++g) {
+    std::vector<TimedCall>& calls = groups[g];
+    std::vector<size_t> order(calls.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    for (TimedCall& call : calls) call.ns.reserve(options.rounds);
+    std::mt19937_64 shuffle(options.seed * 1000003u + g);
+    for (uint32_t round = 0; round < options.warmup + options.rounds; ++round) {
+      std::shuffle(order.begin(), order.end(), shuffle);
+      for (size_t i : order) {
+        TimedCall& call = calls[i];
+        uint64_t ns = 0;
+        dynrt_status status = dynrt_session_time_segment(loaded->rt.session, call.segment, call.batch, &ns);
+        if (status != DYNRT_OK)
+          throw status_failure(status, loaded->rt.session, "--tune-segments: segment %u at batch %u", call.segment,
+                               call.batch);
+        if (round >= options.warmup) call.ns.push_back(ns);
+      }
+    }
+  }
+  // a plain copy of the gathered bytes (below 64 KiB the clock's resolution dominates)
+  std::vector<uint64_t> copy_ns;
+  const uint64_t copy_bytes = options.copy_bytes ? std::max<uint64_t>(options.copy_bytes, 1 << 16) : 0;
+  if (copy_bytes) {
+    Bytes source = allocate(copy_bytes), target = allocate(copy_bytes);
+    for (uint64_t i = 0; i < copy_bytes; ++i) source.get()[i] = static_cast<uint8_t>(i * 131u);
+    for (int r = 0; r < 23; ++r) {
+      const auto start = std::chrono::steady_clock::now();
+      std::memcpy(target.get(), source.get(), copy_bytes);
+      const auto end = std::chrono::steady_clock::now();
+      if (r >= 2) copy_ns.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(end - start).count());
+    }
+    volatile uint8_t keep = target.get()[copy_bytes / 2];  // the copy is used
+    (void)keep;
+  }
+  const uint32_t threads = backend.thread_count ? backend.thread_count(loaded->rt.backend) : options.threads;
+  std::printf("{\"backend\": \"%s\", \"threads\": %u, \"rounds\": %u, \"warmup\": %u, \"copy_bytes\": %" PRIu64
+              ", \"copy_ns\": [",
+              backend.name, threads, options.rounds, options.warmup, copy_bytes);
+  for (size_t r = 0; r < copy_ns.size(); ++r) std::printf("%s%" PRIu64, r ? ", " : "", copy_ns[r]);
+  std::printf("], \"tune\": [");
+  for (size_t g = 0; g < groups.size(); ++g) {
+    std::printf("%s[", g ? ", " : "");
+    for (size_t i = 0; i < groups[g].size(); ++i) {
+      const TimedCall& call = groups[g][i];
+      std::printf("%s{\"segment\": %u, \"batch\": %u, \"ns\": [", i ? ", " : "", call.segment, call.batch);
+      for (size_t r = 0; r < call.ns.size(); ++r) std::printf("%s%" PRIu64, r ? ", " : "", call.ns[r]);
+      std::printf("]}");
+    }
+    std::printf("]");
+  }
+  std::puts("]}");
+  return kExitOk;
+}
+
 int run(const Options& options) {
-  g_verbose = options.verbose;
-  ::executorch::runtime::register_pal(::executorch::runtime::PalImpl::create(emit_executorch_log, __FILE__));
-  std::unique_ptr<Loaded> dynamic = load(options.plan, options.artifact, options.threads, false);
+  const dynrt_driver_backend& backend = find_backend(options.backend);
+  if (backend.set_up_process) backend.set_up_process(options.verbose ? 1 : 0);
+  if (options.shared_sessions_check) return check_shared_sessions(backend, options);
+  if (options.tune_segments) return tune_segments(backend, options);
+  std::unique_ptr<Loaded> dynamic = load(backend, options.plan, options.artifact, options.threads, false);
   std::unique_ptr<Loaded> dense;  // bench mode; destroyed first (declared last)
   if (options.dense_plan) {
-    dense = load(options.dense_plan, options.dense_artifact, options.threads, true);
+    dense = load(backend, options.dense_plan, options.dense_artifact, options.threads, true);
     check_dense_fits(*dynamic, *dense, options);
   }
   const dynrt_session_info& info = dynamic->info;
@@ -553,10 +861,12 @@ int run(const Options& options) {
 
   uint64_t total = 0;
   for (uint64_t ns : frame_times) total += ns;
-  std::printf("{\"frames\": %" PRIu64 ", \"passes\": %u, \"warmup\": %u, \"threads\": %u, \"mean_frame_ns\": %" PRIu64
+  const uint32_t threads = backend.thread_count ? backend.thread_count(dynamic->rt.backend) : options.threads;
+  std::printf("{\"backend\": \"%s\", \"frames\": %" PRIu64 ", \"passes\": %u, \"warmup\": %u, \"threads\": %u, "
+              "\"mean_frame_ns\": %" PRIu64
               ", \"median_frame_ns\": %" PRIu64 ", \"mean_segments_ns\": %" PRIu64 ", \"arena_bytes\": %zu"
               ", \"state_bytes\": %zu",
-              frame_count, options.repeat, options.warmup, dynrt_executorch_thread_count(dynamic->rt.backend),
+              backend.name, frame_count, options.repeat, options.warmup, threads,
               total / steps, median(frame_times), segments_total / steps, info.arena_bytes, info.state_bytes);
   if (dense)
     std::printf(", \"median_dense_ns\": %" PRIu64 ", \"median_dynamic_ns\": %" PRIu64 ", \"dense_arena_bytes\": %zu",
@@ -572,10 +882,10 @@ int main(int argc, char** argv) {
   try {
     return run(parse_arguments(argc, argv));
   } catch (const Failure& failure) {
-    std::fprintf(stderr, "dynrt_verify_driver: %s\n", failure.message.c_str());
+    std::fprintf(stderr, "dynrt_driver: %s\n", failure.message.c_str());
     return failure.code;
   } catch (const std::exception& error) {
-    std::fprintf(stderr, "dynrt_verify_driver: %s\n", error.what());
+    std::fprintf(stderr, "dynrt_driver: %s\n", error.what());
     return kExitUsage;
   }
 }
