@@ -17,3 +17,6 @@ ClipFile = Annotated[Optional[Path], typer.Option(
 SYNTHETIC_PRESETS = "static_camera, handheld, scene_cut, drift, still, mixed"
 Backends = Annotated[Optional[list[str]], typer.Option(
     "--backend", help="Backend (repeatable).", show_default="every backend in the build")]
+Device = Annotated[str, typer.Option(
+    "--device", help="Where the native runtime runs: host, qemu-arm64 (ARM64 under emulation: use few, "
+                     "small frames) or adb (a connected Android device).")]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from dynexport.cli.options import OutDir
+from dynexport.cli.options import Device, OutDir
 
 # tile times shown in the table: these fractions of the tile segment's max batch (all in --json)
 SHOWN_BATCH_FRACTIONS = (0.0, 0.25, 0.5, 1.0)
@@ -17,15 +17,18 @@ SHOWN_BATCH_FRACTIONS = (0.0, 0.25, 0.5, 1.0)
 def tune(
     out: OutDir,
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Timed rounds per layer (medians).")] = 25,
-    threads: Annotated[int, typer.Option("--threads", min=1, help="ExecuTorch threads while timing.")] = 1,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="Backend threads while timing.")] = 1,
+    device: Device = "host",
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", help="Backend whose segments are timed.", show_default="the build's first")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Measure and show the choice; write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Choose each gated layer's dense cut-off from measurement on this machine.
 
-    For every gated layer with both a tile and a dense segment, times the tile segment of
-    OUT/model.pte at each batch K (1..its max batch) and the dense segment, through the
-    ExecuTorch runtime (medians over --rounds after warm-up, --threads threads), and sets the
+    For every gated layer with both a tile and a dense segment, times the tile segment of the
+    backend artifact at each batch K (1..its max batch) and the dense segment, through the
+    native runtime on --device (medians over --rounds after warm-up, --threads threads), and sets the
     layer's cut-off to the largest K up to which the tile path (tile segment + gathering K
     tiles) is cheaper than the dense segment at every count. The plan (plan.dxfp) gets the new
     cut-offs, the manifest the measured table ("tuning") and the plan's new checksum; each
@@ -38,6 +41,8 @@ def tune(
       dynexport build examples/skipconv_heatmap/model.pt -o out && dynexport tune out
 
       dynexport tune out --dry-run --json
+
+      dynexport tune out --device qemu-arm64 --rounds 5
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -47,7 +52,7 @@ def tune(
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("tune: verify the folder", total=None)
-        report = run_tune(out, threads=threads, rounds=rounds, write=not dry_run,
+        report = run_tune(out, threads=threads, rounds=rounds, write=not dry_run, device=device, backend=backend,
                           progress=lambda what, done, total: progress.update(
                               task, description=f"tune: {what}", completed=done, total=total))
     if as_json:

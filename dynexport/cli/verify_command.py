@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dynexport.cli.options import SYNTHETIC_PRESETS, AllowPickle, Backends, ClipFile, OutDir
+from dynexport.cli.options import SYNTHETIC_PRESETS, AllowPickle, Backends, ClipFile, Device, OutDir
 
 
 def verify(
@@ -17,9 +17,7 @@ def verify(
         "--synthetic", help=f"A generated clip instead: {SYNTHETIC_PRESETS}.", show_default="mixed")] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Use the first N frames.")] = None,
     backend: Backends = None,
-    device: Annotated[str, typer.Option(
-        "--device", help="Where the native runtime runs: host, qemu-arm64 (ARM64 under emulation: use few, "
-                         "small frames) or adb (a connected Android device).")] = "host",
+    device: Device = "host",
     reset_at: Annotated[Optional[str], typer.Option(
         "--reset-at", help="Comma-separated frames where the stream restarts (scene cuts), e.g. 0,120.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
