@@ -20,3 +20,12 @@ class CompileError(DynexportError):
 
 class PlanError(DynexportError):
     """A built output folder or plan file is missing, damaged or inconsistent."""
+
+
+class ConversionError(DynexportError, ValueError):
+    """A model cannot be gated as asked: no convolution to convert, or a layer named by
+    ``include`` that the gated layer cannot represent."""
+
+
+class CalibrationError(DynexportError, ValueError):
+    """Gate thresholds cannot be calibrated as asked (budget, clip or model unfit)."""
