@@ -12,7 +12,8 @@ Method (one shared knob, scaled per layer):
   directly; ``input_norm`` after multiplying by the largest kernel norm), so the threshold
   ``tau_l = s * sigma_l`` (divided by the kernel norm for ``input_norm``) recomputes a block
   when its outputs may have moved by more than the fraction ``s`` of their typical spread.
-* ``s`` is found by a geometric bisection: the smallest ``s`` found whose executed MACs, over
+* ``s`` is bracketed from 1 by factors of 4, then bisected geometrically (6 steps, about 2 %):
+  the smallest ``s`` found whose executed MACs, over
   the frames after the first (which is always dense), are at most the budget. Executed MACs
   are the model's own accounting (``LayerFrameStats``: computed blocks plus the gates' own
   MACs), summed over gated layers and divided by their dense MACs.
@@ -37,8 +38,9 @@ from dynexport.nn import GatedLayer, SkipConv2d, gated_layers
 from dynexport.nn.skip_conv import kernel_norm
 
 NORM_GATES = ("input_norm", "output_norm")
-SCALE_RANGE = (1e-4, 1e3)  # bounds of the shared relative threshold s
-BISECTION_STEPS = 12  # geometric bisection: the bracket shrinks to (hi/lo)**(1/4096)
+SCALE_RANGE = (1e-4, 1e4)  # bounds of the shared relative threshold s
+BRACKET_STEP = 4.0  # s is multiplied / divided by this until the budget is bracketed
+BISECTION_STEPS = 6  # then the bracket [s, 4 s] shrinks to a factor 4 ** (1 / 64), about 2 %
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,8 @@ class CalibrationReport:
     holdout: ClipResult
     holdout_source: str  # "second half of the clip" or "holdout clip"
     streams: int  # clips streamed by the search
-    method: str = "geometric bisection of a shared relative threshold, scaled per layer by its output spread"
+    method: str = ("a shared relative threshold, bracketed by factors of 4 then bisected geometrically, "
+                   "scaled per layer by its output spread")
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -118,8 +121,14 @@ def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None) -> 
                              f"{list(calibration_frames.shape[1:])}")
 
     model.eval()
-    reference, spread = _dense_run(model, calibration_frames, layers)
-    units = {name: spread[name] / (float(kernel_norm(layer.weight)) if layer.gate == "input_norm" else 1.0)
+    reference, spread, positions = _dense_run(model, calibration_frames, layers)
+    floor = _gate_floor(layers, positions)
+    if floor >= mac_budget:
+        raise CalibrationError(
+            f"mac budget {mac_budget}: the norm gates alone cost {floor:.3f} of the gated layers' dense MACs, "
+            "so no threshold meets it (a norm gate costs as much as a depthwise convolution); raise the budget, "
+            "or convert without such layers (convert(..., exclude=...), dynexport gate --no-depthwise)")
+    units = {name: spread[name] / (float(kernel_norm(layer.weight.detach())) if layer.gate == "input_norm" else 1.0)
              for name, layer in layers}
 
     def set_scale(s: float) -> None:
@@ -134,27 +143,10 @@ def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None) -> 
         streams += 1
         return _stream(model, calibration_frames, reference)
 
-    lo, hi = SCALE_RANGE
-    run_hi = evaluate(hi)
-    if run_hi[0].mac_fraction > mac_budget:
-        raise CalibrationError(
-            f"mac budget {mac_budget}: even with every block skipped the gated layers execute "
-            f"{run_hi[0].mac_fraction:.3f} of their dense MACs (the gates' own cost, which equals a depthwise "
-            "convolution's); raise the budget, or convert without such layers (convert(..., exclude=...))")
-    run_lo = evaluate(lo)
-    if run_lo[0].mac_fraction <= mac_budget:
-        hi, run_hi = lo, run_lo
-    else:
-        for _ in range(BISECTION_STEPS):
-            mid = math.sqrt(lo * hi)
-            run = evaluate(mid)
-            if run[0].mac_fraction <= mac_budget:
-                hi, run_hi = mid, run
-            else:
-                lo = mid
+    hi, run_hi = _search(evaluate, mac_budget)
     set_scale(hi)
     result, layer_stats = run_hi
-    holdout_reference, _ = _dense_run(model, holdout_frames, [])
+    holdout_reference, _, _ = _dense_run(model, holdout_frames, [])
     holdout_result, _ = _stream(model, holdout_frames, holdout_reference)
     per_layer = []
     for layer in gated_layers(model):
@@ -168,6 +160,47 @@ def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None) -> 
 
 
 # -- internals ----------------------------------------------------------------------------------
+def _search(evaluate, mac_budget: float):
+    """The smallest shared scale s found whose run meets the budget, and that run: bracket
+    from s = 1 by factors of ``BRACKET_STEP``, then bisect geometrically. ``evaluate(s)``
+    streams the clip and returns (ClipResult, per-layer stats)."""
+    lo_cap, hi_cap = SCALE_RANGE
+    s, run = 1.0, evaluate(1.0)
+    if run[0].mac_fraction <= mac_budget:
+        hi, run_hi = s, run
+        while True:  # walk down until the budget is exceeded
+            s /= BRACKET_STEP
+            if s < lo_cap:
+                return hi, run_hi
+            run = evaluate(s)
+            if run[0].mac_fraction > mac_budget:
+                lo = s
+                break
+            hi, run_hi = s, run
+    else:
+        lo = s
+        while True:  # walk up until the budget is met
+            s *= BRACKET_STEP
+            if s > hi_cap:
+                raise CalibrationError(
+                    f"mac budget {mac_budget}: at the largest relative threshold ({hi_cap:g}) the gated layers "
+                    f"still execute {run[0].mac_fraction:.3f} of their dense MACs (gates that cannot be "
+                    "calibrated, Gumbel or D-STEP, count too); raise the budget")
+            run = evaluate(s)
+            if run[0].mac_fraction <= mac_budget:
+                hi, run_hi = s, run
+                break
+            lo = s
+    for _ in range(BISECTION_STEPS):
+        mid = math.sqrt(lo * hi)
+        run = evaluate(mid)
+        if run[0].mac_fraction <= mac_budget:
+            hi, run_hi = mid, run
+        else:
+            lo = mid
+    return hi, run_hi
+
+
 def _norm_gated_layers(model: nn.Module) -> list[tuple[str, SkipConv2d]]:
     if not isinstance(model, nn.Module):
         raise CalibrationError(f"model: expected an nn.Module, got {type(model).__name__}")
@@ -215,14 +248,28 @@ def _flat_output(output) -> Tensor:
     raise CalibrationError(f"model output: expected tensors, got {type(output).__name__}")
 
 
-def _dense_run(model: nn.Module, frames: Tensor, layers) -> tuple[Tensor, dict[str, float]]:
-    """Reference outputs [T, numel] with every block computed, and each listed layer's
-    output spread (RMS over channels of the per-channel standard deviation)."""
+def _gate_floor(layers, positions: dict[str, int]) -> float:
+    """Executed / dense MACs of the norm-gated layers when every block is skipped."""
+    gate = sum(positions[name] * layer.gate_macs_per_position() for name, layer in layers)
+    dense = sum(positions[name] * layer.macs_per_position() for name, layer in layers)
+    return gate / dense
+
+
+def _dense_run(model: nn.Module, frames: Tensor, layers):
+    """Reference outputs [T, numel] with every block computed; each listed layer's output
+    spread (RMS over channels of the per-channel standard deviation) and output positions."""
     from dynexport import streaming
 
     sums: dict[str, list[Tensor]] = {name: [] for name, _ in layers}
-    handles = [layer.register_forward_hook(lambda module, args, out, name=name: sums[name].append(
-        out.detach().transpose(0, 1).reshape(out.shape[1], -1).double())) for name, layer in layers]
+    positions: dict[str, int] = {}
+
+    def record(name):
+        def hook(module, args, out):
+            sums[name].append(out.detach().transpose(0, 1).reshape(out.shape[1], -1).double())
+            positions[name] = out.shape[0] * out.shape[-2] * out.shape[-1]
+        return hook
+
+    handles = [layer.register_forward_hook(record(name)) for name, layer in layers]
     outputs = []
     try:
         for frame in frames:
@@ -236,7 +283,7 @@ def _dense_run(model: nn.Module, frames: Tensor, layers) -> tuple[Tensor, dict[s
     for name, chunks in sums.items():
         values = torch.cat(chunks, dim=1)
         spread[name] = float(values.var(dim=1, unbiased=False).mean().sqrt()) or 1e-12
-    return torch.stack(outputs), spread
+    return torch.stack(outputs), spread, positions
 
 
 def _stream(model: nn.Module, frames: Tensor, reference: Tensor):

@@ -119,7 +119,7 @@ def convert(model: nn.Module, gate: str = "input_norm", block: int = 8, threshol
     _check_patterns_match(candidates, exclude, "exclude")
     input_sizes = _conv_input_sizes(model, input_shape) if input_shape is not None else {}
 
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else _copy(model)
     converted, skipped = [], []
     for path, conv in _plain_convolutions(target):
         if include is not None and not _matches(include, path, conv):
@@ -226,9 +226,21 @@ def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as exc:  # e.g. torch.nn.utils.prune / weight_norm leave computed weights
+        raise ConversionError(f"model {type(model).__name__} cannot be copied ({str(exc).splitlines()[0]}); "
+                              "pass inplace=True, or make pruning permanent (prune.remove) first") from None
+
+
 def _conv_input_sizes(model: nn.Module, input_shape) -> dict[str, tuple[int, int]]:
-    """Each convolution's input (H, W) on a zero frame of ``input_shape`` (run on a copy)."""
-    probe = copy.deepcopy(model).eval()
+    """Each convolution's input (H, W) on a zero frame of ``input_shape``; the model's mode and
+    the state of gated layers it already has are as before."""
+    probe, was_training = model, model.training
+    gates = [layer for _, layer in probe.named_modules() if isinstance(layer, GatedLayer)]
+    snapshots = [(layer.state_snapshot(), layer.last_stats, layer.last_decisions) for layer in gates]
+    probe.eval()
     sizes, handles = {}, []
 
     def record(path):
@@ -246,6 +258,10 @@ def _conv_input_sizes(model: nn.Module, input_shape) -> dict[str, tuple[int, int
     finally:
         for handle in handles:
             handle.remove()
+        for layer, (snapshot, stats, decisions) in zip(gates, snapshots):
+            layer.restore_state(snapshot)
+            layer.last_stats, layer.last_decisions = stats, decisions
+        probe.train(was_training)
     return sizes
 
 

@@ -97,7 +97,9 @@ def test_unconvertible_convolutions_are_left_alone_with_the_reason():
     assert "padding_mode 'reflect'" in reasons["0"]
     assert "padding='same'" in reasons["2"]
     assert conversion.paths == ["3"] and conversion.model[3].conv.padding == (1, 1)
-    assert "prune.remove" in {s.path: s.reason for s in dynexport.convert(pruned).skipped}["1"]
+    assert "prune.remove" in {s.path: s.reason for s in dynexport.convert(pruned, inplace=True).skipped}["1"]
+    with pytest.raises(ConversionError, match="cannot be copied.*inplace=True"):
+        dynexport.convert(pruned)
 
 
 def test_named_errors_for_what_the_user_asked():
