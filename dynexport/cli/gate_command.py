@@ -159,8 +159,9 @@ def _print_report(report, conversion, output, shape) -> None:
     c, h = report.calibration, report.holdout
     console.print(f"relative threshold {report.relative_threshold:.4g} ({report.streams} clips streamed; "
                   f"{report.method})")
-    console.print(f"calibration ({c.frames} frames): MACs {100 * c.mac_fraction:.1f} % of dense, error max "
-                  f"{c.error_max:.2e} mean {c.error_mean:.2e} of the output range")
-    console.print(f"held apart ({report.holdout_source}, {h.frames} frames): MACs {100 * h.mac_fraction:.1f} % "
-                  f"of dense, error max {h.error_max:.2e} mean {h.error_mean:.2e}")
+    for label, r in ((f"calibration ({c.frames} frames)", c),
+                     (f"held apart ({report.holdout_source}, {h.frames} frames)", h)):
+        console.print(f"{label}: MACs {100 * r.mac_fraction:.1f} % of the gated layers' dense MACs "
+                      f"({100 * r.model_mac_fraction:.1f} % of the whole model's), error max {r.error_max:.2e} "
+                      f"mean {r.error_mean:.2e} of the output range")
     console.print(f"saved {output}: build it with 'dynexport build {output} -o out'")

@@ -61,6 +61,7 @@ class ClipResult:
 
     frames: int
     mac_fraction: float  # executed / dense MACs of the gated layers, frames after the first
+    model_mac_fraction: float  # the same over the whole model (ungated layers run dense)
     error_max: float  # relative to the reference output's range on this clip
     error_mean: float
 
@@ -137,17 +138,19 @@ def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None) -> 
 
     streams = 0
 
+    total_macs = _model_macs(model, calibration_frames.shape[1:])
+
     def evaluate(s: float):
         nonlocal streams
         set_scale(s)
         streams += 1
-        return _stream(model, calibration_frames, reference)
+        return _stream(model, calibration_frames, reference, total_macs)
 
     hi, run_hi = _search(evaluate, mac_budget)
     set_scale(hi)
     result, layer_stats = run_hi
     holdout_reference, _, _ = _dense_run(model, holdout_frames, [])
-    holdout_result, _ = _stream(model, holdout_frames, holdout_reference)
+    holdout_result, _ = _stream(model, holdout_frames, holdout_reference, total_macs)
     per_layer = []
     for layer in gated_layers(model):
         name, module = layer
@@ -286,8 +289,16 @@ def _dense_run(model: nn.Module, frames: Tensor, layers):
     return torch.stack(outputs), spread, positions
 
 
-def _stream(model: nn.Module, frames: Tensor, reference: Tensor):
-    """Stream ``frames`` at the current thresholds: (ClipResult, per-layer stats)."""
+def _model_macs(model: nn.Module, frame_shape) -> int:
+    """Dense MACs of one frame of the whole model (torch's FLOP counter on its dense twin)."""
+    from dynexport.harness.dense import dense_counterpart, model_macs
+
+    return model_macs(dense_counterpart(model), (1, *frame_shape))
+
+
+def _stream(model: nn.Module, frames: Tensor, reference: Tensor, total_macs: int):
+    """Stream ``frames`` at the current thresholds: (ClipResult, per-layer stats). ``total_macs``:
+    one dense frame of the whole model; what the gated layers do not cover runs dense."""
     from dynexport import streaming
 
     outputs, per_layer = [], {}
@@ -311,6 +322,8 @@ def _stream(model: nn.Module, frames: Tensor, reference: Tensor):
     streaming.reset(model)
     error = (torch.stack(outputs).double() - reference.double()).abs()
     value_range = float(reference.max() - reference.min()) or 1.0
+    other = max(0, total_macs * steady - dense)
     result = ClipResult(len(frames), executed / dense if dense else 1.0,
+                        (executed + other) / (dense + other) if dense + other else 1.0,
                         float(error.max()) / value_range, float(error.mean()) / value_range)
     return result, per_layer
