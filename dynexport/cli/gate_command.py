@@ -34,6 +34,8 @@ def gate(
         "--exclude", help="Module path pattern (fnmatch, repeatable) of convolutions to leave ungated.")] = None,
     no_depthwise: Annotated[bool, typer.Option(
         "--no-depthwise", help="Leave depthwise convolutions ungated (their norm gate costs as much as they do).")] = False,
+    refine: Annotated[bool, typer.Option(
+        "--refine", help="Then spend the budget's slack greedily, one layer at a time (one clip stream per layer).")] = False,
     input_shape: InputShape = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
@@ -50,7 +52,7 @@ def gate(
 
       dynexport gate model.pt --synthetic static_camera --input-shape 1x3x128x128 -o gated.pt
 
-      dynexport gate model.pt --clip calib.npy --holdout other.npy --gate output_norm --block 4 --no-depthwise
+      dynexport gate model.pt --clip calib.npy --holdout other.npy --gate output_norm --block 4 --no-depthwise --refine
 
       dynexport build gated.pt -o out && dynexport verify out --synthetic static_camera
     """
@@ -88,7 +90,7 @@ def gate(
                                        input_shape=shape)
     with console.status(f"calibrating {len(conversion.converted)} gated layers on {len(calibration)} frames"):
         report = dynexport.calibrate(conversion.model, torch.from_numpy(np.ascontiguousarray(calibration)),
-                                     mac_budget, None if held is None else torch.from_numpy(held))
+                                     mac_budget, None if held is None else torch.from_numpy(held), refine=refine)
     dynexport.save_model(conversion.model, output, input_shape=shape)
     if as_json:
         typer.echo(json.dumps({"report": report.as_json(), "skipped": [s.__dict__ for s in conversion.skipped],
@@ -158,7 +160,7 @@ def _print_report(report, conversion, output, shape) -> None:
         console.print(f"left ungated: {skipped.path}: {skipped.reason}")
     c, h = report.calibration, report.holdout
     console.print(f"relative threshold {report.relative_threshold:.4g} ({report.streams} clips streamed; "
-                  f"{report.method})")
+                  f"{report.method}{'; refined greedily' if report.refined else ''})")
     for label, r in ((f"calibration ({c.frames} frames)", c),
                      (f"held apart ({report.holdout_source}, {h.frames} frames)", h)):
         console.print(f"{label}: MACs {100 * r.mac_fraction:.1f} % of the gated layers' dense MACs "

@@ -17,6 +17,8 @@ Method (one shared knob, scaled per layer):
   the frames after the first (which is always dense), are at most the budget. Executed MACs
   are the model's own accounting (``LayerFrameStats``: computed blocks plus the gates' own
   MACs), summed over gated layers and divided by their dense MACs.
+* With ``refine``, a greedy pass then halves single layers' thresholds (largest layers first)
+  where the budget still holds and the mean error falls.
 * The error is ``|y - y_ref|`` over the range of ``y_ref`` on the clip: its maximum and mean
   over every frame and element, on the calibration frames and on held-apart frames.
 
@@ -77,6 +79,7 @@ class CalibrationReport:
     streams: int  # clips streamed by the search
     method: str = ("a shared relative threshold, bracketed by factors of 4 then bisected geometrically, "
                    "scaled per layer by its output spread")
+    refined: bool = False
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -90,7 +93,7 @@ class CalibrationReport:
         return dataclasses.asdict(self)
 
 
-def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None) -> CalibrationReport:
+def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None, refine: bool = False) -> CalibrationReport:
     """Set the thresholds of ``model``'s norm-gated layers (a model from ``dynexport.convert``)
     so that, on ``clip`` ([T, C, H, W] float32, tensor or array), the executed MACs of its gated
     layers are at most ``mac_budget`` of their dense MACs (frames after the first).
@@ -98,9 +101,10 @@ def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None) -> 
     ``holdout``: a second clip to report the error on; by default the clip's second half is
     held apart and the first half calibrates. Raises ``CalibrationError`` for a budget outside
     (0, 1], a model without norm gates, a budget the gates' own cost already exceeds, and
-    ``FrameError`` for a clip of the wrong shape. See the module docstring for the method.
+    ``FrameError`` for a clip of the wrong shape. ``refine``: then spend the budget's slack
+    greedily (one more stream per layer). See the module docstring for the method.
     """
-    if not isinstance(mac_budget, (int, float)) or not 0.0 < float(mac_budget) <= 1.0:
+    if isinstance(mac_budget, bool) or not isinstance(mac_budget, (int, float)) or not 0.0 < mac_budget <= 1.0:
         raise CalibrationError(f"mac budget {mac_budget!r}: expected a fraction of the dense MACs in (0, 1], e.g. 0.3")
     mac_budget = float(mac_budget)
     layers = _norm_gated_layers(model)
@@ -137,7 +141,6 @@ def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None) -> 
             layer.threshold = float(s * units[name])
 
     streams = 0
-
     total_macs = _model_macs(model, calibration_frames.shape[1:])
 
     def evaluate(s: float):
@@ -148,6 +151,9 @@ def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None) -> 
 
     hi, run_hi = _search(evaluate, mac_budget)
     set_scale(hi)
+    if refine:
+        run_hi = _refine(layers, run_hi, mac_budget, lambda: _stream(model, calibration_frames, reference, total_macs))
+        streams += len(layers)
     result, layer_stats = run_hi
     holdout_reference, _, _ = _dense_run(model, holdout_frames, [])
     holdout_result, _ = _stream(model, holdout_frames, holdout_reference, total_macs)
@@ -159,10 +165,27 @@ def calibrate(model: nn.Module, clip, mac_budget: float = 0.3, holdout=None) -> 
             name, getattr(module, "gate", type(module).__name__), float(getattr(module, "threshold", float("nan"))),
             stats["active_fraction"], stats["executed_macs"], stats["dense_macs"], stats["gate_macs"],
             name in units))
-    return CalibrationReport(mac_budget, hi, per_layer, result, holdout_result, holdout_source, streams + 1)
+    return CalibrationReport(mac_budget, hi, per_layer, result, holdout_result, holdout_source, streams,
+                             refined=refine)
 
 
 # -- internals ----------------------------------------------------------------------------------
+def _refine(layers, run, mac_budget: float, stream):
+    """Greedy use of the slack the shared scale leaves under the budget: layer by layer, largest
+    dense MACs first, halve its threshold and keep that when the budget still holds and the
+    mean error falls. ``stream()`` runs the clip at the thresholds currently set."""
+    order = sorted(layers, key=lambda item: -run[1][item[0]]["dense_macs"])
+    for name, layer in order:
+        before = layer.threshold
+        layer.threshold = before / 2
+        trial = stream()
+        if trial[0].mac_fraction <= mac_budget and trial[0].error_mean < run[0].error_mean:
+            run = trial
+        else:
+            layer.threshold = before
+    return run
+
+
 def _search(evaluate, mac_budget: float):
     """The smallest shared scale s found whose run meets the budget, and that run: bracket
     from s = 1 by factors of ``BRACKET_STEP``, then bisect geometrically. ``evaluate(s)``

@@ -72,6 +72,19 @@ def test_a_larger_budget_gives_a_smaller_error():
     assert tight.calibration.mac_fraction <= 0.2 < loose.calibration.mac_fraction <= 0.9
 
 
+def test_refine_spends_the_slack_without_breaking_the_budget():
+    model = dynexport.convert(small_net(), block=4).model
+    plain = dynexport.calibrate(model, clip(), mac_budget=0.3)
+    refined = dynexport.calibrate(model, clip(), mac_budget=0.3, refine=True)
+    assert refined.refined and not plain.refined
+    assert refined.relative_threshold == plain.relative_threshold
+    assert refined.calibration.mac_fraction <= 0.3
+    assert refined.calibration.error_mean <= plain.calibration.error_mean
+    assert refined.streams == plain.streams + len(refined.layers)
+    assert {name: model.get_submodule(name).threshold for name in refined.thresholds} == refined.thresholds
+    assert all(refined.thresholds[n] in (plain.thresholds[n], plain.thresholds[n] / 2) for n in plain.thresholds)
+
+
 def test_a_holdout_clip_is_reported_separately():
     model = dynexport.convert(small_net(), gate="output_norm", block=4).model
     report = dynexport.calibrate(model, clip(6), mac_budget=0.5, holdout=clip(4, seed=7))
@@ -82,7 +95,7 @@ def test_a_holdout_clip_is_reported_separately():
     assert all(layer.gate == "output_norm" and layer.calibrated for layer in report.layers)
 
 
-@pytest.mark.parametrize("budget", [0, -0.1, 1.5, "0.3"])
+@pytest.mark.parametrize("budget", [0, -0.1, 1.5, "0.3", True])
 def test_budget_outside_zero_one_is_named(budget):
     model = dynexport.convert(small_net()).model
     with pytest.raises(CalibrationError, match=r"mac budget .*expected a fraction of the dense MACs in \(0, 1\]"):
