@@ -20,7 +20,8 @@ Method (one shared knob, scaled per layer):
 * With ``refine``, a greedy pass then halves single layers' thresholds (largest layers first)
   where the budget still holds and the mean error falls.
 * The error is ``|y - y_ref|`` over the range of ``y_ref`` on the clip: its maximum and mean
-  over every frame and element, on the calibration frames and on held-apart frames.
+  over every frame and element, on the calibration frames and on held-apart frames; beside it
+  the same measure for a model that never recomputes (the output's change over the clip).
 
 Layers whose gate is not a norm gate (Gumbel, D-STEP) keep their thresholds; their MACs count.
 The chosen thresholds are left set on ``model``.
@@ -66,6 +67,10 @@ class ClipResult:
     model_mac_fraction: float  # the same over the whole model (ungated layers run dense)
     error_max: float  # relative to the reference output's range on this clip
     error_mean: float
+    # the same error for a model that never recomputes (every frame gets the first frame's
+    # output): how much the output changes over the clip at all, to read the error against
+    change_max: float
+    change_mean: float
 
 
 @dataclasses.dataclass
@@ -345,8 +350,10 @@ def _stream(model: nn.Module, frames: Tensor, reference: Tensor, total_macs: int
     streaming.reset(model)
     error = (torch.stack(outputs).double() - reference.double()).abs()
     value_range = float(reference.max() - reference.min()) or 1.0
+    change = (reference.double() - reference[:1].double()).abs()
     other = max(0, total_macs * steady - dense)
     result = ClipResult(len(frames), executed / dense if dense else 1.0,
                         (executed + other) / (dense + other) if dense + other else 1.0,
-                        float(error.max()) / value_range, float(error.mean()) / value_range)
+                        float(error.max()) / value_range, float(error.mean()) / value_range,
+                        float(change.max()) / value_range, float(change.mean()) / value_range)
     return result, per_layer

@@ -61,6 +61,9 @@ def test_errors_are_relative_to_the_output_range(calibrated):
     assert float(error.max()) == pytest.approx(report.calibration.error_max, rel=1e-4)
     assert float(error.mean()) == pytest.approx(report.calibration.error_mean, rel=1e-4)
     assert 0 < report.calibration.error_mean <= report.calibration.error_max
+    frozen = (reference - reference[:1]).abs() / (reference.max() - reference.min())
+    assert float(frozen.max()) == pytest.approx(report.calibration.change_max, rel=1e-4)
+    assert float(frozen.mean()) == pytest.approx(report.calibration.change_mean, rel=1e-4)
 
 
 def test_a_larger_budget_gives_a_smaller_error():
