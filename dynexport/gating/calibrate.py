@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from dynexport.errors import CalibrationError, FrameError
-from dynexport.nn import GatedLayer, SkipConv2d, gated_layers
+from dynexport.nn import SkipConv2d, gated_layers
 from dynexport.nn.skip_conv import kernel_norm
 
 NORM_GATES = ("input_norm", "output_norm")

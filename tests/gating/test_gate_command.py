@@ -24,7 +24,7 @@ def run(*args):
 
 
 def tiny_plain_model():
-    """Plain torch.nn (plus Residual): loads without --allow-pickle, builds in well under a minute."""
+    """Plain torch.nn (plus Residual): loads without --allow-pickle; three convolutions, so it builds quickly."""
     torch.manual_seed(0)
     return randomize_batchnorm(nn.Sequential(
         conv_bn(3, 8, stride=2), Residual(conv_bn(8, 8, activation=None)), nn.Conv2d(8, 2, 1)))
