@@ -3,7 +3,7 @@ non-trivial BatchNorm statistics), or on the trained heatmap example with its ga
 (--model heatmap), at 1x3x150x200 on a synthetic static-camera clip, and save
 the gated model for 'dynexport build' / 'dynexport bench'.
 
-    PYTHONPATH=. python tools/measure_gating.py OUT_FOLDER [--no-depthwise] [--frames 24]
+    PYTHONPATH=. python tools/measure_gating.py OUT_FOLDER [--model heatmap] [--no-depthwise] [--refine] [--frames 24]
 """
 
 import argparse
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--no-depthwise", action="store_true")
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--budget", type=float, default=0.3)
+    parser.add_argument("--refine", action="store_true")
     parser.add_argument("--model", choices=("mobilenet", "heatmap"), default="mobilenet",
                         help="heatmap: the trained examples/skipconv_heatmap network with its gates removed")
     args = parser.parse_args()
@@ -46,7 +47,7 @@ def main() -> None:
     clip = torch.from_numpy(video.generate("static_camera", seed=0, frames=args.frames, height=SHAPE[2],
                                            width=SHAPE[3]).as_float())
     start = time.perf_counter()
-    report = dynexport.calibrate(conversion.model, clip, args.budget)
+    report = dynexport.calibrate(conversion.model, clip, args.budget, refine=args.refine)
     seconds = time.perf_counter() - start
     dynexport.save_model(conversion.model, args.out / "gated.pt", input_shape=SHAPE)
     summary = {"seconds": seconds, "converted": len(conversion.converted), "skipped": len(conversion.skipped),
