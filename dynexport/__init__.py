@@ -15,6 +15,7 @@ _LAZY = {
     "load_model": "dynexport.loading",
     "save_model": "dynexport.loading",
     "export": "dynexport.exporting",
+    **{name: "dynexport.gating" for name in ("convert", "calibrate", "Conversion", "CalibrationReport")},
 }
 
 __all__ = ["__version__", *_LAZY]

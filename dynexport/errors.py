@@ -24,3 +24,12 @@ class PlanError(DynexportError):
 
 class ExportError(DynexportError):
     """A model cannot be exported to, or streamed as, a torch.export program as given."""
+
+
+class ConversionError(DynexportError, ValueError):
+    """A model cannot be gated as asked: no convolution to convert, or a layer named by
+    ``include`` that the gated layer cannot represent."""
+
+
+class CalibrationError(DynexportError, ValueError):
+    """Gate thresholds cannot be calibrated as asked (budget, clip or model unfit)."""
