@@ -14,6 +14,7 @@ _LAZY = {
     "FrameStats": "dynexport.streaming",
     "load_model": "dynexport.loading",
     "save_model": "dynexport.loading",
+    "prune": "dynexport.pruning",
 }
 
 __all__ = ["__version__", *_LAZY]
