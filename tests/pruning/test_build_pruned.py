@@ -64,6 +64,7 @@ def test_pruned_build_has_fewer_channels_and_verifies(tmp_path):
     assert json.loads((result.out / "manifest.json").read_text())["pruning"] == result.manifest["pruning"]
 
 
+@pytest.mark.slow
 def test_unpruned_build_reports_nothing_removed(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval(), path)
