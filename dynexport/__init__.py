@@ -16,6 +16,7 @@ _LAZY = {
     "save_model": "dynexport.loading",
     "export": "dynexport.exporting",
     **{name: "dynexport.gating" for name in ("convert", "calibrate", "Conversion", "CalibrationReport")},
+    "prune": "dynexport.pruning",
 }
 
 __all__ = ["__version__", *_LAZY]

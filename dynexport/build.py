@@ -79,6 +79,8 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
     if input_shape is None:
         recorded = getattr(model, "dynexport_input_shape", None)
         input_shape = tuple(recorded) if recorded is not None else None
+    from dynexport.pruning.build_step import realize_pruning
+    model, pruning = realize_pruning(model, input_shape, say)
     say("export and lower gates")
     compiled = compile_model(model, input_shape, DEFAULT_DENSE_CUTOFF if dense_cutoff is None else dense_cutoff)
     if target == "android":  # before the artifacts, the slow part, are emitted
@@ -115,6 +117,7 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         manifest = make_manifest(compiled, target, [b.name for b in backends], versions, artifacts, input_scale,
                                  time.perf_counter() - start)
         # information only: verify, bench and tune take trust from their own --allow-pickle, never from here
+        manifest["pruning"] = pruning
         manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")

@@ -54,6 +54,19 @@ def inspect(out: OutDir) -> None:
     elif any(0 < layer.dense_cutoff < layer.grid.num_blocks for layer in program.layers):
         console.print("dense cut-offs: the build's default (half the blocks); 'dynexport tune' measures them")
 
+    structured = manifest.get("pruning", {}).get("structured", {})
+    if structured.get("layers"):  # written by the build's pruning step (dynexport.pruning)
+        pruned = Table(title=f"pruning: {structured['removed_channels']} channels removed")
+        for column in ("layer", "channels (in, out) before", "after", "MACs before", "after"):
+            pruned.add_column(column, justify="left" if column == "layer" else "right")
+        for row in structured["layers"]:
+            pruned.add_row(row["name"], str(tuple(row["channels_before"])), str(tuple(row["channels_after"])),
+                           f"{row['macs_before']:,}", f"{row['macs_after']:,}")
+        console.print(pruned)
+    for row in manifest.get("pruning", {}).get("unstructured", []):
+        if "realized" in row:
+            console.print(f"sparsity {row['name']}: {row['zeros']:,}/{row['weights']:,} zeros, {row['realized']}")
+
     segments = Table(title="segments")
     for column in ("segment", "inputs", "outputs", "batch"):
         segments.add_column(column)
