@@ -55,7 +55,9 @@ def inspect(out: OutDir) -> None:
         console.print("dense cut-offs: the build's default (half the blocks); 'dynexport tune' measures them")
 
     structured = manifest.get("pruning", {}).get("structured", {})
-    if structured.get("layers"):  # written by the build's pruning step (dynexport.pruning)
+    if isinstance(structured, str):  # the step did not apply, and says why ("not realized: ...")
+        console.print(f"structured pruning: {structured}")
+    elif structured.get("layers"):  # written by the build's pruning step (dynexport.pruning)
         pruned = Table(title=f"pruning: {structured['removed_channels']} channels removed")
         for column in ("layer", "channels (in, out) before", "after", "MACs before", "after"):
             pruned.add_column(column, justify="left" if column == "layer" else "right")
