@@ -3,6 +3,8 @@ sources and a manifest.
 
 The folder is written under a temporary name beside OUT and renamed at the end, so a failed
 build leaves nothing half-written, and an existing OUT is replaced only with ``force``.
+Backends, their artifact files and native sources come from the target registry
+(``targets``): nothing here names a backend.
 """
 
 from __future__ import annotations
@@ -19,21 +21,21 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from dynexport import __version__
 from dynexport.errors import CompileError
 from dynexport.plan.frame_program import Artifact
+from targets import Backend, backends_for
 
-TARGETS = {"android": ("executorch",), "host": ("executorch",)}
 PLAN_FILE = "plan.dxfp"
 MANIFEST_FILE = "manifest.json"
-ARTIFACT_FILES = {"executorch": "model.pte"}
-# what an app needs to embed the runtime: the C core (dynrt) and each backend's native adapter,
-# copied to OUT/runtime/ under the same relative paths so their CMake projects still find each other
-RUNTIME_SOURCES = ("dynexport/runtime/include", "dynexport/runtime/src", "dynexport/runtime/CMakeLists.txt",
-                   "targets/executorch/native", "runtime_android")
+# what an app needs to embed the runtime: the C core (dynrt), and each chosen backend's
+# native_sources beside it, copied to OUT/runtime/ under the same relative paths so their
+# CMake projects still find each other
+CORE_RUNTIME_SOURCES = ("dynexport/runtime/include", "dynexport/runtime/src", "dynexport/runtime/CMakeLists.txt")
 REFERENCE_DIR = "reference"
+# State an android build may keep between frames: a phone gives one app a few hundred MiB
+# (Android's large-heap class on mid-range phones is 256-512 MiB), and the app needs its own.
+PHONE_STATE_BUDGET = 512 << 20
 
 
 @dataclasses.dataclass
@@ -51,30 +53,27 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
 
     start = time.perf_counter()
     say = progress or (lambda message: None)
-    if target not in TARGETS:
-        raise CompileError(f"--target {target!r}: expected one of {', '.join(TARGETS)}")
-    backends = (backend,) if backend else TARGETS[target]
-    for name in backends:
-        if name not in TARGETS[target]:
-            raise CompileError(f"--backend {name!r} is not available for target {target}; "
-                               f"available: {', '.join(TARGETS[target])}")
+    backends = backends_for(target, backend)
+    emitters = {b.name: b.load_emitter() for b in backends}  # a missing backend library fails here, before any work
     out = Path(out)
-    if out.exists() and not force:
-        raise CompileError(f"output folder '{out}' exists; pass --force to replace it")
+    check_output_folder(out, Path(model_path), force)
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
 
+    if target == "android" and input_shape is not None:
+        # cheap, before compiling: every gated layer keeps at least a frame-sized reference
+        _check_phone_state(4 * _elements(input_shape), input_shape, "the input frame alone")
     say("load model")
     model = load_model(model_path, allow_pickle=allow_pickle)
     with contextlib.ExitStack() as stack:
-        prepared = {name: stack.enter_context(_prepare_backend(name, model)) for name in backends}
+        prepared = {b.name: stack.enter_context(_prepare(b, model)) for b in backends}
         reference = {"source": Path(model_path), "allow_pickle": allow_pickle}
-        return _build(model, out, target, backends, prepared, input_shape, dense_cutoff, input_scale, say, start,
-                      reference)
+        return _build(model, out, target, backends, emitters, prepared, input_shape, dense_cutoff, input_scale, say,
+                      start, reference)
 
 
-def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, input_scale, say, start,
-           reference) -> BuildResult:
+def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared, input_shape, dense_cutoff,
+           input_scale, say, start, reference) -> BuildResult:
     from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
 
     if input_shape is None:
@@ -82,65 +81,128 @@ def _build(model, out, target, backends, prepared, input_shape, dense_cutoff, in
         input_shape = tuple(recorded) if recorded is not None else None
     say("export and lower gates")
     compiled = compile_model(model, input_shape, DEFAULT_DENSE_CUTOFF if dense_cutoff is None else dense_cutoff)
+    if target == "android":  # before the artifacts, the slow part, are emitted
+        _check_phone_state(compiled.program.state_bytes(), compiled.input_shape, "the state kept between frames")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700: a build folder is as readable as any
+    except OSError as exc:
+        raise CompileError(f"cannot write the output folder '{out}': {exc.strerror or exc}") from None
     try:
         artifacts = {}
         versions = {"dynexport": __version__, "torch": _version("torch")}
         compiled.program.artifacts = []
-        for name in backends:
-            emit = _emitter(name)
-            data = emit(compiled.segments, progress=lambda step, name=name: say(f"{name}: {step}"), **prepared[name])
-            (staging / ARTIFACT_FILES[name]).write_bytes(data)
-            artifacts[ARTIFACT_FILES[name]] = _sha256(data)
-            versions[name] = _version(name)
+        for chosen in backends:
+            name = chosen.name
+            data = emitters[name](compiled.segments, progress=lambda step, name=name: say(f"{name}: {step}"),
+                                  **prepared[name])
+            (staging / chosen.artifact).write_bytes(data)
+            artifacts[chosen.artifact] = _sha256(data)
+            versions.update({distribution: _version(distribution) for distribution in chosen.requires})
             # the plan names the artifact it was built with: a runtime refuses any other
             compiled.program.artifacts.append(Artifact(name, len(data), zlib.crc32(data)))
         plan_bytes = compiled.program.to_bytes()
         (staging / PLAN_FILE).write_bytes(plan_bytes)
         artifacts[PLAN_FILE] = _sha256(plan_bytes)
-        _copy_runtime_sources(staging)
+        _copy_runtime_sources(staging, runtime_sources(backends))
         # the PyTorch reference travels with the build: verify and bench compare against it
         reference_file = f"{REFERENCE_DIR}/model{reference['source'].suffix or '.pt'}"
         (staging / REFERENCE_DIR).mkdir()
         shutil.copyfile(reference["source"], staging / reference_file)
         artifacts[reference_file] = _sha256((staging / reference_file).read_bytes())
-        manifest = make_manifest(compiled, target, backends, versions, artifacts, input_scale,
+        manifest = make_manifest(compiled, target, [b.name for b in backends], versions, artifacts, input_scale,
                                  time.perf_counter() - start)
-        manifest["reference"] = {"file": reference_file, "allow_pickle": reference["allow_pickle"]}
+        # information only: verify, bench and tune take trust from their own --allow-pickle, never from here
+        manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")
         _replace(staging, out)
+    except OSError as exc:  # a full disk or a folder that became read-only while compiling
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CompileError(f"cannot write the output folder '{out}': {exc.strerror or exc}"
+                           f"{f' ({exc.filename})' if exc.filename else ''}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return BuildResult(out, manifest, time.perf_counter() - start)
 
 
-@contextlib.contextmanager
-def _prepare_backend(backend: str, model):
-    """Start what a backend's emitter needs before the model is compiled (ExecuTorch, for
-    models large enough to lower in parallel: its worker processes, whose imports then
-    overlap the compile). Yields the emitter's extra keyword arguments."""
-    if backend == "executorch":
-        from targets.executorch.emitter import LoweringWorkers, workers_for
-
-        convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) if isinstance(model, torch.nn.Module) else 0
-        count = workers_for(2 * convolutions)  # about two segments per convolution
-        if count > 0:
-            with LoweringWorkers(count) as workers:
-                yield {"workers": workers}
-            return
-    yield {}
+def _prepare(backend: Backend, model):
+    """The backend's ``prepare`` context (e.g. lowering processes started so their imports
+    overlap the compile), yielding the emitter's extra keyword arguments; ``{}`` without one."""
+    prepare = backend.load_prepare()
+    return prepare(model) if prepare is not None else contextlib.nullcontext({})
 
 
-def _emitter(backend: str):
-    if backend == "executorch":
-        from targets.executorch.emitter import emit_executorch
+def runtime_sources(backends: tuple[Backend, ...]) -> tuple[str, ...]:
+    """Repo-relative paths copied to OUT/runtime/: the core, then each backend's adapter."""
+    extra = [path for b in backends for path in b.native_sources if path not in CORE_RUNTIME_SOURCES]
+    return CORE_RUNTIME_SOURCES + tuple(dict.fromkeys(extra))
 
-        return emit_executorch
-    raise CompileError(f"unknown backend {backend!r}")
+
+def _elements(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count
+
+
+def _check_phone_state(nbytes: int, input_shape, what: str) -> None:
+    if nbytes > PHONE_STATE_BUDGET:
+        shape = "x".join(str(int(d)) for d in input_shape)
+        raise CompileError(f"--input-shape {shape}: {what} needs {nbytes / 2**20:,.0f} MiB, more than an Android "
+                           f"phone gives one app ({PHONE_STATE_BUDGET >> 20} MiB for dynexport's state): use a smaller "
+                           f"--input-shape (e.g. 1x3x512x512), or --target host")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_build_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a dynexport build: its manifest says so."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("dynexport-build/")
+
+
+def check_output_folder(out: Path, model_path: Path, force: bool) -> None:
+    """Before anything is compiled: OUT can be written, and ``force`` replaces only a folder
+    that is a dynexport build, never the folder holding the model, ``.`` or a parent of the
+    current folder. Raises ``CompileError`` naming the folder."""
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise CompileError(f"output folder '{out}' exists; pass --force to replace it")
+        resolved, cwd = out.resolve(), Path.cwd().resolve()
+        if not out.is_dir():
+            raise CompileError(f"--output '{out}' is a file, not a build folder: --force replaces only a folder "
+                               f"written by dynexport build; choose another -o")
+        if resolved == cwd or resolved in cwd.parents:
+            raise CompileError(f"--output '{out}' is the current folder or a parent of it: --force will not replace "
+                               f"it; choose a new folder with -o")
+        if resolved == model_path.resolve().parent or resolved in model_path.resolve().parents:
+            raise CompileError(f"--output '{out}' holds the model '{model_path}': --force will not replace it; "
+                               f"choose a new folder with -o")
+        if not is_build_folder(out):
+            raise CompileError(f"--output '{out}' exists and is not a dynexport build (no manifest.json saying "
+                               f"\"format\": \"dynexport-build/...\"): --force replaces only a build folder, so "
+                               f"nothing of yours is deleted; choose another -o or remove it yourself")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CompileError(f"--output '{out}': '{ancestor}' is a file, not a folder")
+    try:  # really writing, not os.access: root passes access() on read-only and virtual file systems
+        os.rmdir(tempfile.mkdtemp(prefix=".dynexport-probe-", dir=ancestor))
+    except OSError as exc:
+        raise CompileError(f"--output '{out}': cannot write in '{ancestor}' ({exc.strerror or exc}); "
+                           f"choose another -o") from None
 
 
 def _replace(staging: Path, out: Path) -> None:
@@ -153,15 +215,20 @@ def _replace(staging: Path, out: Path) -> None:
         os.replace(staging, out)
 
 
-def _copy_runtime_sources(staging: Path) -> None:
+def _copy_runtime_sources(staging: Path, sources: tuple[str, ...]) -> None:
     root = Path(__file__).resolve().parent.parent
-    for relative in RUNTIME_SOURCES:
+    for relative in sources:
         source, target = root / relative, staging / "runtime" / relative
-        if source.is_dir() and any(source.iterdir()):
+        if source.is_dir():
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("build*", "__pycache__"))
         elif source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+        else:
+            # a registry entry naming a file that is not there is a packaging defect: an app
+            # would get a runtime/ folder that does not build, so say so instead of skipping it
+            raise CompileError(f"runtime source '{relative}' is missing from the dynexport installation "
+                               f"({source}); reinstall dynexport from its source tree")
 
 
 def _sha256(data: bytes) -> str:

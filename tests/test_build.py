@@ -1,6 +1,7 @@
 """``dynexport build`` / ``inspect`` end to end on the examples, and the folder guarantees:
 nothing half-written on failure, nothing overwritten without --force."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,8 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from dynexport.build import build
+import targets
+from dynexport.build import CORE_RUNTIME_SOURCES, build
 from dynexport.errors import CompileError
+from dynexport.plan.frame_program import Artifact, FrameProgram
+from targets import Backend
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = {
@@ -40,7 +44,6 @@ def test_cli_builds_each_example(built_example, example):
     assert manifest["state_bytes"] > 0 and manifest["layers"]
     assert set(manifest["artifacts"]) == {"plan.dxfp", "model.pte", "reference/model.pt"}
     assert {"dynexport", "torch", "executorch"} <= set(manifest["versions"])
-    from dynexport.plan.frame_program import Artifact, FrameProgram
 
     pte = (out / "model.pte").read_bytes()
     plan = FrameProgram.from_bytes((out / "plan.dxfp").read_bytes())
@@ -88,20 +91,41 @@ def test_unsupported_op_names_op_and_module_path(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt"]
 
 
+def failing_emitter(segments, progress=None):
+    raise CompileError("injected failure while emitting")
+
+
+def segment_list_emitter(segments, progress=None, **prepared):
+    """A backend's artifact: its segments' names and what ``prepare`` gave the emitter."""
+    return json.dumps({"segments": sorted(segments), "prepared": prepared}).encode()
+
+
+@contextlib.contextmanager
+def prepare_a_note(model):
+    yield {"note": type(model).__name__}
+
+
+def register(monkeypatch, **changes) -> Backend:
+    """A backend added to the registry for one test (our own dict: no runtime is faked)."""
+    fields = dict(name="listing", artifact="model.listing", emitter=f"{__name__}:segment_list_emitter",
+                  prepare=f"{__name__}:prepare_a_note", native_sources=(), platforms=("host",), requires=(),
+                  host_runner=None)
+    backend = Backend(**{**fields, **changes})
+    monkeypatch.setitem(targets.BACKENDS, backend.name, backend)
+    return backend
+
+
 def test_failure_while_writing_artifacts_leaves_nothing_behind(tmp_path, monkeypatch):
-    import dynexport.build as build_module
-
-    def failing_emitter(segments, progress=None):
-        raise CompileError("injected failure while emitting")
-
-    monkeypatch.setattr(build_module, "_emitter", lambda backend: failing_emitter)
+    register(monkeypatch, name="failing", artifact="model.failing", emitter=f"{__name__}:failing_emitter",
+             prepare=None)
     model = tiny_model_file(tmp_path)
     for out in (tmp_path / "new", tmp_path / "existing"):
-        if out.name == "existing":
+        if out.name == "existing":  # an earlier build (--force replaces nothing else)
             out.mkdir()
+            (out / "manifest.json").write_text('{"format": "dynexport-build/1"}')
             (out / "keep.txt").write_text("mine")
         with pytest.raises(CompileError, match="injected"):
-            build(model, out, input_shape="1x3x16x16", force=True)
+            build(model, out, target="host", backend="failing", input_shape="1x3x16x16", force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "tiny.pt"]
     assert (tmp_path / "existing" / "keep.txt").read_text() == "mine"
 
@@ -127,3 +151,31 @@ def test_cli_reports_errors_in_one_line(tmp_path):
     assert "no such file" in result.stderr and "Traceback" not in result.stderr
     result = subprocess.run([*CLI, "inspect", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 1 and "not a dynexport build folder" in result.stderr
+
+
+def test_the_artifact_file_emitter_and_runtime_sources_come_from_the_registry(tmp_path, monkeypatch):
+    register(monkeypatch, native_sources=("targets/executorch/native/README.md",))
+    out = build(tiny_model_file(tmp_path), tmp_path / "out", target="host", backend="listing",
+                input_shape="1x3x16x16").out
+    data = (out / "model.listing").read_bytes()
+    assert json.loads(data) == {"segments": ["segment_0"], "prepared": {"note": "Sequential"}}
+    assert not (out / "model.pte").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backends"] == ["listing"]
+    assert set(manifest["artifacts"]) == {"plan.dxfp", "model.listing", "reference/model.pt"}
+    plan = FrameProgram.from_bytes((out / "plan.dxfp").read_bytes())
+    assert plan.artifacts == [Artifact("listing", len(data), zlib.crc32(data))]
+    # the core runtime and this backend's native sources, not every backend's
+    copied = {str(p.relative_to(out / "runtime")) for p in (out / "runtime").rglob("*") if p.is_file()}
+    assert "targets/executorch/native/README.md" in copied
+    assert not any(p.startswith("targets/") and p != "targets/executorch/native/README.md" for p in copied)
+    for core in CORE_RUNTIME_SOURCES:
+        assert (out / "runtime" / core).exists()
+    assert not (out / "runtime" / "runtime_android").exists()
+
+
+def test_a_missing_native_source_is_an_error_not_a_silent_skip(tmp_path, monkeypatch):
+    register(monkeypatch, native_sources=("targets/listing/native",))
+    with pytest.raises(CompileError, match=r"runtime source 'targets/listing/native' is missing"):
+        build(tiny_model_file(tmp_path), tmp_path / "out", target="host", backend="listing", input_shape="1x3x16x16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt"]

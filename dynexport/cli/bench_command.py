@@ -15,7 +15,7 @@ def bench(
     out: OutDir,
     clip: ClipFile = None,
     synthetic: Annotated[Optional[str], typer.Option(
-        "--synthetic", help=f"A generated clip instead: {SYNTHETIC_PRESETS} [default: static_camera].")] = None,
+        "--synthetic", help=f"A generated clip instead: {SYNTHETIC_PRESETS}.", show_default="static_camera")] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", min=2, help="Use the first N frames.")] = None,
     backend: Backends = None,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Backend threads per segment; 0: the backend's "

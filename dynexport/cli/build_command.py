@@ -8,18 +8,20 @@ from typing import Annotated, Optional
 import typer
 
 from dynexport.cli.options import AllowPickle, InputShape
+from targets import BACKENDS, TARGETS  # plain declarations: importing them loads no backend library
 
 
 def build(
     model: Annotated[Path, typer.Argument(help="model.pt (torch.save'd module) or model.pt2 (torch.export.save).",
                                           show_default=False)],
-    target: Annotated[str, typer.Option("--target", help="Platform: android or host.")] = "android",
-    backend: Annotated[Optional[str], typer.Option("--backend", help="Backend [default: all of the target's: executorch].")] = None,
+    target: Annotated[str, typer.Option("--target", help=f"Platform: {' or '.join(TARGETS)}.")] = "android",
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", help=f"Backend, one of: {', '.join(BACKENDS)}.", show_default="every backend of the target")] = None,
     input_shape: InputShape = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("out"),
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is an earlier dynexport build (nothing else is ever deleted).")] = False,
     dense_cutoff: Annotated[Optional[float], typer.Option(
-        "--dense-cutoff", help="Fraction of active blocks above which a gated layer runs densely [default: 0.5].")] = None,
+        "--dense-cutoff", help="Fraction of active blocks above which a gated layer runs densely.", show_default="0.5")] = None,
     allow_pickle: AllowPickle = False,
     tune: Annotated[bool, typer.Option(
         "--tune", help="Then choose the dense cut-offs from measurement here, as 'dynexport tune OUT' does.")] = False,
@@ -27,7 +29,7 @@ def build(
     """Compile MODEL into a frame program, backend artifacts and runtime sources in OUT.
 
     Gates become explicit control flow in the plan (plan.dxfp) and static block-sparse
-    segments in the backend artifact (model.pte); manifest.json lists versions, shapes,
+    segments in each backend's artifact (model.pte for executorch); manifest.json lists versions, shapes,
     state bytes, block grids and checksums. A failed build leaves OUT untouched.
 
     Examples:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-
 from dynexport.cli.options import OutDir
-from dynexport.errors import PlanError
 
 
 def _cutoff_text(cutoff: int, blocks: int) -> str:
@@ -28,16 +24,11 @@ def inspect(out: OutDir) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from dynexport.build import MANIFEST_FILE, PLAN_FILE
-    from dynexport.plan.frame_program import LayerKind, PlanFormatError, Role, FrameProgram
+    from dynexport.harness.verify import open_build
+    from dynexport.plan.frame_program import LayerKind, Role
 
-    if not (out / MANIFEST_FILE).is_file() or not (out / PLAN_FILE).is_file():
-        raise PlanError(f"'{out}' is not a dynexport build folder (expected {MANIFEST_FILE} and {PLAN_FILE})")
-    try:
-        manifest = json.loads((out / MANIFEST_FILE).read_text())
-        program = FrameProgram.from_bytes((out / PLAN_FILE).read_bytes())
-    except (PlanFormatError, json.JSONDecodeError) as exc:
-        raise PlanError(f"'{out}': {exc}") from exc
+    build = open_build(out)  # checked against its schema, checksums and the plan
+    manifest, program = build.manifest, build.program
     console = Console()
     console.print(f"[bold]{out}[/]  target {manifest['target']}, backends {', '.join(manifest['backends'])}, "
                   f"input {'x'.join(map(str, manifest['input']['shape']))}, output "

@@ -11,9 +11,9 @@ OutDir = Annotated[Path, typer.Argument(help="A folder written by 'dynexport bui
 AllowPickle = Annotated[bool, typer.Option(
     "--allow-pickle", help="Trust the model file: allow any pickled class (runs code from the file).")]
 InputShape = Annotated[Optional[str], typer.Option(
-    "--input-shape", help="Frame shape NxCxHxW, e.g. 1x3x128x128 [default: recorded in the model file].")]
+    "--input-shape", help="Frame shape NxCxHxW, e.g. 1x3x128x128.", show_default="recorded in the model file")]
 ClipFile = Annotated[Optional[Path], typer.Option(
     "--clip", help="Frames [T, C, H, W] as .npy: uint8 (normalized as the manifest says) or float32.")]
 SYNTHETIC_PRESETS = "static_camera, handheld, scene_cut, drift, still, mixed"
 Backends = Annotated[Optional[list[str]], typer.Option(
-    "--backend", help="Backend (repeatable) [default: every backend in the build].")]
+    "--backend", help="Backend (repeatable).", show_default="every backend in the build")]

@@ -14,7 +14,7 @@ def verify(
     out: OutDir,
     clip: ClipFile = None,
     synthetic: Annotated[Optional[str], typer.Option(
-        "--synthetic", help=f"A generated clip instead: {SYNTHETIC_PRESETS} [default: mixed].")] = None,
+        "--synthetic", help=f"A generated clip instead: {SYNTHETIC_PRESETS}.", show_default="mixed")] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", min=1, help="Use the first N frames.")] = None,
     backend: Backends = None,
     device: Annotated[str, typer.Option(

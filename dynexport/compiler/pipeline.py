@@ -1,5 +1,7 @@
 """compile_model: model -> frame program + backend segments. The order of the passes lives
-here; a failing pass is reported with the ones that ran before it."""
+here. ``CompiledModel.passes`` names, in order, the passes that changed something (a graph
+pass returns whether it did; a lowering pass did when it lowered at least one gate); a pass
+that fails with anything but a CompileError is reported with every pass that ran before it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from dynexport.compiler.passes.lower_dstep import lower_dstep
 from dynexport.compiler.passes.lower_skip_conv import lower_skip_conv
 from dynexport.compiler.passes.partition_at_gates import DenseStep, partition_at_gates
 from dynexport.compiler.graph import DSTEP, SKIP_CONV
-from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, example_tensor
+from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
 from dynexport.errors import CompileError
 from dynexport.plan.frame_program import NO_LAYER, FrameProgram, Op, Role
 
@@ -27,44 +29,61 @@ class CompiledModel:
     segments: dict[str, SegmentArtifact]
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
-    passes: list[str]
+    passes: list[str]  # the passes that changed something, in the order they first did
     layer_dense_macs: list[int]
+
+
+@dataclasses.dataclass
+class PassLog:
+    """Which passes ran and which changed something, for ``CompiledModel.passes`` and for
+    naming the passes before a failing one."""
+
+    ran: list[str] = dataclasses.field(default_factory=list)
+    changed: list[str] = dataclasses.field(default_factory=list)
+
+    def run(self, graph_pass, *args, changed=bool):
+        """``graph_pass(*args)``; ``changed(result)`` says whether it changed anything."""
+        name = graph_pass.__name__
+        try:
+            result = graph_pass(*args)
+        except CompileError:
+            raise  # already names the model's problem (op, module path, shape) for the user
+        except Exception as exc:
+            raise CompileError(f"pass {name} failed (after {', '.join(self.ran) or 'none'}): "
+                               f"{type(exc).__name__}: {exc}") from exc
+        if name not in self.ran:
+            self.ran.append(name)
+        if changed(result) and name not in self.changed:
+            self.changed.append(name)
+        return result
 
 
 def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_CUTOFF) -> CompiledModel:
     if not 0.0 <= dense_cutoff <= 1.0:
         raise CompileError(f"dense cut-off must be a fraction of blocks in [0, 1], got {dense_cutoff}")
     gm, input_shape = export_graph(model, input_shape)
-    ran: list[str] = []
+    log = PassLog()
     for graph_pass in GRAPH_PASSES:
-        try:
-            graph_pass(gm)
-        except CompileError:
-            raise
-        except Exception as exc:
-            raise CompileError(f"pass {graph_pass.__name__} failed (after {', '.join(ran) or 'none'}): {exc}") from exc
-        ran.append(graph_pass.__name__)
-    partitioned = partition_at_gates(gm)
-    ran.append("partition_at_gates")
+        log.run(graph_pass, gm)
+    partitioned = log.run(partition_at_gates, gm, changed=lambda result: True)
     builder = PlanBuilder()
     frame = builder.tensor("input", input_shape, Role.INPUT)
     builder.bind_value(partitioned.input, frame, input_shape)
     builder.program.inputs = [frame]
+    lowerings = {SKIP_CONV: lower_skip_conv, DSTEP: lower_dstep}
     for step in partitioned.steps:
         if isinstance(step, DenseStep):
             _lower_dense_step(builder, step, partitioned)
-        elif step.node.target == SKIP_CONV:
-            lower_skip_conv(builder, step, gm, dense_cutoff)
-        elif step.node.target == DSTEP:
-            lower_dstep(builder, step, gm, dense_cutoff)
-    ran += ["lower_skip_conv", "lower_dstep"]
+        else:
+            # a lowering pass returns the index of the layer it added: it changed the plan
+            log.run(lowerings[step.node.target], builder, step, gm, dense_cutoff, changed=lambda index: True)
     output = builder.value_tensors[partitioned.output]
     if builder.program.tensors[output].role == Role.SCRATCH:
         builder.program.tensors[output].role = Role.OUTPUT
     builder.program.outputs = [output]
     builder.program.validate()
-    return CompiledModel(builder.program, builder.segments, input_shape, partitioned.shapes[partitioned.output], ran,
-                         builder.layer_dense_macs)
+    return CompiledModel(builder.program, builder.segments, input_shape, partitioned.shapes[partitioned.output],
+                         log.changed, builder.layer_dense_macs)
 
 
 def _lower_dense_step(builder: PlanBuilder, step: DenseStep, partitioned) -> None:
@@ -76,5 +95,6 @@ def _lower_dense_step(builder: PlanBuilder, step: DenseStep, partitioned) -> Non
         builder.bind_value(value, tensor, shape)
         outputs.append(tensor)
     examples = tuple(example_tensor(builder.value_shapes[v]) for v in step.inputs)
-    index = builder.add_segment(SegmentArtifact(step.name, step.module, examples, kind="dense"), inputs, outputs)
+    index = builder.add_segment(SegmentArtifact(step.name, step.module, examples, kind=SegmentKind.DENSE), inputs,
+                                outputs)
     builder.emit(Op.RUN_SEGMENT, index, NO_LAYER)

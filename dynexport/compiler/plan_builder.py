@@ -5,11 +5,21 @@ each graph value."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import torch
 from torch import nn
 
 from dynexport.plan.frame_program import DType, FrameProgram, Op, Role
+
+
+class SegmentKind(str, enum.Enum):
+    """What a segment computes (a ``str``: equal to its value, so ``kind == "tiles"`` holds)."""
+
+    DENSE = "dense"  # a layer's convolution, or the ungated ops between gates, over the whole map
+    TILES = "tiles"  # a gated convolution over a packed batch of active tiles (batch 1..max_batch)
+    POLICY = "policy"  # a D-STEP layer's policies (lower_dstep), on their own
+    DENSE_POLICY = "dense+policy"  # a dense segment with the next D-STEP layer's policies appended (lower_dstep)
 
 
 @dataclasses.dataclass
@@ -21,7 +31,10 @@ class SegmentArtifact:
     module: nn.Module
     example_inputs: tuple[torch.Tensor, ...]
     max_batch: int = 0  # > 0: a tile segment whose batch varies from 1 to max_batch
-    kind: str = "dense"  # dense | tiles | policy
+    kind: SegmentKind = SegmentKind.DENSE
+
+    def __post_init__(self):
+        self.kind = SegmentKind(self.kind)  # a string names one of the kinds, or this raises ValueError
 
 
 def nhwc_dims(shape: tuple[int, ...]) -> tuple[int, ...]:

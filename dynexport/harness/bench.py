@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from dynexport.errors import FrameError
 from dynexport.harness.clips import VerifyClip
 from dynexport.harness.verify import Build, _physical_frames, load_reference, open_build
 
@@ -89,11 +90,13 @@ def _frame_times(stats: list[dict], frames: int) -> FrameTimes:
 def _run_side_by_side(build: Build, dense_folder: Path, backend: str, clip: VerifyClip, device: str, threads: int,
                       passes: int) -> FrameTimes:
     from dynexport.harness.devices import run_driver
+    from targets import backend as registered_backend
 
     with tempfile.TemporaryDirectory(prefix="dynexport-bench-") as tmp:
         tmp = Path(tmp)
         files = {"plan": build.folder / build.manifest["plan"]["file"], "artifact": build.artifact(backend),
-                 "dense-plan": dense_folder / "plan.dxfp", "dense-artifact": dense_folder / "model.pte",
+                 "dense-plan": dense_folder / "plan.dxfp",
+                 "dense-artifact": dense_folder / registered_backend(backend).artifact,
                  "frames": tmp / "frames.bin", "outputs": tmp / "outputs.bin", "stats": tmp / "stats.jsonl"}
         _physical_frames(clip.frames).tofile(files["frames"])
         run_driver(device, files, ["--reset-frames", ",".join(str(r) for r in clip.resets), "--threads", str(threads),
@@ -111,6 +114,9 @@ def bench(folder, clip_path=None, synthetic: str | None = None, frames: int | No
     build = open_build(folder)
     clip = (load_clip(clip_path, build.manifest, frames) if clip_path is not None
             else synthetic_clip(synthetic or "static_camera", build.manifest, frames))
+    if len(clip.frames) < 2:  # frame 0 runs dense by definition: one frame measures no saving
+        raise FrameError(f"clip {clip.name!r} has {len(clip.frames)} frame; bench needs at least 2 (the first frame "
+                         f"always runs dense, the savings are in the frames after it)")
     return bench_clip(build, clip, load_reference(build, allow_pickle), backends, device, threads, passes, progress)
 
 

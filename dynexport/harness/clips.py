@@ -28,15 +28,33 @@ def _check_shape(frames: np.ndarray, input_shape, source: str) -> None:
         raise FrameError(f"{source}: the clip has no frames")
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def load_clip(path, manifest: dict, frames: int | None = None, resets=()) -> VerifyClip:
     """A ``.npy`` clip, uint8 (scaled by the manifest's normalization) or float32, [T, C, H, W]."""
+    import stat
+
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # np.load of a FIFO would wait forever
+            raise FrameError(f"clip '{path}': not a regular file (a folder, FIFO or device)")
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise FrameError(f"clip '{path}': no such file") from None
-    except (ValueError, OSError) as exc:
-        raise FrameError(f"clip '{path}': not a readable .npy array ({exc})") from None
+    except MemoryError:
+        raise FrameError(f"clip '{path}': its header declares an array too large for memory") from None
+    except FrameError:
+        raise
+    except Exception as exc:  # numpy's header parser raises ValueError, TokenError, SyntaxError, ... on junk
+        raise FrameError(f"clip '{path}': not a readable .npy array ({_first_line(exc)})") from None
+    if not isinstance(data, np.ndarray):  # np.load gives an archive for a .npz, whatever its name
+        if hasattr(data, "close"):
+            data.close()
+        raise FrameError(f"clip '{path}': a .npz archive, expected one .npy array [T, C, H, W] "
+                         f"(np.save, not np.savez)")
     if data.dtype == np.uint8:
         norm = manifest["input"]["normalization"]
         data = data.astype(np.float32) * np.float32(norm["scale"]) + np.float32(norm["offset"])

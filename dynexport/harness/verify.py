@@ -29,11 +29,11 @@ from dynexport.errors import DynexportError, PlanError
 from dynexport.harness.clips import VerifyClip
 from dynexport.harness.reference import StreamRun, layer_sizes, run_reference
 from dynexport.plan.frame_program import FrameProgram
+from targets import BACKENDS
 
 RELATIVE_TOLERANCE = 1e-4
 DRIFT_LIMIT = 10.0
 DRIFT_FLOOR = 1e-5
-ARTIFACT_FILES = {"executorch": "model.pte"}
 
 
 @dataclasses.dataclass
@@ -43,41 +43,85 @@ class Build:
     program: FrameProgram
 
     def artifact(self, backend: str) -> Path:
-        return self.folder / ARTIFACT_FILES[backend]
+        return self.folder / BACKENDS[backend].artifact
+
+
+MANIFEST_LIMIT = 64 << 20  # bytes: a manifest is a few KiB; more is no manifest
 
 
 def open_build(folder) -> Build:
-    """Read OUT's manifest and plan, checking every file against the manifest's SHA-256."""
-    folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.exists():
-        raise PlanError(f"'{folder}' is not a dynexport build (no manifest.json); make one with dynexport build")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"'{manifest_path}': not valid JSON ({exc})") from None
-    for name, digest in manifest.get("artifacts", {}).items():
-        path = folder / name
-        if not path.exists():
-            raise PlanError(f"'{path}' is missing (listed in the manifest)")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            raise PlanError(f"'{path}' does not match the manifest's checksum: it changed after the build")
+    """Read OUT's manifest and plan. Nothing in the folder is trusted: the manifest is checked
+    against its schema (``manifest_schema``), every file it names must be a regular file inside
+    the folder and match its SHA-256, the plan, every backend artifact and the reference must be
+    among those files, each artifact must be the one the plan was built with (size, CRC-32),
+    and the manifest must agree with the plan. Raises ``PlanError``."""
+    import stat
+    import zlib
+
+    from dynexport.harness.manifest_schema import check_against_plan, member_path, validate_manifest
     from dynexport.plan.frame_program import PlanFormatError
 
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
     try:
-        program = FrameProgram.from_bytes((folder / manifest["plan"]["file"]).read_bytes())
-    except (PlanFormatError, KeyError) as exc:
-        raise PlanError(f"'{folder}': {exc}") from None
+        manifest_stat = manifest_path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise PlanError(f"'{folder}' is not a dynexport build folder (no manifest.json); make one with dynexport build") from None
+    except OSError as exc:
+        raise PlanError(f"'{manifest_path}' cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(manifest_stat.st_mode) or manifest_stat.st_size > MANIFEST_LIMIT:
+        raise PlanError(f"'{manifest_path}' is not a manifest (not a regular file of at most "
+                        f"{MANIFEST_LIMIT >> 20} MiB)")
+    where = str(manifest_path)
+    try:
+        manifest = json.loads(member_path(folder, "manifest.json", "the manifest").read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PlanError(f"'{manifest_path}': not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise PlanError(f"'{manifest_path}' cannot be read: {exc.strerror}") from None
+    except RecursionError:
+        raise PlanError(f"'{manifest_path}': nested too deeply to be a manifest") from None
+    validate_manifest(manifest, where, BACKENDS)
+    contents: dict[str, bytes] = {}
+    for name, digest in manifest["artifacts"].items():
+        path = member_path(folder, name, "listed in the manifest")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise PlanError(f"'{folder / name}' cannot be read: {exc.strerror}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise PlanError(f"'{folder / name}' does not match the manifest's checksum: it changed after the build")
+        contents[name] = data
+    needed = {manifest["plan"]["file"]: "the plan", **{BACKENDS[b].artifact: f"the {b} artifact" for b in manifest["backends"]}}
+    if "reference" in manifest:
+        needed[manifest["reference"]["file"]] = "the reference model"
+    for name, what in needed.items():
+        if name not in contents:
+            raise PlanError(f"'{where}': {what} '{name}' is not among the checksummed artifacts: refused")
+    try:
+        program = FrameProgram.from_bytes(contents[manifest["plan"]["file"]])
+    except PlanFormatError as exc:
+        raise PlanError(f"'{folder / manifest['plan']['file']}': {exc}") from None
+    for backend in manifest["backends"]:
+        data = contents[BACKENDS[backend].artifact]
+        recorded = [a for a in program.artifacts if a.name == backend]
+        if recorded and all((a.size, a.crc32) != (len(data), zlib.crc32(data)) for a in recorded):
+            raise PlanError(f"'{folder / BACKENDS[backend].artifact}' is not the {backend} artifact the plan was built "
+                            f"with (size or CRC-32 differ): the folder was tampered with; rebuild it")
+    check_against_plan(manifest, program, where)
     return Build(folder, manifest, program)
 
 
 def load_reference(build: Build, allow_pickle: bool = False):
+    """The PyTorch reference saved in the build. Trust comes from the caller (the user's
+    --allow-pickle), never from the folder: the manifest's ``allow_pickle`` is ignored."""
+    from dynexport.harness.manifest_schema import member_path
     from dynexport.loading import load_model
 
     reference = build.manifest.get("reference")
     if not reference:
         raise PlanError(f"'{build.folder}' holds no reference model (built by an older dynexport?): rebuild it")
-    return load_model(build.folder / reference["file"], allow_pickle=allow_pickle or reference.get("allow_pickle", False))
+    return load_model(member_path(build.folder, reference["file"], "the reference model"), allow_pickle=allow_pickle)
 
 
 # -- the native run -----------------------------------------------------------------------------

@@ -24,18 +24,23 @@ from typing import Callable
 import torch
 from torch.export import Dim
 
+from dynexport.compiler.plan_builder import SegmentKind
 from dynexport.errors import CompileError
+from targets.executorch.policy_segment import with_xnnpack_policies
 
 PARALLEL_FROM = 6  # fewer segments than this lower in-process (a worker costs a torch import)
 
 
 def export_segment(artifact) -> torch.export.ExportedProgram:
+    """The segment as a torch.export program, in the forms XNNPACK runs whole (D-STEP policies:
+    ``policy_segment``)."""
     dynamic_shapes = None
     if artifact.max_batch > 1:
         batch = Dim(f"tiles_{artifact.name}", min=1, max=artifact.max_batch)
         dynamic_shapes = ({0: batch},) + tuple(None for _ in artifact.example_inputs[1:])
     try:
-        return torch.export.export(artifact.module, artifact.example_inputs, dynamic_shapes=dynamic_shapes, strict=False)
+        return torch.export.export(with_xnnpack_policies(artifact.module), artifact.example_inputs,
+                                   dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:
         raise CompileError(f"segment {artifact.name}: torch.export failed: {exc}") from exc
 
@@ -154,7 +159,7 @@ def lowering_cost(artifact) -> float:
     plus a little per graph node."""
     graph = getattr(artifact.module, "graph", None)
     nodes = len(graph.nodes) if graph is not None else 1
-    if artifact.kind == "dense+policy":
+    if artifact.kind == SegmentKind.DENSE_POLICY:
         nodes += 12
     return 2.0 + 0.15 * nodes
 
@@ -177,6 +182,20 @@ def workers_for(segment_count: int) -> int:
     if segment_count < PARALLEL_FROM:
         return 0
     return max(1, min(segment_count // PARALLEL_FROM + 1, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def lowering_workers(model):
+    """The backend's ``prepare`` hook: for a model large enough to lower in parallel, start
+    the worker processes before the model is compiled, so their imports overlap the compile.
+    Yields the emitter's extra keyword arguments (``workers``, or nothing)."""
+    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) if isinstance(model, torch.nn.Module) else 0
+    count = workers_for(2 * convolutions)  # about two segments per convolution
+    if count == 0:
+        yield {}
+        return
+    with LoweringWorkers(count) as workers:
+        yield {"workers": workers}
 
 
 def emit_executorch(segments: dict, progress: Callable[[str], None] | None = None,

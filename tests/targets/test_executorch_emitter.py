@@ -1,5 +1,5 @@
-"""The ExecuTorch emitter: one method per segment, dynamic tile batch, and the merge of
-programs lowered in parallel."""
+"""The ExecuTorch emitter: one method per segment, dynamic tile batch, the merge of programs
+lowered in parallel, and its prepare hook (workers only for models worth lowering in parallel)."""
 
 import pytest
 import torch
@@ -35,3 +35,15 @@ def test_merging_the_same_method_twice_is_refused():
     part = lower_segments({"only": conv_artifact("only")})
     with pytest.raises(ValueError, match="more than one part"):
         merge_programs([part, part])
+
+
+def test_the_prepare_hook_starts_no_workers_for_a_small_model():
+    from targets import backend
+    from targets.executorch.emitter import PARALLEL_FROM, lowering_workers
+
+    assert backend("executorch").load_prepare() is lowering_workers
+    small = torch.nn.Sequential(*[torch.nn.Conv2d(4, 4, 3) for _ in range(PARALLEL_FROM // 2 - 1)])
+    with lowering_workers(small) as extra:
+        assert extra == {}
+    with lowering_workers(object()) as extra:  # not an nn.Module (e.g. a loaded program): no estimate
+        assert extra == {}

@@ -10,7 +10,7 @@ import math
 import torch
 
 from dynexport.compiler.graph import constant, module_path
-from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, example_tensor
+from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
 from dynexport.compiler.segment_modules import ConvSegment
 from dynexport.nn.block_grid import BlockGrid
 from dynexport.nn.skip_conv import make_grid
@@ -125,14 +125,14 @@ def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tu
             f"{conv.segment_prefix}_tiles",
             ConvSegment(conv.weight, conv.bias, grid.stride, (0, 0), grid.dilation, conv.groups),
             (example_tensor((conv.max_batch, conv.in_channels, *grid.tile_size)),), max_batch=conv.max_batch,
-            kind="tiles"),
+            kind=SegmentKind.TILES),
             [layer.tiles], [layer.tile_output])
     dense = None
     if conv.has_dense_segment:
         dense = builder.add_segment(SegmentArtifact(
             f"{conv.segment_prefix}_dense",
             ConvSegment(conv.weight, conv.bias, grid.stride, grid.padding, grid.dilation, conv.groups),
-            (example_tensor(conv.in_shape),), kind="dense"),
+            (example_tensor(conv.in_shape),), kind=SegmentKind.DENSE),
             [layer.input], [layer.dense_output])
     return tiles, dense
 

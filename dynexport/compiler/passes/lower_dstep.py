@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from dynexport.compiler.dstep_policy_segment import DStepPolicySegment
 from dynexport.compiler.graph import constant
 from dynexport.compiler.passes.gated_conv import add_conv_segments, gated_conv, new_layer
-from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, example_tensor
+from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
+from dynexport.compiler.segment_modules import DStepPolicySegment
 from dynexport.plan.frame_program import (
     DSTEP_SOURCE_DENSE, DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, NO_LAYER, NO_TENSOR, DType, GateKind, LayerKind, Op, Role,
 )
@@ -65,13 +65,13 @@ def _fuse_into_producer(builder: PlanBuilder, feature: int, policy, extra_inputs
     segment = program.segments[last.a]
     artifact = builder.segments[segment.name]
     outputs = program.segment_outputs(segment)
-    if last.b != NO_LAYER or artifact.kind != "dense" or feature not in outputs:
+    if last.b != NO_LAYER or artifact.kind != SegmentKind.DENSE or feature not in outputs:
         return False
     inputs = program.segment_inputs(segment)
     artifact.module = PolicyAfterSegment(artifact.module, policy, outputs.index(feature), len(inputs))
     artifact.example_inputs = artifact.example_inputs + (
         example_tensor(program.tensors[extra_inputs[0]].shape), example_tensor((1,)).abs())
-    artifact.kind = "dense+policy"
+    artifact.kind = SegmentKind.DENSE_POLICY
     segment.input_begin = len(program.operands)
     program.operands.extend(inputs + list(extra_inputs))
     segment.input_count = len(inputs) + len(extra_inputs)
@@ -106,7 +106,7 @@ def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
         policy = builder.add_segment(SegmentArtifact(
             f"{conv.segment_prefix}_policy", policy_module,
             (example_tensor(conv.in_shape), example_tensor((1, conv.in_channels)), example_tensor((1,)).abs()),
-            kind="policy"),
+            kind=SegmentKind.POLICY),
             [layer.input, previous_pooled, layer.primed], policy_outputs)
         builder.emit(Op.RUN_SEGMENT, policy, NO_LAYER)
     tiles, dense = add_conv_segments(builder, conv, layer)

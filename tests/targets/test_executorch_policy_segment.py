@@ -1,15 +1,23 @@
-"""The D-STEP policy segment: equal to the reference policies (dynexport.nn.dstep) on patch
-grids that tile the input, one-patch grids and grids of unequal pooling regions, and, lowered
-to ExecuTorch, one XNNPACK partition with no portable op (no NHWC <-> NCHW copies) that runs
-and gives the reference's numbers."""
+"""The ExecuTorch form of the D-STEP policy segment: equal to the reference policies
+(dynexport.nn.dstep) and to the compiler's neutral DStepPolicySegment on patch grids that tile
+the input, one-patch grids and grids of unequal pooling regions; substituted in every segment
+the emitter exports without changing the compiled segments; and, lowered to ExecuTorch, one
+XNNPACK partition with no portable op (no NHWC <-> NCHW copies) that runs and gives the
+reference's numbers."""
 
 import pytest
 import torch
 
-from dynexport.compiler.dstep_policy_segment import DStepPolicySegment, adaptive_pooling_matrix, exact_pooling_kernel
+from torch import nn
+
+from dynexport.compiler.passes.lower_dstep import PolicyAfterSegment
 from dynexport.compiler.plan_builder import SegmentArtifact, example_tensor
+from dynexport.compiler.segment_modules import ConvSegment, DStepPolicySegment
 from dynexport.nn.dstep import channel_logits, spatial_logits
 from dynexport.nn.skip_conv import make_grid
+from targets.executorch.policy_segment import (
+    XnnpackDStepPolicySegment, adaptive_pooling_matrix, exact_pooling_kernel, with_xnnpack_policies,
+)
 
 OUT_CHANNELS = 5
 # (channels, height, width, patch, stride): patch grids 4x4 (8x8 input per patch), 2x2 after a
@@ -19,7 +27,7 @@ GRIDS = {"tiled": (16, 32, 32, 8, 1), "strided": (8, 32, 32, 8, 2), "one_patch":
 
 
 def policy(name, seed=0):
-    """(segment module, input shape, reference policies: x, previous pooled, primed -> outputs)."""
+    """(neutral segment module, input shape, reference policies: x, previous pooled, primed -> outputs)."""
     channels, height, width, patch, stride = GRIDS[name]
     g = torch.Generator().manual_seed(seed)
     grid = make_grid((1, channels, height, width), (OUT_CHANNELS, channels, 3, 3), (stride, stride), (1, 1), (1, 1),
@@ -34,6 +42,7 @@ def policy(name, seed=0):
                 channel_logits(pooled, previous_pooled if primed else pooled, *channel), pooled)
 
     return DStepPolicySegment(grid, spatial, channel, channels), (1, channels, height, width), reference
+
 
 
 def test_exact_pooling_kernel_only_for_equal_regions():
@@ -54,13 +63,34 @@ def test_adaptive_pooling_matrices_pool_like_adaptive_average_pooling(size, grid
 @pytest.mark.parametrize("primed", [0.0, 1.0])
 @pytest.mark.parametrize("name", list(GRIDS))
 def test_equals_the_reference_policies(name, primed):
-    module, shape, reference = policy(name)
+    neutral, shape, reference = policy(name)
+    module = with_xnnpack_policies(neutral)
+    assert isinstance(module, XnnpackDStepPolicySegment)
     x = example_tensor(shape)
     previous_pooled = torch.randn(1, shape[1])
     got = module(x, previous_pooled, torch.tensor([primed]))
-    for value, expected in zip(got, reference(x, previous_pooled, primed)):
-        assert value.shape == expected.shape
+    expected_outputs = reference(x, previous_pooled, primed)
+    neutral_outputs = neutral(x, previous_pooled, torch.tensor([primed]))
+    assert len(got) == len(expected_outputs) == len(neutral_outputs) == 3
+    for value, expected, from_neutral in zip(got, expected_outputs, neutral_outputs):
+        assert value.shape == expected.shape == from_neutral.shape
         torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(from_neutral, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_substitution_reaches_appended_policies_and_leaves_the_compiled_segment_alone():
+    neutral, shape, _ = policy("tiled")
+    producer = ConvSegment(torch.randn(shape[1], 3, 3, 3), None, (1, 1), (1, 1), (1, 1), 1)  # returns a tuple
+    fused = PolicyAfterSegment(producer, neutral, feature_index=0, producer_inputs=1)
+    rewritten = with_xnnpack_policies(fused)
+    assert rewritten is not fused
+    assert isinstance(rewritten.policy, XnnpackDStepPolicySegment)
+    assert fused.policy is neutral  # the compiled segment still holds the neutral form
+    frame, previous_pooled, primed = torch.randn(1, 3, *shape[2:]), torch.randn(1, shape[1]), torch.ones(1)
+    for value, expected in zip(rewritten(frame, previous_pooled, primed), fused(frame, previous_pooled, primed)):
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5)
+    plain = nn.Sequential(nn.Conv2d(3, 3, 1))
+    assert with_xnnpack_policies(plain) is plain  # nothing to substitute: not even copied
 
 
 @pytest.mark.slow
@@ -72,7 +102,7 @@ def test_lowered_to_executorch_it_runs_in_xnnpack_alone():
 
     artifacts, references = {}, {}
     for name in ("tiled", "one_patch", "unequal"):  # one of each path: lowering costs seconds a method
-        module, shape, references[name] = policy(name)
+        module, shape, references[name] = policy(name)  # neutral: the emitter substitutes the XNNPACK form
         artifacts[name] = SegmentArtifact(name, module, (example_tensor(shape), torch.randn(1, shape[1]),
                                                          torch.ones(1)), kind="policy")
     pte = lower_segments(artifacts)

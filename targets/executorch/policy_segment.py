@@ -1,11 +1,13 @@
-"""DStepPolicySegment: D-STEP's two policies as a backend segment, written in ops a
-channels_last (NHWC) delegate such as XNNPACK runs end to end.
+"""The ExecuTorch emitter's form of the D-STEP policy segment: D-STEP's two policies written in
+ops the XNNPACK delegate runs end to end, channels_last (NHWC), substituted by
+``with_xnnpack_policies`` for the compiler's target-neutral ``DStepPolicySegment``
+(``dynexport/compiler/segment_modules.py``) in every segment before it is exported.
 
-The reference (``dynexport.nn.dstep.spatial_logits`` / ``channel_logits``) reduces over
-channels (``x.mean(1)``), averages globally with ``keepdim=False``, pools adaptively and
-selects the previous pooled input with ``torch.where``. XNNPACK takes none of those: they
-ran as ExecuTorch portable kernels, each behind an NHWC -> NCHW copy of the whole feature
-map. Measured on dstep_action's first policy (16 x 32 x 32 input, 1 thread): three such
+The reference (``dynexport.nn.dstep.spatial_logits`` / ``channel_logits``), which the neutral
+segment runs as it is, reduces over channels (``x.mean(1)``), averages globally with
+``keepdim=False``, pools adaptively and selects the previous pooled input with
+``torch.where``. XNNPACK takes none of those: they ran as ExecuTorch portable kernels, each
+behind an NHWC -> NCHW copy of the whole feature map. Measured on dstep_action's first policy (16 x 32 x 32 input, 1 thread): three such
 copies (217 us each) and three portable means (54-89 us) made 880 of the segment's 1000 us.
 
 Here instead, for an input x [1, C, H, W] whose patch grid tiles it exactly:
@@ -29,15 +31,21 @@ failed"), and it would bring the layout copies back.
 Invariants: the outputs and their shapes are the reference's, equal up to float rounding
 (summation order); the previous-input selection is exact because the runtime keeps
 ``primed`` at exactly 0.0 (first frame after a reset) or 1.0; lowered to ExecuTorch, the
-segment is one XNNPACK partition with no portable kernel (tests/compiler/test_dstep_policy_segment.py).
+segment is one XNNPACK partition with no portable kernel
+(tests/targets/test_executorch_policy_segment.py); ``with_xnnpack_policies`` never changes
+the module it is given (the compiled segments are shared by every backend of a build and by
+the plan interpreter).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynexport.compiler.segment_modules import DStepPolicySegment
 from dynexport.nn.block_grid import BlockGrid
 
 
@@ -51,7 +59,21 @@ def exact_pooling_kernel(input_size: tuple[int, int], grid_blocks: tuple[int, in
     return tuple(size // blocks for size, blocks in zip(input_size, grid_blocks))
 
 
-class DStepPolicySegment(nn.Module):
+def with_xnnpack_policies(module: nn.Module) -> nn.Module:
+    """``module``, or, when it holds a ``DStepPolicySegment`` (a policy segment, or one
+    appended to a dense segment), a copy in which each is replaced by its XNNPACK form."""
+    if isinstance(module, DStepPolicySegment):
+        return XnnpackDStepPolicySegment.from_reference(module)
+    policies = [name for name, child in module.named_modules() if isinstance(child, DStepPolicySegment)]
+    if not policies:
+        return module
+    rewritten = copy.deepcopy(module)
+    for name in policies:
+        rewritten.set_submodule(name, XnnpackDStepPolicySegment.from_reference(rewritten.get_submodule(name)))
+    return rewritten
+
+
+class XnnpackDStepPolicySegment(nn.Module):
     """D-STEP's policies for one frame: (spatial logits [1,2,rows,cols])?, (channel logits
     [1,Co,3])?, pooled input [1,C]. ``primed`` [1] is 0 on the first frame after a reset,
     where the previous pooled input is taken to be the current one, and 1 otherwise.
@@ -87,6 +109,11 @@ class DStepPolicySegment(nn.Module):
         if channel is not None:
             for name, value in zip(("w1", "b1", "w2", "b2"), channel):
                 self.register_buffer(f"channel_{name}", value.detach().clone())
+
+    @classmethod
+    def from_reference(cls, reference: DStepPolicySegment) -> "XnnpackDStepPolicySegment":
+        return cls(reference.grid, reference.spatial_parameters(), reference.channel_parameters(),
+                   reference.in_channels)
 
     def forward(self, x: Tensor, previous_pooled: Tensor, primed: Tensor):
         # keepdim=True over H and W: the one form of mean XNNPACK delegates (global pooling)

@@ -1,0 +1,70 @@
+"""Backend: what one backend folder under ``targets/`` declares about itself, in one place.
+
+Invariant: a declaration is plain data (names, file names, ``"module:attribute"`` strings), so
+reading the registry imports no backend library; the emitter, the preparation hook and the
+host runner are imported only when a build, verify or bench uses them, after checking that
+the backend's pip distributions are installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from dynexport.errors import CompileError
+
+PLATFORMS = ("android", "ios", "host")
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str                      # "executorch": the plan's artifact name and the native driver's --backend
+    artifact: str                  # file name in a build folder, "model.pte"
+    emitter: str                   # "module:function": segments, progress=, **prepared -> artifact bytes
+    prepare: str | None            # "module:function": model -> context manager started before compile,
+                                   # yielding the emitter's extra keyword arguments
+    native_sources: tuple[str, ...]  # repo-relative paths copied into OUT/runtime/
+    platforms: tuple[str, ...]     # subset of PLATFORMS
+    requires: tuple[str, ...]      # pip distributions it needs ("executorch",)
+    host_runner: str | None        # "module:Class" of a Python host runner (segment bytes -> runner), if any
+
+    def __post_init__(self):
+        unknown = [p for p in self.platforms if p not in PLATFORMS]
+        if unknown:
+            raise ValueError(f"backend {self.name}: unknown platforms {unknown}; expected a subset of {PLATFORMS}")
+        for field in ("emitter", "prepare", "host_runner"):
+            spec = getattr(self, field)
+            if spec is not None and spec.count(":") != 1:
+                raise ValueError(f"backend {self.name}: {field} {spec!r} is not 'module:attribute'")
+
+    def load_emitter(self):
+        """The emitter callable (imports its module)."""
+        return self._load(self.emitter)
+
+    def load_prepare(self):
+        """The preparation hook, or None when the backend has none."""
+        return None if self.prepare is None else self._load(self.prepare)
+
+    def load_host_runner(self):
+        """The host runner class, or None when the backend has none."""
+        return None if self.host_runner is None else self._load(self.host_runner)
+
+    def missing_requirements(self) -> tuple[str, ...]:
+        """The pip distributions of ``requires`` that are not installed."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        missing = []
+        for distribution in self.requires:
+            try:
+                version(distribution)
+            except PackageNotFoundError:
+                missing.append(distribution)
+        return tuple(missing)
+
+    def _load(self, spec: str):
+        missing = self.missing_requirements()
+        if missing:
+            raise CompileError(f"backend {self.name} needs {', '.join(missing)}, which is not installed; "
+                               f"install it with: pip install {' '.join(missing)}")
+        module, _, attribute = spec.partition(":")
+        return getattr(importlib.import_module(module), attribute)

@@ -1,0 +1,115 @@
+"""The target registry (targets/__init__.py): every registered backend loads, names and
+artifact files are unique, errors name what is available, the registry imports no backend
+library, and a backend added to BACKENDS is found with no other change."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import targets
+from dynexport.errors import CompileError
+from targets import BACKENDS, PLATFORMS, TARGETS, Backend, backend, backends_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fake_backend(**changes) -> Backend:
+    fields = dict(name="fake", artifact="model.fake", emitter="json:dumps", prepare=None, native_sources=(),
+                  platforms=("host",), requires=(), host_runner=None)
+    return Backend(**{**fields, **changes})
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_every_backend_loads_what_it_declares(name):
+    registered = BACKENDS[name]
+    assert registered.name == name
+    assert callable(registered.load_emitter())
+    assert registered.prepare is None or callable(registered.load_prepare())
+    assert registered.host_runner is None or isinstance(registered.load_host_runner(), type)
+    assert registered.platforms and set(registered.platforms) <= set(PLATFORMS)
+    for path in registered.native_sources:
+        assert (ROOT / path).exists(), f"{name}: native source {path} is missing"
+
+
+def test_names_and_artifact_files_are_unique():
+    artifacts = [b.artifact for b in BACKENDS.values()]
+    assert len(set(artifacts)) == len(artifacts) == len(BACKENDS)
+    assert all("/" not in a and a not in ("plan.dxfp", "manifest.json") for a in artifacts)
+
+
+def test_a_clashing_backend_folder_is_refused():
+    with pytest.raises(ValueError, match="must be unique"):
+        targets._registered(("targets.executorch", "targets.executorch"))
+
+
+def test_targets_are_derived_from_the_backends_platforms():
+    assert TARGETS == {platform: tuple(n for n, b in BACKENDS.items() if platform in b.platforms)
+                       for platform in PLATFORMS if any(platform in b.platforms for b in BACKENDS.values())}
+    assert TARGETS["android"] == TARGETS["host"] == ("executorch",)
+    assert backends_for("android") == (BACKENDS["executorch"],)
+    assert backends_for("host", "executorch") == (BACKENDS["executorch"],)
+
+
+def test_an_unknown_target_names_the_targets_with_backends():
+    with pytest.raises(CompileError, match=r"--target 'windows': expected one of android, host"):
+        backends_for("windows")
+
+
+def test_a_platform_without_a_backend_says_so():
+    with pytest.raises(CompileError, match=r"no registered backend runs on ios yet; targets with a backend: "
+                                           r"android, host"):
+        backends_for("ios")
+
+
+def test_an_unknown_backend_names_the_registered_ones():
+    with pytest.raises(CompileError, match=r"unknown backend 'tflite'; registered backends: executorch"):
+        backend("tflite")
+    with pytest.raises(CompileError, match=r"unknown backend 'tflite'"):
+        backends_for("android", "tflite")
+
+
+def test_a_backend_not_on_the_target_names_what_is_available_there(monkeypatch):
+    monkeypatch.setitem(BACKENDS, "fake", fake_backend(platforms=("ios",)))
+    with pytest.raises(CompileError, match=r"--backend 'fake' is not available for target android \(it runs on "
+                                           r"ios\); available for android: executorch"):
+        backends_for("android", "fake")
+
+
+def test_a_registered_backend_is_found_without_other_changes(monkeypatch):
+    fake = fake_backend(platforms=("host", "ios"))
+    monkeypatch.setitem(BACKENDS, "fake", fake)
+    assert backend("fake") is fake
+    assert backends_for("host") == (BACKENDS["executorch"], fake)
+    assert backends_for("ios") == (fake,)
+    assert backends_for("host", "fake") == (fake,)
+    assert backends_for("android") == (BACKENDS["executorch"],)
+    assert fake.load_emitter()({"a": 1}) == '{"a": 1}'
+
+
+def test_a_missing_requirement_is_named_with_its_install_command():
+    needy = fake_backend(requires=("dynexport-no-such-distribution",))
+    assert needy.missing_requirements() == ("dynexport-no-such-distribution",)
+    with pytest.raises(CompileError, match=r"backend fake needs dynexport-no-such-distribution.*"
+                                           r"pip install dynexport-no-such-distribution"):
+        needy.load_emitter()
+
+
+def test_declarations_are_checked():
+    with pytest.raises(ValueError, match="unknown platforms"):
+        fake_backend(platforms=("windows",))
+    with pytest.raises(ValueError, match="not 'module:attribute'"):
+        fake_backend(emitter="json.dumps")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fake_backend().name = "other"
+
+
+def test_reading_the_registry_imports_no_backend_library():
+    code = ("import sys, targets; targets.backends_for('android'); "
+            "print(sorted(m for m in ('torch', 'executorch', 'numpy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
