@@ -26,14 +26,17 @@ def dense_counterpart(model: nn.Module) -> nn.Module:
     return dense
 
 
-def build_dense(model: nn.Module, input_shape, folder: Path, progress=None):
-    """Build the dense counterpart into ``folder`` (a one-segment plan and its artifact)."""
+def build_dense(model: nn.Module, input_shape, folder: Path, progress=None, backend: str | None = None):
+    """Build the dense counterpart into ``folder`` (a one-segment plan and its artifact), for
+    ``backend`` or, when None, host's default backends."""
     from dynexport.build import build
 
     dense = dense_counterpart(model)
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "dense_model.pt"
     torch.save(dense, path)
-    return build(path, folder / "dense", target="host", input_shape=tuple(input_shape), progress=progress)
+    return build(path, folder / "dense", target="host", backend=backend, input_shape=tuple(input_shape),
+                 progress=progress)
 
 
 def model_macs(model: nn.Module, input_shape) -> int:
