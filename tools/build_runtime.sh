@@ -196,10 +196,22 @@ run_logged "$CMAKE" --build "$BUILD"
 if [ "$MODE" = aarch64 ]; then
   # The wheel's libraries need only each other and the C/C++ runtime (libstdc++, libgcc_s,
   # libm, libdl, libpthread, libc), which /usr/aarch64-linux-gnu provides: not torch.
+  # ONNX Runtime (its cpuinfo library) crashes on the host's x86 /proc/cpuinfo: the runner
+  # shows the emulated program an ARM Neoverse-N1's (-cpu neoverse-n1), bind-mounted over
+  # /proc/cpuinfo in a private mount namespace (unshare -m: nothing outside changes). Where
+  # unshare is not allowed (no CAP_SYS_ADMIN) it runs without, as before.
+  : > "$BUILD/bin/arm64-cpuinfo"
+  for cpu in 0 1; do
+    printf 'processor\t: %d\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n' "$cpu" >> "$BUILD/bin/arm64-cpuinfo"
+  done
   cat > "$BUILD/bin/qemu-run" <<EOF
 #!/bin/sh
-# Runs an aarch64 binary of this build under user-mode emulation (written by tools/build_runtime.sh).
-exec qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$PREFIX/lib" "\$@"
+# Runs an aarch64 binary of this build under user-mode emulation (written by tools/build_runtime.sh),
+# with an ARM /proc/cpuinfo in a private mount namespace when unshare is allowed.
+if [ -z "\$DYNRT_QEMU_CPUINFO" ] && unshare -m true 2>/dev/null; then
+  exec env DYNRT_QEMU_CPUINFO=1 unshare -m sh -c 'mount --bind "$BUILD/bin/arm64-cpuinfo" /proc/cpuinfo && exec "\$0" "\$@"' "\$0" "\$@"
+fi
+exec qemu-aarch64 -cpu neoverse-n1 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$PREFIX/lib" "\$@"
 EOF
   chmod +x "$BUILD/bin/qemu-run"
   say "run: build/aarch64/bin/qemu-run build/aarch64/bin/dynrt_driver --help"
