@@ -3,8 +3,9 @@
 A backend is a folder ``targets/<name>/`` whose ``__init__.py`` declares ``BACKEND =
 Backend(...)`` (``targets/backend.py``); adding one is that folder and one line in
 ``BACKEND_FOLDERS``. ``build``, ``verify``, ``bench`` and ``tune`` find backends here and
-name none themselves. A *target* (``--target``) is a platform; its default backends are all
-registered backends that run on it.
+name none themselves. A *target* (``--target``) is a platform; its default backends are the
+registered backends that run on it and are a default there (``Backend.default_on``; a
+backend that is not, such as onnxruntime, is built only with ``--backend``).
 
 Invariant: importing this module imports no backend library (torch, executorch, ...): the
 declarations are plain data, so ``dynexport --help`` stays instant.
@@ -19,6 +20,7 @@ from targets.backend import PLATFORMS, Backend
 
 BACKEND_FOLDERS = (
     "targets.executorch",
+    "targets.onnxruntime",
 )
 
 
@@ -38,12 +40,18 @@ BACKENDS: dict[str, Backend] = _registered(BACKEND_FOLDERS)
 
 
 def _targets(backends: dict[str, Backend]) -> dict[str, tuple[str, ...]]:
+    """platform -> the backends that run on it (a default or not)."""
     return {platform: names for platform in PLATFORMS
             if (names := tuple(b.name for b in backends.values() if platform in b.platforms))}
 
 
+def _defaults(backends: dict[str, Backend]) -> dict[str, tuple[str, ...]]:
+    return {platform: names for platform in PLATFORMS
+            if (names := tuple(b.name for b in backends.values() if b.is_default_on(platform)))}
+
+
 # platform -> its default backends; derived from BACKENDS when this module is imported
-TARGETS: dict[str, tuple[str, ...]] = _targets(BACKENDS)
+TARGETS: dict[str, tuple[str, ...]] = _defaults(BACKENDS)
 
 
 def backend(name: str) -> Backend:
@@ -56,7 +64,7 @@ def backend(name: str) -> Backend:
 
 def backends_for(target: str, requested: str | None = None) -> tuple[Backend, ...]:
     """The backends to build for platform ``target``: ``requested`` alone when given (it must
-    run there), otherwise every registered backend that runs there. Read from BACKENDS at each
+    run there), otherwise every registered backend that is a default there. Read from BACKENDS at each
     call, so a backend registered later is found too."""
     available = _targets(BACKENDS)
     if target not in PLATFORMS:
@@ -65,7 +73,11 @@ def backends_for(target: str, requested: str | None = None) -> tuple[Backend, ..
         raise CompileError(f"--target {target}: no registered backend runs on {target} yet; "
                            f"targets with a backend: {', '.join(available) or 'none'}")
     if requested is None:
-        return tuple(BACKENDS[name] for name in available[target])
+        defaults = _defaults(BACKENDS).get(target)
+        if not defaults:
+            raise CompileError(f"--target {target}: no backend is built there by default; choose one with --backend "
+                               f"(available for {target}: {', '.join(available[target])})")
+        return tuple(BACKENDS[name] for name in defaults)
     chosen = backend(requested)
     if target not in chosen.platforms:
         raise CompileError(f"--backend {requested!r} is not available for target {target} "

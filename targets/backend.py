@@ -27,11 +27,19 @@ class Backend:
     platforms: tuple[str, ...]     # subset of PLATFORMS
     requires: tuple[str, ...]      # pip distributions it needs ("executorch",)
     host_runner: str | None        # "module:Class" of a Python host runner (segment bytes -> runner), if any
+    default_on: tuple[str, ...] | None = None  # platforms where it is built without --backend;
+                                   # None: all of ``platforms``, (): only when asked for
+
+    def is_default_on(self, platform: str) -> bool:
+        return platform in (self.platforms if self.default_on is None else self.default_on)
 
     def __post_init__(self):
         unknown = [p for p in self.platforms if p not in PLATFORMS]
         if unknown:
             raise ValueError(f"backend {self.name}: unknown platforms {unknown}; expected a subset of {PLATFORMS}")
+        if self.default_on is not None and not set(self.default_on) <= set(self.platforms):
+            raise ValueError(f"backend {self.name}: default_on {self.default_on} must be a subset of its platforms "
+                             f"{self.platforms}")
         for field in ("emitter", "prepare", "host_runner"):
             spec = getattr(self, field)
             if spec is not None and spec.count(":") != 1:

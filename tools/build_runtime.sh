@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Configure and build the native runtime (dynrt core, backend adapters, the native driver).
 #
-#   tools/build_runtime.sh host      [--quiet]   -> build/host      (Release, with the ExecuTorch adapter)
+#   tools/build_runtime.sh host      [--quiet]   -> build/host      (Release, with the ExecuTorch and ONNX Runtime adapters)
 #   tools/build_runtime.sh sanitize  [--quiet]   -> build/sanitize  (ASan + UBSan, core only)
-#   tools/build_runtime.sh aarch64   [--quiet]   -> build/aarch64   (ARM64 cross build, with the ExecuTorch adapter)
+#   tools/build_runtime.sh aarch64   [--quiet]   -> build/aarch64   (ARM64 cross build, with both adapters)
 #   tools/build_runtime.sh fuzz      [--quiet]   -> build/fuzz      (clang libFuzzer target fuzz_plan, core only)
 #
 # The driver (every backend adapter built) lands in build/<mode>/bin/dynrt_driver. For
@@ -16,6 +16,11 @@
 # manylinux aarch64 wheel, downloaded once into .cache/aarch64 and partly unpacked (lib/,
 # include/, share/cmake/). Needs: .venv (make setup), cmake >= 3.28 (the venv's), ninja, a C/C++
 # compiler; aarch64 also g++-aarch64-linux-gnu and, to run, qemu-user.
+# ONNX Runtime: its C header is fetched once into .cache/onnxruntime-header
+# (tools/fetch_onnxruntime_header.sh); the library is not linked but dlopen'ed by the adapter
+# from the path compiled in here: the venv's onnxruntime wheel for host, the same version's
+# aarch64 wheel (capi/ unpacked into .cache/aarch64) for aarch64. Without the header (no
+# network) the adapter is left out with a warning.
 # Idempotent: configures only when the build folder is new or its settings changed, and a
 # second run with nothing changed is a no-op ninja call.
 set -euo pipefail
@@ -27,7 +32,7 @@ for arg in "$@"; do
   case "$arg" in
     host|sanitize|aarch64|fuzz) MODE=$arg ;;
     --quiet|-q) QUIET=1 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build_runtime: unknown argument '$arg' (expected host, sanitize, aarch64 or fuzz, and optionally --quiet)" >&2; exit 2 ;;
   esac
 done
@@ -129,6 +134,54 @@ EOF
 esac
 [ -z "$PREFIX" ] || ARGS+=("-DCMAKE_PREFIX_PATH=$PREFIX/share/cmake")
 
+# The ONNX Runtime adapter (host, aarch64): header from the cache, library path compiled in.
+if [ "$MODE" = host ] || [ "$MODE" = aarch64 ]; then
+  ORT_INCLUDE=$(bash "$ROOT/tools/fetch_onnxruntime_header.sh" $([ "$QUIET" = 1 ] && echo --quiet)) || ORT_INCLUDE=""
+  read -r ORT_VERSION ORT_HOST_LIB < <("$PYTHON" - <<'EOF'
+import importlib.metadata, importlib.util, pathlib
+try:
+    spec = importlib.util.find_spec("onnxruntime")
+    capi = pathlib.Path(list(spec.submodule_search_locations)[0]) / "capi"
+    print(importlib.metadata.version("onnxruntime"), sorted(capi.glob("libonnxruntime.so.*"))[0])
+except Exception:
+    print("- -")
+EOF
+  ) || true
+  ORT_LIB=""
+  if [ "$MODE" = host ]; then
+    ORT_LIB=$ORT_HOST_LIB
+  elif [ "${ORT_VERSION:--}" != - ]; then
+    ORT_CACHE=$ROOT/.cache/aarch64/onnxruntime-$ORT_VERSION
+    if [ ! -f "$ORT_CACHE/.unpacked" ]; then
+      wheel=$(ls "$ROOT/.cache/aarch64"/onnxruntime-"$ORT_VERSION"-*manylinux*aarch64.whl 2>/dev/null | head -1 || true)
+      if [ -z "$wheel" ]; then
+        say "downloading the onnxruntime $ORT_VERSION aarch64 wheel into .cache/aarch64"
+        "$PYTHON" -m pip download "onnxruntime==$ORT_VERSION" --platform manylinux_2_28_aarch64 --python-version 3.11 \
+          --only-binary=:all: --no-deps -d "$ROOT/.cache/aarch64" -q >>"$LOG" 2>&1 || true
+        wheel=$(ls "$ROOT/.cache/aarch64"/onnxruntime-"$ORT_VERSION"-*manylinux*aarch64.whl 2>/dev/null | head -1 || true)
+      fi
+      if [ -n "$wheel" ]; then
+        "$PYTHON" - "$wheel" "$ORT_CACHE" <<'EOF'
+import pathlib, shutil, sys, tempfile, zipfile
+wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+staging = pathlib.Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+with zipfile.ZipFile(wheel) as archive:
+    archive.extractall(staging, [n for n in archive.namelist() if n.startswith("onnxruntime/capi/libonnxruntime")])
+(staging / ".unpacked").write_text(pathlib.Path(wheel).name + "\n")
+shutil.rmtree(dest, ignore_errors=True)
+staging.rename(dest)
+EOF
+      fi
+    fi
+    ORT_LIB=$(ls "$ORT_CACHE"/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -1 || true)
+  fi
+  if [ -n "$ORT_INCLUDE" ] && [ -n "$ORT_LIB" ] && [ "$ORT_LIB" != - ]; then
+    ARGS+=(-DDYNRT_WITH_ONNXRUNTIME=ON "-DDYNRT_ONNXRUNTIME_INCLUDE_DIR=$ORT_INCLUDE" "-DDYNRT_ONNXRUNTIME_LIBRARY=$ORT_LIB")
+  else
+    echo "build_runtime: warning: building without the ONNX Runtime adapter (header: ${ORT_INCLUDE:-not fetched}, library: ${ORT_LIB:-none})" >&2
+  fi
+fi
+
 # Configure when new, or when the settings differ from the last configure.
 settings="$CMAKE -S $SOURCE ${ARGS[*]}"
 if [ ! -f "$BUILD/build.ninja" ] || [ "$(cat "$BUILD/.configure-settings" 2>/dev/null)" != "$settings" ]; then
@@ -143,10 +196,22 @@ run_logged "$CMAKE" --build "$BUILD"
 if [ "$MODE" = aarch64 ]; then
   # The wheel's libraries need only each other and the C/C++ runtime (libstdc++, libgcc_s,
   # libm, libdl, libpthread, libc), which /usr/aarch64-linux-gnu provides: not torch.
+  # ONNX Runtime (its cpuinfo library) crashes on the host's x86 /proc/cpuinfo: the runner
+  # shows the emulated program an ARM Neoverse-N1's (-cpu neoverse-n1), bind-mounted over
+  # /proc/cpuinfo in a private mount namespace (unshare -m: nothing outside changes). Where
+  # unshare is not allowed (no CAP_SYS_ADMIN) it runs without, as before.
+  : > "$BUILD/bin/arm64-cpuinfo"
+  for cpu in 0 1; do
+    printf 'processor\t: %d\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp ssbs\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n' "$cpu" >> "$BUILD/bin/arm64-cpuinfo"
+  done
   cat > "$BUILD/bin/qemu-run" <<EOF
 #!/bin/sh
-# Runs an aarch64 binary of this build under user-mode emulation (written by tools/build_runtime.sh).
-exec qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$PREFIX/lib" "\$@"
+# Runs an aarch64 binary of this build under user-mode emulation (written by tools/build_runtime.sh),
+# with an ARM /proc/cpuinfo in a private mount namespace when unshare is allowed.
+if [ -z "\$DYNRT_QEMU_CPUINFO" ] && unshare -m true 2>/dev/null; then
+  exec env DYNRT_QEMU_CPUINFO=1 unshare -m sh -c 'mount --bind "$BUILD/bin/arm64-cpuinfo" /proc/cpuinfo && exec "\$0" "\$@"' "\$0" "\$@"
+fi
+exec qemu-aarch64 -cpu neoverse-n1 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$PREFIX/lib" "\$@"
 EOF
   chmod +x "$BUILD/bin/qemu-run"
   say "run: build/aarch64/bin/qemu-run build/aarch64/bin/dynrt_driver --help"

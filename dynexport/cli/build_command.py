@@ -8,15 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from dynexport.cli.options import AllowPickle, InputShape
-from targets import BACKENDS, TARGETS  # plain declarations: importing them loads no backend library
+from targets import BACKENDS, PLATFORMS  # plain declarations: importing them loads no backend library
+
+# every platform some backend runs on (ios: only with --backend, no backend is a default there)
+_RUNNABLE = [p for p in PLATFORMS if any(p in b.platforms for b in BACKENDS.values())]
 
 
 def build(
     model: Annotated[Path, typer.Argument(help="model.pt (torch.save'd module) or model.pt2 (torch.export.save).",
                                           show_default=False)],
-    target: Annotated[str, typer.Option("--target", help=f"Platform: {' or '.join(TARGETS)}.")] = "android",
+    target: Annotated[str, typer.Option("--target", help=f"Platform: {' or '.join(_RUNNABLE)}.")] = "android",
     backend: Annotated[Optional[str], typer.Option(
-        "--backend", help=f"Backend, one of: {', '.join(BACKENDS)}.", show_default="every backend of the target")] = None,
+        "--backend", help=f"Backend, one of: {', '.join(BACKENDS)}.", show_default="every default backend of the target")] = None,
     input_shape: InputShape = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("out"),
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is an earlier dynexport build (nothing else is ever deleted).")] = False,

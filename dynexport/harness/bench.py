@@ -133,14 +133,16 @@ def bench_clip(build: Build, clip: VerifyClip, model, backends: list[str] | None
     total_dense_macs = model_macs(dense_counterpart(model), input_shape)
     reports = []
     with tempfile.TemporaryDirectory(prefix="dynexport-dense-") as tmp:
-        if dense_folder is None:
-            say("build the dense export (gates removed)")
-            dense_folder = build_dense(model, input_shape, Path(tmp), progress=lambda m: say(f"dense export: {m}")).out
         for backend in backends:
+            dense = dense_folder
+            if dense is None:  # the dense export for this backend, which need not be a default of host
+                say(f"build the dense export (gates removed) for {backend}")
+                dense = build_dense(model, input_shape, Path(tmp) / backend, backend=backend,
+                                    progress=lambda m: say(f"dense export: {m}")).out
             say(f"{backend}: {len(clip.frames)} frames x {passes} passes, dense and dynamic interleaved")
-            times = _run_side_by_side(build, dense_folder, backend, clip, device, threads, passes)
+            times = _run_side_by_side(build, dense, backend, clip, device, threads, passes)
             say(f"{backend}: a frame identical to the previous one")
-            still = _run_side_by_side(build, dense_folder, backend, unchanged, device, threads, passes)
+            still = _run_side_by_side(build, dense, backend, unchanged, device, threads, passes)
             reports.append(_report(backend, threads, passes, times, still, total_dense_macs, build))
     return reports
 

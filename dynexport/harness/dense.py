@@ -31,18 +31,21 @@ def dense_counterpart(model):
     return dense
 
 
-def build_dense(model, input_shape, folder: Path, progress=None):
-    """Build the dense counterpart into ``folder`` (a one-segment plan and its artifact)."""
+def build_dense(model, input_shape, folder: Path, progress=None, backend: str | None = None):
+    """Build the dense counterpart into ``folder`` (a one-segment plan and its artifact), for
+    ``backend`` or, when None, host's default backends."""
     from dynexport.build import build
 
     dense = dense_counterpart(model)
+    folder.mkdir(parents=True, exist_ok=True)
     if isinstance(dense, torch.export.ExportedProgram):
         path = folder / "dense_model.pt2"
         torch.export.save(dense, path)
     else:
         path = folder / "dense_model.pt"
         torch.save(dense, path)
-    return build(path, folder / "dense", target="host", input_shape=tuple(input_shape), progress=progress)
+    return build(path, folder / "dense", target="host", backend=backend, input_shape=tuple(input_shape),
+                 progress=progress)
 
 
 def model_macs(model, input_shape) -> int:

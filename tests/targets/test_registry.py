@@ -46,26 +46,39 @@ def test_a_clashing_backend_folder_is_refused():
 
 
 def test_targets_are_derived_from_the_backends_platforms():
-    assert TARGETS == {platform: tuple(n for n, b in BACKENDS.items() if platform in b.platforms)
-                       for platform in PLATFORMS if any(platform in b.platforms for b in BACKENDS.values())}
+    assert TARGETS == {platform: tuple(n for n, b in BACKENDS.items() if b.is_default_on(platform))
+                       for platform in PLATFORMS if any(b.is_default_on(platform) for b in BACKENDS.values())}
     assert TARGETS["android"] == TARGETS["host"] == ("executorch",)
     assert backends_for("android") == (BACKENDS["executorch"],)
     assert backends_for("host", "executorch") == (BACKENDS["executorch"],)
 
 
 def test_an_unknown_target_names_the_targets_with_backends():
-    with pytest.raises(CompileError, match=r"--target 'windows': expected one of android, host"):
+    with pytest.raises(CompileError, match=r"--target 'windows': expected one of android, ios, host"):
         backends_for("windows")
 
 
-def test_a_platform_without_a_backend_says_so():
+def test_a_platform_without_a_backend_says_so(monkeypatch):
+    monkeypatch.delitem(BACKENDS, "onnxruntime")  # the one backend that runs on ios today
     with pytest.raises(CompileError, match=r"no registered backend runs on ios yet; targets with a backend: "
                                            r"android, host"):
         backends_for("ios")
 
 
+def test_a_backend_that_is_no_default_is_built_only_when_asked_for():
+    onnxruntime = BACKENDS["onnxruntime"]
+    assert not any(onnxruntime.is_default_on(p) for p in PLATFORMS)
+    assert backends_for("ios", "onnxruntime") == backends_for("android", "onnxruntime") == (onnxruntime,)
+    assert onnxruntime not in backends_for("host")
+    with pytest.raises(CompileError, match=r"--target ios: no backend is built there by default; choose one with "
+                                           r"--backend \(available for ios: onnxruntime\)"):
+        backends_for("ios")
+    with pytest.raises(ValueError, match="default_on"):
+        fake_backend(default_on=("ios",))
+
+
 def test_an_unknown_backend_names_the_registered_ones():
-    with pytest.raises(CompileError, match=r"unknown backend 'tflite'; registered backends: executorch"):
+    with pytest.raises(CompileError, match=r"unknown backend 'tflite'; registered backends: executorch, onnxruntime"):
         backend("tflite")
     with pytest.raises(CompileError, match=r"unknown backend 'tflite'"):
         backends_for("android", "tflite")
