@@ -426,7 +426,7 @@ def test_help_shows_every_default_and_no_markup_is_eaten(command, monkeypatch):
     text = " ".join(stdout.split())
     assert "Backend ." not in text and "128x128 ." not in text and " ." not in text.replace(" .npy", "")
     if command == "build":
-        for shown in ("every backend of the target", "recorded in the model file", "0.5", "android"):
+        for shown in ("every default backend of the target", "recorded in the model file", "0.5", "android"):
             assert shown in text, text
 
 
