@@ -35,15 +35,6 @@ def dense_counterpart(model):
 
 
 @pytest.fixture(scope="module")
-def host_driver():
-    result = subprocess.run(["bash", str(ROOT / "tools" / "build_runtime.sh"), "host", "--quiet"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.fail(f"tools/build_runtime.sh host failed:\n{result.stderr[-4000:]}")
-    return ROOT / "build" / "host" / "bin" / "dynrt_driver"
-
-
-@pytest.fixture(scope="module")
 def builds(tmp_path_factory):
     """One gated layer (3 segments) and its dense counterpart (1 segment) at 24x24, plus the
     dense counterpart at 16x16 (sizes that do not fit)."""

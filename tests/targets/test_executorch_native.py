@@ -5,7 +5,6 @@ driver's errors (a foreign artifact, a segment the artifact does not match, a tr
 bad arguments, a backend not compiled in); and sessions sharing one ExecuTorch backend."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,28 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-4
 FRAMES, HEIGHT, WIDTH = 12, 24, 24
 RESET_AT = 6  # a scene cut in the middle: the frame after it is dense again
-
-
-def build_runtime(mode):
-    result = subprocess.run(["bash", str(ROOT / "tools" / "build_runtime.sh"), mode, "--quiet"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.fail(f"tools/build_runtime.sh {mode} failed:\n{result.stderr[-4000:]}")
-    return ROOT / "build" / mode / "bin"
-
-
-@pytest.fixture(scope="session")
-def host_driver():
-    return build_runtime("host") / "dynrt_driver"
-
-
-@pytest.fixture(scope="session")
-def aarch64_driver():
-    missing = [tool for tool in ("aarch64-linux-gnu-g++", "qemu-aarch64") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"not run: needs {', '.join(missing)} (Debian g++-aarch64-linux-gnu, qemu-user; make setup)")
-    bin_dir = build_runtime("aarch64")
-    return [str(bin_dir / "qemu-run"), str(bin_dir / "dynrt_driver")]
 
 
 @pytest.fixture(scope="module")
