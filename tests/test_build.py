@@ -113,6 +113,21 @@ def register(monkeypatch, **changes) -> Backend:
     return backend
 
 
+def test_a_failing_backend_is_recorded_while_the_others_build(tmp_path, monkeypatch):
+    monkeypatch.delitem(targets.BACKENDS, "executorch")  # host's defaults: the two below only
+    register(monkeypatch, name="failing", artifact="model.failing", emitter=f"{__name__}:failing_emitter",
+             prepare=None)
+    register(monkeypatch)
+    result = build(tiny_model_file(tmp_path), tmp_path / "out", target="host", input_shape="1x3x16x16")
+    assert result.manifest["backends"] == ["listing"]
+    assert result.manifest["failed_backends"] == {"failing": "injected failure while emitting"}
+    assert (tmp_path / "out" / "model.listing").exists() and not (tmp_path / "out" / "model.failing").exists()
+    monkeypatch.delitem(targets.BACKENDS, "listing")  # none left that builds: the build fails, naming why
+    with pytest.raises(CompileError, match="injected"):
+        build(tiny_model_file(tmp_path), tmp_path / "none", target="host", input_shape="1x3x16x16")
+    assert not (tmp_path / "none").exists()
+
+
 def test_failure_while_writing_artifacts_leaves_nothing_behind(tmp_path, monkeypatch):
     register(monkeypatch, name="failing", artifact="model.failing", emitter=f"{__name__}:failing_emitter",
              prepare=None)
