@@ -21,6 +21,9 @@
 # from the path compiled in here: the venv's onnxruntime wheel for host, the same version's
 # aarch64 wheel (capi/ unpacked into .cache/aarch64) for aarch64. Without the header (no
 # network) the adapter is left out with a warning.
+# LiteRT: no header (the adapter declares what it uses); libLiteRt.so is dlopen'ed from the
+# venv's ai-edge-litert wheel (host) or the same version's aarch64 wheel, fetched once into
+# .cache/aarch64 (aarch64). Without it the adapter is left out with a warning.
 # Idempotent: configures only when the build folder is new or its settings changed, and a
 # second run with nothing changed is a no-op ninja call.
 set -euo pipefail
@@ -32,7 +35,7 @@ for arg in "$@"; do
   case "$arg" in
     host|sanitize|aarch64|fuzz) MODE=$arg ;;
     --quiet|-q) QUIET=1 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build_runtime: unknown argument '$arg' (expected host, sanitize, aarch64 or fuzz, and optionally --quiet)" >&2; exit 2 ;;
   esac
 done
