@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from dynexport.cli.options import Backends
 
 
 def bench_layer(
@@ -16,7 +15,9 @@ def bench_layer(
     frames: Annotated[int, typer.Option("--frames", min=2, help="Frames per clip.")] = 24,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Backend threads; 0: the backend's default.")] = 1,
     passes: Annotated[int, typer.Option("--passes", min=1, help="Timed passes over each clip (medians).")] = 5,
-    backend: Backends = None,
+    backend: Annotated[Optional[list[str]], typer.Option(
+        "--backend", help="Backend (repeatable); each is built with its own dense export.",
+        show_default="host's default backends")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Micro benchmark: one gated 3x3 conv (64 ch, 56x56, 8x8 blocks) at fixed active fractions.
