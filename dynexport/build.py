@@ -96,26 +96,41 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         artifacts = {}
         versions = {"dynexport": __version__, "torch": _version("torch")}
         compiled.program.artifacts = []
+        built, failed = [], {}
         for chosen in backends:
             name = chosen.name
-            data = emitters[name](compiled.segments, progress=lambda step, name=name: say(f"{name}: {step}"),
-                                  **prepared[name])
+            try:
+                data = emitters[name](compiled.segments, progress=lambda step, name=name: say(f"{name}: {step}"),
+                                      **prepared[name])
+            except CompileError as exc:
+                # one backend's converter refusing a segment must not cost the others: record
+                # it and go on; a build where none succeeded fails below with every reason
+                if len(backends) == 1:
+                    raise
+                failed[name] = str(exc)
+                say(f"{name}: not built: {exc}")
+                continue
+            built.append(chosen)
             (staging / chosen.artifact).write_bytes(data)
             artifacts[chosen.artifact] = _sha256(data)
             versions.update({distribution: _version(distribution) for distribution in chosen.requires})
             # the plan names the artifact it was built with: a runtime refuses any other
             compiled.program.artifacts.append(Artifact(name, len(data), zlib.crc32(data)))
+        if not built:
+            raise CompileError("no backend could be built: " + "; ".join(f"{n}: {r}" for n, r in failed.items()))
         plan_bytes = compiled.program.to_bytes()
         (staging / PLAN_FILE).write_bytes(plan_bytes)
         artifacts[PLAN_FILE] = _sha256(plan_bytes)
-        _copy_runtime_sources(staging, runtime_sources(backends))
+        _copy_runtime_sources(staging, runtime_sources(tuple(built)))
         # the PyTorch reference travels with the build: verify and bench compare against it
         reference_file = f"{REFERENCE_DIR}/model{reference['source'].suffix or '.pt'}"
         (staging / REFERENCE_DIR).mkdir()
         shutil.copyfile(reference["source"], staging / reference_file)
         artifacts[reference_file] = _sha256((staging / reference_file).read_bytes())
-        manifest = make_manifest(compiled, target, [b.name for b in backends], versions, artifacts, input_scale,
+        manifest = make_manifest(compiled, target, [b.name for b in built], versions, artifacts, input_scale,
                                  time.perf_counter() - start)
+        if failed:  # the backends asked for that were not built, and why (their converters' words)
+            manifest["failed_backends"] = failed
         # information only: verify, bench and tune take trust from their own --allow-pickle, never from here
         manifest["pruning"] = pruning
         manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Configure and build the native runtime (dynrt core, backend adapters, the native driver).
 #
-#   tools/build_runtime.sh host      [--quiet]   -> build/host      (Release, with the ExecuTorch and ONNX Runtime adapters)
+#   tools/build_runtime.sh host      [--quiet]   -> build/host      (Release, with the ExecuTorch, ONNX Runtime and LiteRT adapters)
 #   tools/build_runtime.sh sanitize  [--quiet]   -> build/sanitize  (ASan + UBSan, core only)
-#   tools/build_runtime.sh aarch64   [--quiet]   -> build/aarch64   (ARM64 cross build, with both adapters)
+#   tools/build_runtime.sh aarch64   [--quiet]   -> build/aarch64   (ARM64 cross build, with the same adapters)
 #   tools/build_runtime.sh fuzz      [--quiet]   -> build/fuzz      (clang libFuzzer target fuzz_plan, core only)
 #
 # The driver (every backend adapter built) lands in build/<mode>/bin/dynrt_driver. For
@@ -21,6 +21,9 @@
 # from the path compiled in here: the venv's onnxruntime wheel for host, the same version's
 # aarch64 wheel (capi/ unpacked into .cache/aarch64) for aarch64. Without the header (no
 # network) the adapter is left out with a warning.
+# LiteRT: no header (the adapter declares what it uses); libLiteRt.so is dlopen'ed from the
+# venv's ai-edge-litert wheel (host) or the same version's aarch64 wheel, fetched once into
+# .cache/aarch64 (aarch64). Without it the adapter is left out with a warning.
 # Idempotent: configures only when the build folder is new or its settings changed, and a
 # second run with nothing changed is a no-op ninja call.
 set -euo pipefail
@@ -32,7 +35,7 @@ for arg in "$@"; do
   case "$arg" in
     host|sanitize|aarch64|fuzz) MODE=$arg ;;
     --quiet|-q) QUIET=1 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build_runtime: unknown argument '$arg' (expected host, sanitize, aarch64 or fuzz, and optionally --quiet)" >&2; exit 2 ;;
   esac
 done
@@ -179,6 +182,55 @@ EOF
     ARGS+=(-DDYNRT_WITH_ONNXRUNTIME=ON "-DDYNRT_ONNXRUNTIME_INCLUDE_DIR=$ORT_INCLUDE" "-DDYNRT_ONNXRUNTIME_LIBRARY=$ORT_LIB")
   else
     echo "build_runtime: warning: building without the ONNX Runtime adapter (header: ${ORT_INCLUDE:-not fetched}, library: ${ORT_LIB:-none})" >&2
+  fi
+fi
+
+# The LiteRT adapter (host, aarch64): no header (it declares the C API it uses); the library
+# path compiled in: the venv's ai-edge-litert wheel for host, the same version's aarch64 wheel
+# (manylinux_2_27 tag; its libLiteRt.so needs glibc 2.34, and /usr/aarch64-linux-gnu has
+# Debian 12's 2.36) downloaded once into .cache/aarch64, libLiteRt.so alone unpacked.
+if [ "$MODE" = host ] || [ "$MODE" = aarch64 ]; then
+  read -r LITERT_VERSION LITERT_HOST_LIB < <("$PYTHON" - <<'EOF'
+import importlib.metadata, importlib.util, pathlib
+try:
+    spec = importlib.util.find_spec("ai_edge_litert")
+    print(importlib.metadata.version("ai-edge-litert"), pathlib.Path(list(spec.submodule_search_locations)[0]) / "libLiteRt.so")
+except Exception:
+    print("- -")
+EOF
+  ) || true
+  LITERT_LIB=""
+  if [ "$MODE" = host ]; then
+    LITERT_LIB=$LITERT_HOST_LIB
+  elif [ "${LITERT_VERSION:--}" != - ]; then
+    LITERT_CACHE=$ROOT/.cache/aarch64/ai-edge-litert-$LITERT_VERSION
+    if [ ! -f "$LITERT_CACHE/.unpacked" ]; then
+      wheel=$(ls "$ROOT/.cache/aarch64"/ai_edge_litert-"$LITERT_VERSION"-*manylinux*aarch64.whl 2>/dev/null | head -1 || true)
+      if [ -z "$wheel" ]; then
+        say "downloading the ai-edge-litert $LITERT_VERSION aarch64 wheel into .cache/aarch64"
+        "$PYTHON" -m pip download "ai-edge-litert==$LITERT_VERSION" --platform manylinux_2_27_aarch64 --python-version 3.11 \
+          --only-binary=:all: --no-deps -d "$ROOT/.cache/aarch64" -q >>"$LOG" 2>&1 || true
+        wheel=$(ls "$ROOT/.cache/aarch64"/ai_edge_litert-"$LITERT_VERSION"-*manylinux*aarch64.whl 2>/dev/null | head -1 || true)
+      fi
+      if [ -n "$wheel" ]; then
+        "$PYTHON" - "$wheel" "$LITERT_CACHE" <<'EOF'
+import pathlib, shutil, sys, tempfile, zipfile
+wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+staging = pathlib.Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest.parent))
+with zipfile.ZipFile(wheel) as archive:
+    archive.extractall(staging, ["ai_edge_litert/libLiteRt.so"])
+(staging / ".unpacked").write_text(pathlib.Path(wheel).name + "\n")
+shutil.rmtree(dest, ignore_errors=True)
+staging.rename(dest)
+EOF
+      fi
+    fi
+    LITERT_LIB=$(ls "$LITERT_CACHE"/ai_edge_litert/libLiteRt.so 2>/dev/null | head -1 || true)
+  fi
+  if [ -n "$LITERT_LIB" ] && [ "$LITERT_LIB" != - ]; then
+    ARGS+=(-DDYNRT_WITH_LITERT=ON "-DDYNRT_LITERT_LIBRARY=$LITERT_LIB")
+  else
+    echo "build_runtime: warning: building without the LiteRT adapter (no libLiteRt.so: ai-edge-litert not installed, or its aarch64 wheel not downloaded)" >&2
   fi
 fi
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
+
 
 
 def bench_layer(
@@ -14,6 +15,9 @@ def bench_layer(
     frames: Annotated[int, typer.Option("--frames", min=2, help="Frames per clip.")] = 24,
     threads: Annotated[int, typer.Option("--threads", min=0, help="Backend threads; 0: the backend's default.")] = 1,
     passes: Annotated[int, typer.Option("--passes", min=1, help="Timed passes over each clip (medians).")] = 5,
+    backend: Annotated[Optional[list[str]], typer.Option(
+        "--backend", help="Backend (repeatable); each is built with its own dense export.",
+        show_default="host's default backends")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Micro benchmark: one gated 3x3 conv (64 ch, 56x56, 8x8 blocks) at fixed active fractions.
@@ -26,6 +30,8 @@ def bench_layer(
       dynexport bench-layer
 
       dynexport bench-layer --fractions 0.25 --threads 0 --json
+
+      dynexport bench-layer --backend executorch --backend litert
     """
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -41,7 +47,7 @@ def bench_layer(
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("bench-layer", total=None)
-        rows = layer_bench(wanted, frames, threads, passes,
+        rows = layer_bench(wanted, frames, threads, passes, backends=backend,
                            progress=lambda message: progress.update(task, description=f"bench-layer: {message}"))
     if as_json:
         typer.echo(json.dumps({"layer": "skip_conv 3x3 64->64 56x56 block 8",

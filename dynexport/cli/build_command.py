@@ -58,6 +58,8 @@ def build(
         f"{manifest['plan']['segments']} segments, state {manifest['state_bytes'] / 1024:.1f} KiB "
         f"({', '.join(manifest['backends'])})"
     )
+    for name, reason in manifest.get("failed_backends", {}).items():
+        typer.echo(f"warning: backend {name} was not built: {reason}", err=True)
     if tune:
         from dynexport.cli.tune_command import tune as run_tune
 

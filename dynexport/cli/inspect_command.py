@@ -33,6 +33,8 @@ def inspect(out: OutDir) -> None:
     console.print(f"[bold]{out}[/]  target {manifest['target']}, backends {', '.join(manifest['backends'])}, "
                   f"input {'x'.join(map(str, manifest['input']['shape']))}, output "
                   f"{'x'.join(map(str, manifest['output']['shape']))}")
+    for name, reason in manifest.get("failed_backends", {}).items():
+        console.print(f"not built: {name} ({reason})", markup=False)
     console.print(f"plan: {len(program.segments)} segments, {len(program.instructions)} instructions, "
                   f"{len(program.tensors)} tensors; state {program.state_bytes():,} bytes")
 

@@ -66,16 +66,24 @@ def layer_bench(fractions=DEFAULT_FRACTIONS, frames: int = 24, threads: int = 1,
     with tempfile.TemporaryDirectory(prefix="dynexport-layer-bench-") as tmp:
         path = Path(tmp) / "layer.pt"
         torch.save(model, path)
-        say("build the gated layer")
         shape = (1, CHANNELS, SIZE, SIZE)
-        built = open_build(build(path, Path(tmp) / "out", target="host", input_shape=shape).out)
-        say("build the dense export")
-        dense = build_dense(model, shape, Path(tmp)).out
+        # host's default backends in one build, or each backend asked for in its own (a build
+        # takes one --backend), with its own dense export
+        groups = [None] if not backends else list(dict.fromkeys(backends))
+        builds = []
+        for name in groups:
+            where = Path(tmp) / (name or "default")
+            say(f"build the gated layer{f' for {name}' if name else ''}")
+            gated = open_build(build(path, where / "out", target="host", backend=name, input_shape=shape).out)
+            say(f"build the dense export{f' for {name}' if name else ''}")
+            builds.append((gated, build_dense(model, shape, where, backend=name).out, [name] if name else None))
         for fraction in fractions:
             active = max(1, round(fraction * blocks))
             say(f"{100 * fraction:.0f}% active ({active} of {blocks} blocks)")
             clip = block_interior_clip(active, frames)
-            reports = bench_clip(built, clip, model, backends, "host", threads, passes,
-                                 progress=lambda m, f=fraction: say(f"{100 * f:.0f}%: {m}"), dense_folder=dense)
+            reports = []
+            for gated, dense, names in builds:
+                reports += bench_clip(gated, clip, model, names, "host", threads, passes,
+                                      progress=lambda m, f=fraction: say(f"{100 * f:.0f}%: {m}"), dense_folder=dense)
             rows.append(LayerBenchRow(fraction, active, reports))
     return rows
