@@ -21,6 +21,7 @@ from targets.backend import PLATFORMS, Backend
 BACKEND_FOLDERS = (
     "targets.executorch",
     "targets.onnxruntime",
+    "targets.coreml",
 )
 
 
