@@ -28,7 +28,8 @@ class Backend:
     native_sources: tuple[str, ...]  # repo-relative paths copied into OUT/runtime/
     platforms: tuple[str, ...]     # subset of PLATFORMS
     requires: tuple[str, ...]      # pip distributions it needs ("executorch",)
-    host_runner: str | None        # "module:Class" of a Python host runner (segment bytes -> runner), if any
+    host_runner: str | None        # "module:Class" of a Python host runner (artifact bytes, or the folder's
+                                   # path for a directory artifact -> runner), if any
     default_on: tuple[str, ...] | None = None  # platforms where it is built without --backend;
                                    # None: all of ``platforms``, (): only when asked for
     artifact_kind: str = "file"    # "file": the emitter returns bytes; "directory": it returns
