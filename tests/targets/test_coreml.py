@@ -78,6 +78,13 @@ def test_the_package_has_one_function_per_segment_and_passes_the_structural_chec
     assert list(first.shape)[1:] == list(compiled.program.tensors[compiled.program.segment_inputs(tile)[0]].shape)[1:]
     kinds = {a.kind.value for a in compiled.segments.values()}
     assert {"tiles", "dense"} <= kinds and any("policy" in k for k in kinds)
+    # identifiers derived from item paths, not random: the same segments give the same package
+    import uuid
+
+    from targets.coreml.emitter import MANIFEST_NAMESPACE
+    manifest = json.loads((packages["fp32"] / "Manifest.json").read_text())
+    root = manifest["rootModelIdentifier"]
+    assert root == str(uuid.uuid5(MANIFEST_NAMESPACE, manifest["itemInfoEntries"][root]["path"]))
 
 
 def test_fp16_keeps_float32_io_and_is_refused_as_an_fp32_build(compiled, packages):
