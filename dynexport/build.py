@@ -47,13 +47,15 @@ class BuildResult:
 
 def build(model_path, out, target: str = "android", backend: str | None = None, input_shape=None,
           force: bool = False, allow_pickle: bool = False, dense_cutoff: float | None = None,
-          input_scale: float = 1.0 / 255.0, progress: Callable[[str], None] | None = None) -> BuildResult:
+          input_scale: float = 1.0 / 255.0, progress: Callable[[str], None] | None = None,
+          precision: str | None = None) -> BuildResult:
     from dynexport.compiler.frontend import parse_input_shape
     from dynexport.loading import load_model
 
     start = time.perf_counter()
     say = progress or (lambda message: None)
     backends = backends_for(target, backend)
+    options = _build_options(backends, precision=precision)
     emitters = {b.name: b.load_emitter() for b in backends}  # a missing backend library fails here, before any work
     out = Path(out)
     check_output_folder(out, Path(model_path), force)
@@ -66,8 +68,8 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
     say("load model")
     model = load_model(model_path, allow_pickle=allow_pickle)
     with contextlib.ExitStack() as stack:
-        prepared = {b.name: stack.enter_context(_prepare(b, model)) for b in backends}
-        reference = {"source": Path(model_path), "allow_pickle": allow_pickle}
+        prepared = {b.name: {**stack.enter_context(_prepare(b, model)), **options.get(b.name, {})} for b in backends}
+        reference = {"source": Path(model_path), "allow_pickle": allow_pickle, "build_options": options}
         return _build(model, out, target, backends, emitters, prepared, input_shape, dense_cutoff, input_scale, say,
                       start, reference)
 
@@ -111,8 +113,7 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
                 say(f"{name}: not built: {exc}")
                 continue
             built.append(chosen)
-            (staging / chosen.artifact).write_bytes(data)
-            artifacts[chosen.artifact] = _sha256(data)
+            data = _write_artifact(staging, chosen, data, artifacts)
             versions.update({distribution: _version(distribution) for distribution in chosen.requires})
             # the plan names the artifact it was built with: a runtime refuses any other
             compiled.program.artifacts.append(Artifact(name, len(data), zlib.crc32(data)))
@@ -133,6 +134,9 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
             manifest["failed_backends"] = failed
         # information only: verify, bench and tune take trust from their own --allow-pickle, never from here
         manifest["pruning"] = pruning
+        options = reference.get("build_options", {})
+        if any(options.values()):  # what the artifacts were built with: verify's structural checks read it
+            manifest["build_options"] = {name: dict(chosen) for name, chosen in options.items() if chosen}
         manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")
@@ -145,6 +149,59 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return BuildResult(out, manifest, time.perf_counter() - start)
+
+
+# build options a backend may accept (Backend.build_options), their values, the default first
+BUILD_OPTIONS = {"precision": ("fp32", "fp16")}
+
+
+def _build_options(backends: tuple[Backend, ...], **given) -> dict[str, dict]:
+    """backend name -> the build options it accepts that were given; an option no chosen
+    backend accepts, or a value not allowed, is refused naming who takes it."""
+    chosen: dict[str, dict] = {b.name: {} for b in backends}
+    for option, value in given.items():
+        if value is None:
+            continue
+        allowed = BUILD_OPTIONS[option]
+        if value not in allowed:
+            raise CompileError(f"--{option} {value!r}: expected one of {', '.join(allowed)}")
+        takers = [b.name for b in backends if option in b.build_options]
+        if not takers:
+            from targets import BACKENDS
+
+            accepting = [b.name for b in BACKENDS.values() if option in b.build_options]
+            raise CompileError(f"--{option} {value}: none of the backends built ({', '.join(chosen)}) takes it; "
+                               f"it applies to {', '.join(accepting) or 'no registered backend'}")
+        for name in takers:
+            chosen[name][option] = value
+    return chosen
+
+
+def _write_artifact(staging: Path, backend: Backend, data, artifacts: dict) -> bytes:
+    """Write what the emitter returned as ``backend.artifact``: a file (bytes), or a directory
+    ({relative POSIX path: bytes}) whose every file gets its own manifest entry
+    ``<artifact>/<path>``. Returns the bytes the plan's artifact record is taken over (the
+    file, or ``directory_stream`` of the directory)."""
+    from targets.backend import directory_stream
+
+    if backend.artifact_kind == "file":
+        if not isinstance(data, (bytes, bytearray)):
+            raise CompileError(f"backend {backend.name}: its emitter returned {type(data).__name__}, expected bytes")
+        (staging / backend.artifact).write_bytes(data)
+        artifacts[backend.artifact] = _sha256(data)
+        return bytes(data)
+    if not isinstance(data, dict) or not data:
+        raise CompileError(f"backend {backend.name}: its emitter returned {type(data).__name__}, expected a non-empty "
+                           f"{{relative path: bytes}} for the directory {backend.artifact}")
+    root = staging / backend.artifact
+    for relative, content in sorted(data.items()):
+        parts = Path(relative).parts
+        if not parts or Path(relative).is_absolute() or ".." in parts or "\\" in relative:
+            raise CompileError(f"backend {backend.name}: file {relative!r} of {backend.artifact} is not a relative path")
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(content)
+        artifacts[f"{backend.artifact}/{relative}"] = _sha256(content)
+    return directory_stream(data)
 
 
 def _prepare(backend: Backend, model):

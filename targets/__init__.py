@@ -22,6 +22,7 @@ BACKEND_FOLDERS = (
     "targets.executorch",
     "targets.onnxruntime",
     "targets.litert",
+    "targets.coreml",
 )
 
 

@@ -14,6 +14,8 @@ import importlib
 from dynexport.errors import CompileError
 
 PLATFORMS = ("android", "ios", "host")
+ARTIFACT_KINDS = ("file", "directory")
+NUMERICS = ("driver", "host_runner")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,9 +28,18 @@ class Backend:
     native_sources: tuple[str, ...]  # repo-relative paths copied into OUT/runtime/
     platforms: tuple[str, ...]     # subset of PLATFORMS
     requires: tuple[str, ...]      # pip distributions it needs ("executorch",)
-    host_runner: str | None        # "module:Class" of a Python host runner (segment bytes -> runner), if any
+    host_runner: str | None        # "module:Class" of a Python host runner (artifact bytes, or the folder's
+                                   # path for a directory artifact -> runner), if any
     default_on: tuple[str, ...] | None = None  # platforms where it is built without --backend;
                                    # None: all of ``platforms``, (): only when asked for
+    artifact_kind: str = "file"    # "file": the emitter returns bytes; "directory": it returns
+                                   # {relative path: bytes}, written as the folder ``artifact``
+    build_options: tuple[str, ...] = ()  # build options passed to the emitter as keywords ("precision")
+    structural_check: str | None = None  # "module:function": (artifact path, FrameProgram) -> list of
+                                   # failures (empty: pass); verify runs it before any numerics
+    numerics: str = "driver"       # how verify runs the artifact: "driver" (the native driver on
+                                   # --device) or "host_runner" (the plan interpreter over host_runner,
+                                   # on this machine, when the runner's ``unavailable()`` returns None)
 
     def is_default_on(self, platform: str) -> bool:
         return platform in (self.platforms if self.default_on is None else self.default_on)
@@ -40,7 +51,13 @@ class Backend:
         if self.default_on is not None and not set(self.default_on) <= set(self.platforms):
             raise ValueError(f"backend {self.name}: default_on {self.default_on} must be a subset of its platforms "
                              f"{self.platforms}")
-        for field in ("emitter", "prepare", "host_runner"):
+        if self.artifact_kind not in ARTIFACT_KINDS:
+            raise ValueError(f"backend {self.name}: artifact_kind {self.artifact_kind!r}; expected one of {ARTIFACT_KINDS}")
+        if self.numerics not in NUMERICS:
+            raise ValueError(f"backend {self.name}: numerics {self.numerics!r}; expected one of {NUMERICS}")
+        if self.numerics == "host_runner" and self.host_runner is None:
+            raise ValueError(f"backend {self.name}: numerics 'host_runner' needs a host_runner")
+        for field in ("emitter", "prepare", "host_runner", "structural_check"):
             spec = getattr(self, field)
             if spec is not None and spec.count(":") != 1:
                 raise ValueError(f"backend {self.name}: {field} {spec!r} is not 'module:attribute'")
@@ -56,6 +73,10 @@ class Backend:
     def load_host_runner(self):
         """The host runner class, or None when the backend has none."""
         return None if self.host_runner is None else self._load(self.host_runner)
+
+    def load_structural_check(self):
+        """The structural check callable, or None when the backend has none."""
+        return None if self.structural_check is None else self._load(self.structural_check)
 
     def missing_requirements(self) -> tuple[str, ...]:
         """The pip distributions of ``requires`` that are not installed."""
@@ -76,3 +97,15 @@ class Backend:
                                f"install it with: pip install {' '.join(missing)}")
         module, _, attribute = spec.partition(":")
         return getattr(importlib.import_module(module), attribute)
+
+
+def directory_stream(files: dict[str, bytes]) -> bytes:
+    """The bytes a directory artifact's record in the plan (size, CRC-32) is taken over: for
+    each file in byte order of its relative POSIX path, the path (UTF-8), a NUL, its size as
+    8 bytes little-endian and its contents. Paths are in it so that a renamed file changes the
+    record too; verify recomputes it from the files the manifest lists."""
+    parts = []
+    for path in sorted(files, key=lambda p: p.encode()):
+        data = files[path]
+        parts += [path.encode(), b"\0", len(data).to_bytes(8, "little"), data]
+    return b"".join(parts)

@@ -15,7 +15,7 @@ from torch import nn
 
 import targets
 from dynexport.build import CORE_RUNTIME_SOURCES, build
-from dynexport.errors import CompileError
+from dynexport.errors import CompileError, PlanError
 from dynexport.plan.frame_program import Artifact, FrameProgram
 from targets import Backend
 
@@ -196,3 +196,45 @@ def test_a_missing_native_source_is_an_error_not_a_silent_skip(tmp_path, monkeyp
     with pytest.raises(CompileError, match=r"runtime source 'targets/listing/native' is missing"):
         build(tiny_model_file(tmp_path), tmp_path / "out", target="host", backend="listing", input_shape="1x3x16x16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pt"]
+
+
+def directory_emitter(segments, progress=None, **prepared):
+    """A directory artifact: one file per segment and a listing, in a sub-folder."""
+    files = {f"segments/{name}.txt": name.encode() for name in segments}
+    files["index.json"] = json.dumps({"segments": sorted(segments), "prepared": prepared}).encode()
+    return files
+
+
+def test_a_directory_artifact_is_written_checksummed_and_bound_to_the_plan(tmp_path, monkeypatch):
+    import zlib
+
+    from dynexport.harness.verify import open_build
+    from targets.backend import directory_stream
+
+    register(monkeypatch, name="folder", artifact="model.folder", emitter=f"{__name__}:directory_emitter",
+             prepare=None, artifact_kind="directory", build_options=("precision",))
+    result = build(tiny_model_file(tmp_path), tmp_path / "out", target="host", backend="folder",
+                   input_shape="1x3x16x16", precision="fp16")
+    out, manifest = result.out, result.manifest
+    files = {p.relative_to(out / "model.folder").as_posix(): p.read_bytes()
+             for p in (out / "model.folder").rglob("*") if p.is_file()}
+    assert json.loads(files["index.json"])["prepared"] == {"precision": "fp16"}
+    assert manifest["build_options"] == {"folder": {"precision": "fp16"}}
+    assert sorted(n for n in manifest["artifacts"] if n.startswith("model.folder/")) == \
+        sorted(f"model.folder/{n}" for n in files)
+    record = open_build(out).program.artifacts[0]
+    stream = directory_stream(files)
+    assert (record.name, record.size, record.crc32) == ("folder", len(stream), zlib.crc32(stream))
+    # a renamed file is refused: the manifest lists it by its name
+    (out / "model.folder" / "index.json").rename(out / "model.folder" / "renamed.json")
+    with pytest.raises(PlanError, match="index.json"):
+        open_build(out)
+
+
+def test_an_emitter_returning_the_wrong_kind_of_artifact_is_named(tmp_path, monkeypatch):
+    register(monkeypatch, name="folder", artifact="model.folder", emitter=f"{__name__}:segment_list_emitter",
+             prepare=None, artifact_kind="directory")
+    with pytest.raises(CompileError, match=r"backend folder: its emitter returned bytes, expected a non-empty "
+                                           r"\{relative path: bytes\} for the directory model.folder"):
+        build(tiny_model_file(tmp_path), tmp_path / "out", target="host", backend="folder", input_shape="1x3x16x16")
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import typer
 from dynexport.cli.options import AllowPickle, InputShape
 from targets import BACKENDS, PLATFORMS  # plain declarations: importing them loads no backend library
 
-# every platform some backend runs on (ios: only with --backend, no backend is a default there)
+# every platform some backend runs on
 _RUNNABLE = [p for p in PLATFORMS if any(p in b.platforms for b in BACKENDS.values())]
 
 
@@ -26,6 +26,9 @@ def build(
     dense_cutoff: Annotated[Optional[float], typer.Option(
         "--dense-cutoff", help="Fraction of active blocks above which a gated layer runs densely.", show_default="0.5")] = None,
     allow_pickle: AllowPickle = False,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="Compute precision of backends that offer one (coreml): fp32 or fp16; inputs and "
+                            "outputs stay float32.", show_default="fp32")] = None,
     tune: Annotated[bool, typer.Option(
         "--tune", help="Then choose the dense cut-offs from measurement here, as 'dynexport tune OUT' does.")] = False,
 ) -> None:
@@ -50,7 +53,7 @@ def build(
     console = Console(stderr=True)
     with console.status("building") as status:
         result = run_build(model, output, target=target, backend=backend, input_shape=input_shape, force=force,
-                           allow_pickle=allow_pickle, dense_cutoff=dense_cutoff,
+                           allow_pickle=allow_pickle, dense_cutoff=dense_cutoff, precision=precision,
                            progress=lambda message: status.update(f"building: {message}"))
     manifest = result.manifest
     typer.echo(

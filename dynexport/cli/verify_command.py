@@ -30,7 +30,11 @@ def verify(
     relative to the output's range (tolerance 1e-4), drift (last frame's error over the
     first's), and gate agreement block by block (blocks whose score is within the runtime's
     tie epsilon of the threshold take the reference's decision and are counted as ties).
-    Exit status 0 only when every backend passes.
+    A backend that cannot run here (Core ML off macOS) gets its structural check only and
+    is reported as "structural: pass; numerics: not run (needs macOS)", never as passed.
+
+    Exit status: 0 every backend ran and passed; 1 a check failed; 3 nothing failed but some
+    numerics did not run here (named on stderr; --backend chooses what to verify).
 
     Examples:
 
@@ -42,7 +46,7 @@ def verify(
     """
     from rich.console import Console
 
-    from dynexport.harness.verify import DRIFT_LIMIT, RELATIVE_TOLERANCE
+    from dynexport.harness.verify import DRIFT_LIMIT, EXIT_INCOMPLETE, RELATIVE_TOLERANCE
     from dynexport.harness.verify import verify as run_verify
 
     resets = _parse_frames(reset_at)
@@ -51,8 +55,12 @@ def verify(
         reports = run_verify(out, clip, synthetic, frames, backend, device, resets, allow_pickle,
                              progress=lambda message: status.update(f"verifying: {message}"))
     passed = all(r.passed for r in reports)
+    failed = any(r.status == "fail" for r in reports)
+    not_run = [r for r in reports if r.status == "not run"]
+    result = "fail" if failed else "incomplete" if not_run else "pass"
     if as_json:
-        typer.echo(json.dumps({"backends": {r.backend: r.as_json() for r in reports}, "passed": passed}))
+        typer.echo(json.dumps({"backends": {r.backend: r.as_json() for r in reports}, "passed": passed,
+                               "result": result}))
     else:
         from rich.table import Table
 
@@ -60,16 +68,27 @@ def verify(
         for column in ("backend", "max abs err", "max rel err", "drift", "gate agreement", "ties", "result"):
             table.add_column(column)
         for r in reports:
+            verdict = {"pass": "pass", "fail": "FAIL", "not run": "not run"}[r.status]
+            if r.not_run is not None:
+                table.add_row(r.backend, "-", "-", "-", "-", "-", verdict)
+                continue
             table.add_row(r.backend, f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}", f"{r.drift_ratio:.2f}",
-                          f"{100 * r.gate_agreement:.3f} %", str(r.ties), "pass" if r.passed else "FAIL")
+                          f"{100 * r.gate_agreement:.3f} %", str(r.ties), verdict)
         Console().print(table)
+        for r in reports:  # what ran, for every backend the table alone does not tell it for
+            if r.structural is not None or r.not_run is not None:
+                typer.echo(f"{r.backend}: {r.summary()}")
         for r in reports:
             for failure in r.failures:
                 typer.echo(f"{r.backend}: {failure}", err=True)
+        for r in not_run:
+            typer.echo(f"{r.backend}: numerics not run: {r.not_run}; this is not a pass", err=True)
         typer.echo(f"tolerances: rel err <= {RELATIVE_TOLERANCE:.0e}, drift <= {DRIFT_LIMIT:.0f}x, "
                    "every non-tie gate decision equal")
-    if not passed:
+    if failed:
         raise typer.Exit(1)
+    if not_run:
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def _parse_frames(text: str | None) -> tuple[int, ...]:

@@ -12,6 +12,14 @@ Tolerances (one place; the README and ``--help`` quote them):
   reference's. A block whose score sits within the runtime's tie band of its threshold
   (``DYNRT_TIE_EPSILON`` in dynrt.h) takes the reference's decision in verification runs,
   so a rounding difference never cascades; such ties are counted, not failed.
+
+What ran is what is reported (``BackendReport.status``): a backend with a structural check
+(``Backend.structural_check``, e.g. Core ML's package against the plan) is checked first; its
+numerics run through the native driver on ``--device`` (``Backend.numerics == "driver"``) or
+through the plan interpreter over the backend's host runner on this machine ("host_runner"),
+and are "not run" when that runner says it cannot run here (Core ML off macOS). A backend
+passes only when its numerics ran and passed; "structural: pass; numerics: not run" is not a
+pass, and ``dynexport verify`` exits with ``EXIT_INCOMPLETE`` for it (README).
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from targets import BACKENDS
 RELATIVE_TOLERANCE = 1e-4
 DRIFT_LIMIT = 10.0
 DRIFT_FLOOR = 1e-5
+# dynexport verify's exit status when nothing failed but some numerics did not run here
+EXIT_INCOMPLETE = 3
 
 
 @dataclasses.dataclass
@@ -43,7 +53,29 @@ class Build:
     program: FrameProgram
 
     def artifact(self, backend: str) -> Path:
+        """The backend's artifact: a file, or a folder for a directory artifact."""
         return self.folder / BACKENDS[backend].artifact
+
+
+def _directory_files(folder: Path, backend: str, contents: dict[str, bytes], where: str) -> dict[str, bytes]:
+    """The files of a directory artifact as listed (and checksummed) in the manifest; refuses a
+    folder with no listed file or with a file the manifest does not list (a reader of the
+    package could read it although nothing checked it)."""
+    artifact = BACKENDS[backend].artifact
+    prefix = artifact + "/"
+    files = {name[len(prefix):]: data for name, data in contents.items() if name.startswith(prefix)}
+    if not files:
+        raise PlanError(f"'{where}': the {backend} artifact folder '{artifact}' has no file among the checksummed "
+                        f"artifacts: refused")
+    root = folder / artifact
+    if root.is_symlink() or not root.is_dir():
+        raise PlanError(f"'{root}' (the {backend} artifact) is not a folder: refused")
+    on_disk = {path.relative_to(root).as_posix() for path in root.rglob("*") if not path.is_dir() or path.is_symlink()}
+    unlisted = sorted(on_disk - set(files))
+    if unlisted:
+        raise PlanError(f"'{root}' holds {', '.join(unlisted[:3])}{' ...' if len(unlisted) > 3 else ''}, which the "
+                        f"manifest does not list: the folder was changed after the build; rebuild it")
+    return files
 
 
 MANIFEST_LIMIT = 64 << 20  # bytes: a manifest is a few KiB; more is no manifest
@@ -92,7 +124,11 @@ def open_build(folder) -> Build:
         if hashlib.sha256(data).hexdigest() != digest:
             raise PlanError(f"'{folder / name}' does not match the manifest's checksum: it changed after the build")
         contents[name] = data
-    needed = {manifest["plan"]["file"]: "the plan", **{BACKENDS[b].artifact: f"the {b} artifact" for b in manifest["backends"]}}
+    from targets.backend import directory_stream
+
+    needed = {manifest["plan"]["file"]: "the plan", **{BACKENDS[b].artifact: f"the {b} artifact"
+                                                         for b in manifest["backends"]
+                                                         if BACKENDS[b].artifact_kind == "file"}}
     if "reference" in manifest:
         needed[manifest["reference"]["file"]] = "the reference model"
     for name, what in needed.items():
@@ -103,7 +139,10 @@ def open_build(folder) -> Build:
     except PlanFormatError as exc:
         raise PlanError(f"'{folder / manifest['plan']['file']}': {exc}") from None
     for backend in manifest["backends"]:
-        data = contents[BACKENDS[backend].artifact]
+        if BACKENDS[backend].artifact_kind == "directory":
+            data = directory_stream(_directory_files(folder, backend, contents, where))
+        else:
+            data = contents[BACKENDS[backend].artifact]
         recorded = [a for a in program.artifacts if a.name == backend]
         if recorded and all((a.size, a.crc32) != (len(data), zlib.crc32(data)) for a in recorded):
             raise PlanError(f"'{folder / BACKENDS[backend].artifact}' is not the {backend} artifact the plan was built "
@@ -184,16 +223,49 @@ class BackendReport:
     disagreements: int
     frame_rel_err: list[float]
     failures: list[str]
+    structural: str | None = None  # "pass" / "fail"; None: the backend has no structural check
+    not_run: str | None = None     # why the numerics did not run (then the numeric fields are NaN)
+
+    @property
+    def numerics(self) -> str:
+        if self.not_run is not None:
+            return "not run"
+        return "fail" if any(not f.startswith("structure: ") for f in self.failures) else "pass"
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        """Everything ran and passed: numerics that did not run are never a pass."""
+        return not self.failures and self.not_run is None
+
+    @property
+    def status(self) -> str:
+        """"pass", "fail", or "not run" (nothing failed, the numerics did not run)."""
+        return "fail" if self.failures else "not run" if self.not_run is not None else "pass"
+
+    def summary(self) -> str:
+        """One line: what ran and its result, e.g. "structural: pass; numerics: not run (needs macOS)"."""
+        numerics = f"not run ({self.not_run})" if self.not_run is not None else self.numerics
+        parts = ([f"structural: {self.structural}"] if self.structural is not None else []) + [f"numerics: {numerics}"]
+        return "; ".join(parts)
 
     def as_json(self) -> dict:
-        return {"max_abs_err": self.max_abs_err, "max_rel_err": self.max_rel_err, "drift_ratio": self.drift_ratio,
-                "gate_agreement": self.gate_agreement, "frames": self.frames, "passed": self.passed,
+        return {"max_abs_err": _number(self.max_abs_err), "max_rel_err": _number(self.max_rel_err),
+                "drift_ratio": _number(self.drift_ratio), "gate_agreement": _number(self.gate_agreement),
+                "frames": self.frames, "passed": self.passed, "status": self.status, "structural": self.structural,
+                "numerics": self.numerics, "not_run": self.not_run, "summary": self.summary(),
                 "ties": self.ties, "gate_disagreements": self.disagreements, "device": self.device,
                 "failures": self.failures}
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN: a value that was not measured is null."""
+    return None if value != value else value
+
+
+def not_run_report(backend: str, device: str, frames: int, reason: str, structural: str | None,
+                   failures: list[str]) -> BackendReport:
+    nan = float("nan")
+    return BackendReport(backend, device, frames, nan, nan, nan, nan, 0, 0, [], list(failures), structural, reason)
 
 
 def compare_runs(backend: str, device: str, reference: StreamRun, native: StreamRun) -> BackendReport:
@@ -222,6 +294,71 @@ def compare_runs(backend: str, device: str, reference: StreamRun, native: Stream
                          int(ties), disagreements, [float(r) for r in relative], failures)
 
 
+def run_interpreted(build: Build, runner, clip: VerifyClip) -> StreamRun:
+    """Run ``clip`` through the plan interpreter (dynexport/plan/interpreter.py) with the
+    segments run by ``runner`` (a backend's host runner): the numeric check of a backend the
+    native driver does not run (Core ML, on macOS). Decisions are the interpreter's own (no
+    tie band imposed)."""
+    import torch
+
+    from dynexport.harness.reference import COMPUTE
+    from dynexport.plan.interpreter import FrameProgramInterpreter
+
+    program = build.program
+    interpreter = FrameProgramInterpreter(program, runner)
+    outputs, masks, channels = [], [], []
+    for t, frame in enumerate(clip.frames):
+        if t in clip.resets:
+            interpreter.reset()
+        output = interpreter.step(torch.from_numpy(np.ascontiguousarray(frame[None], dtype=np.float32))).numpy()
+        outputs.append(np.ascontiguousarray(output.transpose(0, 2, 3, 1) if output.ndim == 4 else output))
+        frame_masks, frame_channels = [np.zeros(0, np.uint8)], [np.zeros(0, np.uint8)]
+        for decisions, (blocks, out_channels) in zip(interpreter.layer_decisions(), layer_sizes(program)):
+            active, choice = decisions if isinstance(decisions, tuple) else (decisions, None)
+            mask = np.zeros(blocks, np.uint8)
+            mask[list(active)] = 1
+            frame_masks.append(mask)
+            frame_channels.append(np.full(out_channels, COMPUTE, np.uint8) if choice is None
+                                  else np.asarray(choice, np.uint8))
+        masks.append(np.concatenate(frame_masks))
+        channels.append(np.concatenate(frame_channels))
+    return StreamRun(np.stack(outputs).astype(np.float32), np.stack(masks), np.stack(channels))
+
+
+def structural_failures(build: Build, backend: str) -> list[str] | None:
+    """The backend's structural check of its artifact against the plan (None: it has none)."""
+    check = BACKENDS[backend].load_structural_check()
+    if check is None:
+        return None
+    options = build.manifest.get("build_options", {})
+    options = options.get(backend, {}) if isinstance(options, dict) else {}
+    return list(check(build.artifact(backend), build.program, options if isinstance(options, dict) else {}))
+
+
+def verify_backend(build: Build, backend: str, clip: VerifyClip, device: str, reference: StreamRun,
+                   say: Callable[[str], None]) -> BackendReport:
+    """Structural check (if the backend has one), then the numerics where they can run."""
+    declared = BACKENDS[backend]
+    problems = structural_failures(build, backend)
+    structural = None if problems is None else ("fail" if problems else "pass")
+    failures = [f"structure: {p}" for p in problems or []]
+    if declared.numerics == "driver":
+        say(f"{backend}: native runtime on {device}")
+        report = compare_runs(backend, device, reference, run_native(build, backend, clip, device, reference))
+    else:
+        runner_class = declared.load_host_runner()
+        reason = runner_class.unavailable() if hasattr(runner_class, "unavailable") else None
+        if reason is None and device != "host":
+            reason = f"its numerics run on this machine only, not on --device {device}"
+        if reason is not None:
+            return not_run_report(backend, device, len(clip.frames), reason, structural, failures)
+        say(f"{backend}: plan interpreter over {runner_class.__name__} on this machine")
+        report = compare_runs(backend, "host", reference, run_interpreted(build, runner_class(build.artifact(backend)), clip))
+    report.structural = structural
+    report.failures = failures + report.failures
+    return report
+
+
 def verify(folder, clip_path=None, synthetic: str | None = None, frames: int | None = None,
            backends: list[str] | None = None, device: str = "host", resets=(), allow_pickle: bool = False,
            progress: Callable[[str], None] | None = None) -> list[BackendReport]:
@@ -244,7 +381,5 @@ def verify(folder, clip_path=None, synthetic: str | None = None, frames: int | N
     reference = run_reference(load_reference(build, allow_pickle), build.program, clip.frames, clip.resets)
     reports = []
     for backend in backends:
-        say(f"{backend}: native runtime on {device}")
-        native = run_native(build, backend, clip, device, reference)
-        reports.append(compare_runs(backend, device, reference, native))
+        reports.append(verify_backend(build, backend, clip, device, reference, say))
     return reports

@@ -13,7 +13,7 @@ BACKEND = Backend(
     emitter="targets.executorch.emitter:emit_executorch",
     prepare="targets.executorch.emitter:lowering_workers",
     native_sources=("targets/executorch/native",),
-    platforms=("android", "host"),
+    platforms=("android", "ios", "host"),
     requires=("executorch",),
     host_runner="targets.executorch.host_runtime:ExecuTorchSegments",
 )

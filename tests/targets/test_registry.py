@@ -58,18 +58,32 @@ def test_an_unknown_target_names_the_targets_with_backends():
         backends_for("windows")
 
 
+def without_ios_defaults(monkeypatch):
+    """The registry as before Core ML: onnxruntime the one backend on ios, a default of none."""
+    monkeypatch.delitem(BACKENDS, "coreml")
+    monkeypatch.setitem(BACKENDS, "executorch", dataclasses.replace(BACKENDS["executorch"],
+                                                                    platforms=("android", "host")))
+
+
 def test_a_platform_without_a_backend_says_so(monkeypatch):
-    monkeypatch.delitem(BACKENDS, "onnxruntime")  # the one backend that runs on ios today
+    without_ios_defaults(monkeypatch)
+    monkeypatch.delitem(BACKENDS, "onnxruntime")
     with pytest.raises(CompileError, match=r"no registered backend runs on ios yet; targets with a backend: "
                                            r"android, host"):
         backends_for("ios")
 
 
-def test_a_backend_that_is_no_default_is_built_only_when_asked_for():
+def test_ios_builds_core_ml_and_executorch_by_default():
+    assert TARGETS["ios"] == ("executorch", "coreml")
+    assert backends_for("ios") == (BACKENDS["executorch"], BACKENDS["coreml"])
+
+
+def test_a_backend_that_is_no_default_is_built_only_when_asked_for(monkeypatch):
     onnxruntime = BACKENDS["onnxruntime"]
     assert not any(onnxruntime.is_default_on(p) for p in PLATFORMS)
     assert backends_for("ios", "onnxruntime") == backends_for("android", "onnxruntime") == (onnxruntime,)
-    assert onnxruntime not in backends_for("host")
+    assert onnxruntime not in backends_for("host") and onnxruntime not in backends_for("ios")
+    without_ios_defaults(monkeypatch)
     with pytest.raises(CompileError, match=r"--target ios: no backend is built there by default; choose one with "
                                            r"--backend \(available for ios: onnxruntime\)"):
         backends_for("ios")
@@ -97,7 +111,7 @@ def test_a_registered_backend_is_found_without_other_changes(monkeypatch):
     monkeypatch.setitem(BACKENDS, "fake", fake)
     assert backend("fake") is fake
     assert backends_for("host") == (BACKENDS["executorch"], fake)
-    assert backends_for("ios") == (fake,)
+    assert backends_for("ios") == (BACKENDS["executorch"], BACKENDS["coreml"], fake)
     assert backends_for("host", "fake") == (fake,)
     assert backends_for("android") == (BACKENDS["executorch"], BACKENDS["litert"])
     assert fake.load_emitter()({"a": 1}) == '{"a": 1}'

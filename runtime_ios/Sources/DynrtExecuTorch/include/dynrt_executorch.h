@@ -1,0 +1,1 @@
+../../../../targets/executorch/native/dynrt_executorch.h
