@@ -36,31 +36,14 @@ import torch
 
 from dynexport.errors import CompileError
 from targets.coreml.quiet import coremltools, quiet
+from targets.segment_forms.nhwc import NhwcBoundary, nhwc_examples_and_dynamic_shapes
 
 PRECISIONS = ("fp32", "fp16")
 INPUT_NAME, OUTPUT_NAME = "input_{}", "output_{}"
 MANIFEST_NAMESPACE = uuid.UUID("5f1b5c2e-4d0e-4a53-9a3c-0d1e7c0a2b01")  # dynexport's, for uuid5
 
 
-class NhwcBoundary(torch.nn.Module):
-    """``module`` with NHWC 4-D inputs and outputs (other ranks unchanged)."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, *inputs):
-        logical = [x.permute(0, 3, 1, 2) if x.dim() == 4 else x for x in inputs]
-        outputs = self.module(*logical)
-        outputs = (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
-        return tuple(y.permute(0, 2, 3, 1) if y.dim() == 4 else y for y in outputs)
-
-
 MINIMUM_TARGET = "iOS18"
-
-
-def _nhwc_example(x: torch.Tensor) -> torch.Tensor:
-    return (x.permute(0, 2, 3, 1) if x.dim() == 4 else x).contiguous()
 
 
 def _numpy_dtype(dtype: torch.dtype):
@@ -76,15 +59,11 @@ def _numpy_dtype(dtype: torch.dtype):
 def export_segment(artifact) -> torch.export.ExportedProgram:
     """The segment as a core-ATen torch.export program with NHWC operands (a tile segment's
     batch bounded 1..max_batch, exported at the bound)."""
-    examples = tuple(_nhwc_example(x) for x in artifact.example_inputs)
-    dynamic_shapes = None
-    if artifact.max_batch > 1:
-        batch = torch.export.Dim(f"tiles_{artifact.name}", min=1, max=artifact.max_batch)
-        dynamic_shapes = (({0: batch},) + tuple(None for _ in examples[1:]),)
+    examples, dynamic_shapes = nhwc_examples_and_dynamic_shapes(artifact)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(NhwcBoundary(artifact.module).eval(), examples,
+            program = torch.export.export(NhwcBoundary(artifact.module, tuple_outputs=True).eval(), examples,
                                           dynamic_shapes=dynamic_shapes, strict=False)
             return program.run_decompositions({})
     except Exception as exc:

@@ -26,14 +26,14 @@ from torch.export import Dim
 
 from dynexport.compiler.plan_builder import SegmentKind
 from dynexport.errors import CompileError
-from targets.executorch.policy_segment import with_xnnpack_policies
+from targets.segment_forms.xnnpack_policies import with_xnnpack_policies
 
 PARALLEL_FROM = 6  # fewer segments than this lower in-process (a worker costs a torch import)
 
 
 def export_segment(artifact) -> torch.export.ExportedProgram:
     """The segment as a torch.export program, in the forms XNNPACK runs whole (D-STEP policies:
-    ``policy_segment``)."""
+    ``targets/segment_forms/xnnpack_policies.py``)."""
     dynamic_shapes = None
     if artifact.max_batch > 1:
         batch = Dim(f"tiles_{artifact.name}", min=1, max=artifact.max_batch)

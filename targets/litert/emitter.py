@@ -1,11 +1,11 @@
 """Emit the frame program's segments as one LiteRT model (.tflite) with one signature per segment.
 
-Each segment is converted by litert-torch inside ``NhwcBoundary`` (the ONNX Runtime emitter's
-wrapper): 4-D inputs and outputs are NHWC, the plan's physical layout, so the runtime binds
+Each segment is converted by litert-torch inside ``NhwcBoundary``
+(``targets/segment_forms/nhwc.py``): 4-D inputs and outputs are NHWC, the plan's physical layout, so the runtime binds
 its buffers as they are; litert-torch's layout pass folds the boundary permutes into the
 NHWC TFLite kernels (measured: a conv segment is one CONV_2D, no TRANSPOSE). D-STEP policy
 segments are converted in the XNNPACK-friendly form the ExecuTorch emitter uses
-(``targets/executorch/policy_segment.py``, plain torch): LiteRT's CPU path is XNNPACK too,
+(``targets/segment_forms/xnnpack_policies.py``, plain torch): LiteRT's CPU path is XNNPACK too,
 and it leaves 1 MEAN and 2 small TRANSPOSEs where the neutral form has 3 and 3.
 
 Tile segments get a bounded dynamic batch (``tiles_<segment>``, 1..max_batch) on input 0,
@@ -55,17 +55,11 @@ def _quiet_native_output():
 
 def _signature_args(artifact):
     import torch
-    from torch.export import Dim
 
-    from targets.executorch.policy_segment import with_xnnpack_policies
-    from targets.onnxruntime.emitter import NhwcBoundary, nhwc_example
+    from targets.segment_forms.nhwc import NhwcBoundary, nhwc_examples_and_dynamic_shapes
+    from targets.segment_forms.xnnpack_policies import with_xnnpack_policies
 
-    examples = tuple(nhwc_example(x) for x in artifact.example_inputs)
-    dynamic_shapes = None
-    if artifact.max_batch > 1:
-        batch = Dim(f"tiles_{artifact.name}", min=1, max=artifact.max_batch)
-        # one entry: forward's *inputs, a tuple of per-input specs
-        dynamic_shapes = (({0: batch},) + tuple(None for _ in examples[1:]),)
+    examples, dynamic_shapes = nhwc_examples_and_dynamic_shapes(artifact)
     module = NhwcBoundary(with_xnnpack_policies(artifact.module)).eval()
     with torch.no_grad():
         module.requires_grad_(False)

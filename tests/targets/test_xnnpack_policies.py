@@ -15,7 +15,7 @@ from dynexport.compiler.plan_builder import SegmentArtifact, example_tensor
 from dynexport.compiler.segment_modules import ConvSegment, DStepPolicySegment
 from dynexport.nn.dstep import channel_logits, spatial_logits
 from dynexport.nn.skip_conv import make_grid
-from targets.executorch.policy_segment import (
+from targets.segment_forms.xnnpack_policies import (
     XnnpackDStepPolicySegment, adaptive_pooling_matrix, exact_pooling_kernel, with_xnnpack_policies,
 )
 

@@ -1,4 +1,4 @@
-"""The ExecuTorch emitter's form of the D-STEP policy segment: D-STEP's two policies written in
+"""The XNNPACK form of the D-STEP policy segment (ExecuTorch's and LiteRT's emitters): D-STEP's two policies written in
 ops the XNNPACK delegate runs end to end, channels_last (NHWC), substituted by
 ``with_xnnpack_policies`` for the compiler's target-neutral ``DStepPolicySegment``
 (``dynexport/compiler/segment_modules.py``) in every segment before it is exported.
@@ -32,7 +32,7 @@ Invariants: the outputs and their shapes are the reference's, equal up to float 
 (summation order); the previous-input selection is exact because the runtime keeps
 ``primed`` at exactly 0.0 (first frame after a reset) or 1.0; lowered to ExecuTorch, the
 segment is one XNNPACK partition with no portable kernel
-(tests/targets/test_executorch_policy_segment.py); ``with_xnnpack_policies`` never changes
+(tests/targets/test_xnnpack_policies.py); ``with_xnnpack_policies`` never changes
 the module it is given (the compiled segments are shared by every backend of a build and by
 the plan interpreter).
 """
