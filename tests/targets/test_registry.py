@@ -141,3 +141,19 @@ def test_reading_the_registry_imports_no_backend_library():
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_no_backend_folder_imports_another_backend():
+    """A backend is its folder: shared segment forms live in targets/segment_forms, so removing
+    one backend never breaks another."""
+    import re
+
+    root = Path(targets.__file__).parent
+    folders = {b.emitter.split(".")[1] for b in BACKENDS.values()}
+    crossing = []
+    for folder in sorted(folders):
+        for source in (root / folder).rglob("*.py"):
+            for other in re.findall(r"\btargets\.([a-z_]+)", source.read_text()):
+                if other in folders and other != folder:
+                    crossing.append(f"{source.relative_to(root.parent)} names targets.{other}")
+    assert not crossing, crossing
