@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from dynexport import __version__
+from dynexport.app_bundle import write_app_bundle
 from dynexport.errors import CompileError
 from dynexport.plan.frame_program import Artifact
 from targets import Backend, backends_for
@@ -119,6 +120,7 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         # information only: verify, bench and tune take trust from their own --allow-pickle, never from here
         manifest["pruning"] = pruning
         manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}
+        write_app_bundle(staging, target, backends, manifest)  # the target's wrapper + INTEGRATION.md, if it has one
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")
         _replace(staging, out)

@@ -206,7 +206,8 @@ JNIEXPORT jlong JNICALL Java_org_dynexport_runtime_NativeBridge_open(JNIEnv* env
   const void* kept = artifact_bytes;
   if (!artifact_in_place || reinterpret_cast<uintptr_t>(artifact_bytes) % 64 != 0) {
     size_t rounded = (static_cast<size_t>(artifact_length) + 64) / 64 * 64;
-    handle->owned_artifact = std::aligned_alloc(64, rounded);
+    // posix_memalign, not aligned_alloc: Android has the latter only from API 28
+    if (posix_memalign(&handle->owned_artifact, 64, rounded) != 0) handle->owned_artifact = nullptr;
     if (handle->owned_artifact == nullptr) {
       delete handle;
       throw_status(env, DYNRT_OUT_OF_MEMORY, "out of memory copying the " + name + " artifact (" +

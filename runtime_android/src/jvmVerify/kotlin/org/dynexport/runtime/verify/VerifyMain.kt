@@ -220,7 +220,7 @@ private fun stream(session: DynexportSession, options: Options): Int {
             val start = System.nanoTime()
             session.step(input, output, stats)
             val wallNs = System.nanoTime() - start
-            if (timed && lastPass && decisions != null) {
+            if (decisions != null) { // read every pass (the same work each frame), written from the last
                 decisionRecord.clear()
                 for (l in layers.indices) {
                     mask.clear().limit(layers[l].blocks)
