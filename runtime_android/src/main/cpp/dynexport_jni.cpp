@@ -109,29 +109,20 @@ std::string utf(JNIEnv* env, jstring text) {
   return copy;
 }
 
-// The stats the C step fills, pointing into the Kotlin FrameStats' direct buffers.
-bool bind_stats(JNIEnv* env, jobject layers, jobject segments, jobject scalars, jint layer_count, jint segment_count,
-                dynrt_frame_stats* stats, uint8_t** scalars_out) {
+// The stats the C step fills, pointing into the Kotlin FrameStats' direct buffers, whose
+// addresses it took once when it was made (directAddress below); their sizes follow from its
+// counts, which the Kotlin side checked against the session. layers_address 0: no stats.
+void bind_stats(jlong layers_address, jlong segments_address, jint layer_count, jint segment_count,
+                dynrt_frame_stats* stats) {
   std::memset(stats, 0, sizeof *stats);
-  if (layer_count < 0 || segment_count < 0) {
-    throw_invalid(env, "FrameStats: negative counts");
-    return false;
-  }
-  uint8_t* layer_bytes = direct_bytes(env, layers, 0, static_cast<jlong>(layer_count) * 32, 1, "FrameStats layers");
-  uint8_t* segment_bytes =
-      layer_bytes ? direct_bytes(env, segments, 0, static_cast<jlong>(segment_count) * 8, 1, "FrameStats segments")
-                  : nullptr;
-  uint8_t* scalar_bytes = segment_bytes ? direct_bytes(env, scalars, 0, kScalarBytes, 1, "FrameStats scalars") : nullptr;
-  if (scalar_bytes == nullptr) return false;
-  stats->layers = reinterpret_cast<dynrt_layer_stats*>(layer_bytes);
+  stats->layers = reinterpret_cast<dynrt_layer_stats*>(static_cast<intptr_t>(layers_address));
   stats->layer_capacity = static_cast<uint32_t>(layer_count);
-  stats->segment_ns = reinterpret_cast<uint64_t*>(segment_bytes);
+  stats->segment_ns = reinterpret_cast<uint64_t*>(static_cast<intptr_t>(segments_address));
   stats->segment_capacity = static_cast<uint32_t>(segment_count);
-  *scalars_out = scalar_bytes;
-  return true;
 }
 
-void store_scalars(uint8_t* scalars, const dynrt_frame_stats& stats) {
+void store_scalars(jlong scalars_address, const dynrt_frame_stats& stats) {
+  uint8_t* scalars = reinterpret_cast<uint8_t*>(static_cast<intptr_t>(scalars_address));
   const int64_t values[3] = {static_cast<int64_t>(stats.frame_ns), static_cast<int64_t>(stats.segments_ns),
                              static_cast<int64_t>(stats.segments_reused)};
   std::memcpy(scalars, values, sizeof values);
@@ -277,36 +268,46 @@ JNIEXPORT jint JNICALL Java_org_dynexport_runtime_NativeBridge_threadCount(JNIEn
 }
 
 // One frame on direct buffers: input [inOffset, +inBytes), output [outOffset, +outBytes) in
-// bytes; stats buffers may all be null (no stats).
+// bytes, inside the buffers (the Kotlin side checked position, remaining and capacity: one JNI
+// call per buffer here, not three, as this is the per-frame path); stats addresses as above.
 JNIEXPORT void JNICALL Java_org_dynexport_runtime_NativeBridge_stepDirect(
     JNIEnv* env, jclass, jlong value, jobject input, jlong input_offset, jlong input_bytes, jobject output,
-    jlong output_offset, jlong output_bytes, jobject layers, jobject segments, jobject scalars, jint layer_count,
-    jint segment_count) {
+    jlong output_offset, jlong output_bytes, jlong layers_address, jlong segments_address, jlong scalars_address,
+    jint layer_count, jint segment_count) {
   Handle* handle = handle_of(env, value);
   if (handle == nullptr) return;
-  const uint8_t* in = direct_bytes(env, input, input_offset, input_bytes, 4, "input");
-  uint8_t* out = in ? direct_bytes(env, output, output_offset, output_bytes, 4, "output") : nullptr;
-  if (out == nullptr) return;
-  dynrt_frame_stats stats;
-  uint8_t* scalar_bytes = nullptr;
-  if (scalars != nullptr && !bind_stats(env, layers, segments, scalars, layer_count, segment_count, &stats, &scalar_bytes))
+  uint8_t* in = static_cast<uint8_t*>(env->GetDirectBufferAddress(input));
+  uint8_t* out = static_cast<uint8_t*>(env->GetDirectBufferAddress(output));
+  if (in == nullptr || out == nullptr) {
+    throw_invalid(env, std::string(in ? "output" : "input") + " is not a direct buffer (allocate it with "
+                                                               "ByteBuffer.allocateDirect)");
     return;
-  dynrt_status status = dynrt_session_step(handle->session, reinterpret_cast<const float*>(in),
-                                           static_cast<size_t>(input_bytes), reinterpret_cast<float*>(out),
-                                           static_cast<size_t>(output_bytes), scalar_bytes ? &stats : nullptr);
+  }
+  dynrt_frame_stats stats;
+  if (scalars_address) bind_stats(layers_address, segments_address, layer_count, segment_count, &stats);
+  dynrt_status status = dynrt_session_step(handle->session, reinterpret_cast<const float*>(in + input_offset),
+                                           static_cast<size_t>(input_bytes), reinterpret_cast<float*>(out + output_offset),
+                                           static_cast<size_t>(output_bytes), scalars_address ? &stats : nullptr);
   if (status != DYNRT_OK) {
     throw_session(env, status, handle, "step");
     return;
   }
-  if (scalar_bytes) store_scalars(scalar_bytes, stats);
+  if (scalars_address) store_scalars(scalars_address, stats);
+}
+
+// The address of a direct buffer (FrameStats takes its buffers' once), or an exception.
+JNIEXPORT jlong JNICALL Java_org_dynexport_runtime_NativeBridge_directAddress(JNIEnv* env, jclass, jobject buffer) {
+  void* address = env->GetDirectBufferAddress(buffer);
+  if (address == nullptr) throw_invalid(env, "not a direct buffer");
+  return static_cast<jlong>(reinterpret_cast<intptr_t>(address));
 }
 
 // One frame on float arrays, pinned for the call (GetPrimitiveArrayCritical: no copy on
 // HotSpot and ART unless the GC cannot pin; the region has no other JNI call in it).
 JNIEXPORT void JNICALL Java_org_dynexport_runtime_NativeBridge_stepArrays(
     JNIEnv* env, jclass, jlong value, jfloatArray input, jint input_offset, jint input_length, jfloatArray output,
-    jint output_offset, jint output_length, jobject layers, jobject segments, jobject scalars, jint layer_count,
-    jint segment_count) {
+    jint output_offset, jint output_length, jlong layers_address, jlong segments_address, jlong scalars_address,
+    jint layer_count, jint segment_count) {
   Handle* handle = handle_of(env, value);
   if (handle == nullptr) return;
   if (input_offset < 0 || input_length < 0 || output_offset < 0 || output_length < 0 ||
@@ -316,9 +317,7 @@ JNIEXPORT void JNICALL Java_org_dynexport_runtime_NativeBridge_stepArrays(
     return;
   }
   dynrt_frame_stats stats;
-  uint8_t* scalar_bytes = nullptr;
-  if (scalars != nullptr && !bind_stats(env, layers, segments, scalars, layer_count, segment_count, &stats, &scalar_bytes))
-    return;
+  if (scalars_address) bind_stats(layers_address, segments_address, layer_count, segment_count, &stats);
   float* in = static_cast<float*>(env->GetPrimitiveArrayCritical(input, nullptr));
   if (in == nullptr) return;  // OutOfMemoryError pending
   float* out = static_cast<float*>(env->GetPrimitiveArrayCritical(output, nullptr));
@@ -328,14 +327,14 @@ JNIEXPORT void JNICALL Java_org_dynexport_runtime_NativeBridge_stepArrays(
   }
   dynrt_status status = dynrt_session_step(handle->session, in + input_offset, static_cast<size_t>(input_length) * 4,
                                            out + output_offset, static_cast<size_t>(output_length) * 4,
-                                           scalar_bytes ? &stats : nullptr);
+                                           scalars_address ? &stats : nullptr);
   env->ReleasePrimitiveArrayCritical(output, out, 0);
   env->ReleasePrimitiveArrayCritical(input, in, JNI_ABORT);  // not written: nothing to copy back
   if (status != DYNRT_OK) {
     throw_session(env, status, handle, "step");
     return;
   }
-  if (scalar_bytes) store_scalars(scalar_bytes, stats);
+  if (scalars_address) store_scalars(scalars_address, stats);
 }
 
 JNIEXPORT void JNICALL Java_org_dynexport_runtime_NativeBridge_reset(JNIEnv* env, jclass, jlong value) {

@@ -67,12 +67,14 @@ class DynexportSession private constructor(
         checkDirect(input, "input")
         checkDirect(output, "output")
         if (output.isReadOnly) throw invalid("output is a read-only buffer")
+        // remaining() counts from position to limit, and limit <= capacity: the C side reads exactly these
         checkFloats(input.remaining(), info.inputFloats, "input", "remaining")
         checkFloats(output.remaining(), info.outputFloats, "output", "remaining")
         checkStats(stats)
         NativeBridge.stepDirect(
             h, input, input.position() * 4L, info.inputBytes, output, output.position() * 4L, info.outputBytes,
-            stats?.layers, stats?.segments, stats?.scalars, stats?.layerCount ?: 0, stats?.segmentCount ?: 0,
+            stats?.layersAddress ?: 0L, stats?.segmentsAddress ?: 0L, stats?.scalarsAddress ?: 0L,
+            stats?.layerCount ?: 0, stats?.segmentCount ?: 0,
         )
     }
 
@@ -85,7 +87,8 @@ class DynexportSession private constructor(
         checkStats(stats)
         NativeBridge.stepArrays(
             h, input, 0, input.size, output, 0, output.size,
-            stats?.layers, stats?.segments, stats?.scalars, stats?.layerCount ?: 0, stats?.segmentCount ?: 0,
+            stats?.layersAddress ?: 0L, stats?.segmentsAddress ?: 0L, stats?.scalarsAddress ?: 0L,
+            stats?.layerCount ?: 0, stats?.segmentCount ?: 0,
         )
     }
 

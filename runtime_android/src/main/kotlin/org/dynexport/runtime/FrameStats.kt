@@ -14,6 +14,10 @@ class FrameStats internal constructor(val layerCount: Int, val segmentCount: Int
     internal val layers: ByteBuffer = direct(maxOf(1, layerCount) * LAYER_BYTES)
     internal val segments: ByteBuffer = direct(maxOf(1, segmentCount) * 8)
     internal val scalars: ByteBuffer = direct(3 * 8)
+    // their addresses, taken once: a step passes these instead of the buffers (no JNI lookup per frame)
+    internal val layersAddress: Long = NativeBridge.directAddress(layers)
+    internal val segmentsAddress: Long = NativeBridge.directAddress(segments)
+    internal val scalarsAddress: Long = NativeBridge.directAddress(scalars)
 
     /** The whole step, measured inside the runtime (ns). */
     val frameNs: Long get() = scalars.getLong(0)

@@ -32,13 +32,16 @@ internal object NativeBridge {
 
     @JvmStatic external fun stepDirect(
         handle: Long, input: Buffer, inputOffset: Long, inputBytes: Long, output: Buffer, outputOffset: Long,
-        outputBytes: Long, layers: ByteBuffer?, segments: ByteBuffer?, scalars: ByteBuffer?, layerCount: Int,
+        outputBytes: Long, layersAddress: Long, segmentsAddress: Long, scalarsAddress: Long, layerCount: Int,
         segmentCount: Int,
     )
 
+    /** A direct buffer's native address (FrameStats takes its own buffers' once). */
+    @JvmStatic external fun directAddress(buffer: Buffer): Long
+
     @JvmStatic external fun stepArrays(
         handle: Long, input: FloatArray, inputOffset: Int, inputLength: Int, output: FloatArray, outputOffset: Int,
-        outputLength: Int, layers: ByteBuffer?, segments: ByteBuffer?, scalars: ByteBuffer?, layerCount: Int,
+        outputLength: Int, layersAddress: Long, segmentsAddress: Long, scalarsAddress: Long, layerCount: Int,
         segmentCount: Int,
     )
 

@@ -170,7 +170,14 @@ private fun stream(session: DynexportSession, options: Options): Int {
     val statsFile = files["stats"]?.let { File(it).bufferedWriter() }
 
     // Everything the loop touches, allocated now.
-    fun direct(bytes: Long) = ByteBuffer.allocateDirect(maxOf(1L, bytes).toInt()).order(ByteOrder.nativeOrder())
+    // 64-byte aligned, as the native driver's buffers are (so that the two time the same memory layout)
+    fun direct(bytes: Long): ByteBuffer {
+        val size = maxOf(1L, bytes).toInt()
+        // alignedSlice also rounds the end down to a multiple of 64: allocate whole 64-byte units, plus one
+        val units = (size + 63) / 64
+        return ByteBuffer.allocateDirect(units * 64 + 64).alignedSlice(64).limit(size).slice()
+            .order(ByteOrder.nativeOrder())
+    }
     val frameBytes = direct(info.inputBytes)
     val outputBytes = direct(info.outputBytes)
     val input = frameBytes.asFloatBuffer()
