@@ -116,7 +116,7 @@ def _run_on_android(files: dict[str, Path], options: list[str], timeout: float |
     if not driver.exists():
         raise DeviceError(f"--device adb: no Android build of the driver at {driver}. It needs the Android NDK "
                           "and ExecuTorch built for Android (the PyPI wheels are glibc-only), which make setup "
-                          "does not provide yet")
+                          "does not provide; the build, step by step: runtime_android/README.md, '--device adb'")
     _check(_adb("shell", "mkdir", "-p", ANDROID_DIR))
     pushes = [driver, *sorted((build / "lib").glob("*.so"))]
     remote = {}
