@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from dynexport import __version__
+from dynexport.app_bundle import write_app_bundle
 from dynexport.errors import CompileError
 from dynexport.plan.frame_program import Artifact
 from targets import Backend, backends_for
@@ -138,6 +139,7 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         if any(options.values()):  # what the artifacts were built with: verify's structural checks read it
             manifest["build_options"] = {name: dict(chosen) for name, chosen in options.items() if chosen}
         manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}
+        write_app_bundle(staging, target, backends, manifest)  # the target's wrapper + INTEGRATION.md, if it has one
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")
         _replace(staging, out)

@@ -5,6 +5,8 @@
 #   tools/build_runtime.sh sanitize  [--quiet]   -> build/sanitize  (ASan + UBSan, core only)
 #   tools/build_runtime.sh aarch64   [--quiet]   -> build/aarch64   (ARM64 cross build, with the same adapters)
 #   tools/build_runtime.sh fuzz      [--quiet]   -> build/fuzz      (clang libFuzzer target fuzz_plan, core only)
+#   tools/build_runtime.sh jvm       [--quiet]   -> build/jvm       (runtime_android for the host JVM: lib/libdynexport_jni.so
+#                                                   with the host's adapters, and the Kotlin jars: tools/build_kotlin.sh)
 #
 # The driver (every backend adapter built) lands in build/<mode>/bin/dynrt_driver. For
 # aarch64, run it with
@@ -33,14 +35,14 @@ MODE=""
 QUIET=0
 for arg in "$@"; do
   case "$arg" in
-    host|sanitize|aarch64|fuzz) MODE=$arg ;;
+    host|sanitize|aarch64|fuzz|jvm) MODE=$arg ;;
     --quiet|-q) QUIET=1 ;;
     -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "build_runtime: unknown argument '$arg' (expected host, sanitize, aarch64 or fuzz, and optionally --quiet)" >&2; exit 2 ;;
+    *) echo "build_runtime: unknown argument '$arg' (expected host, sanitize, aarch64, fuzz or jvm, and optionally --quiet)" >&2; exit 2 ;;
   esac
 done
 if [ -z "$MODE" ]; then
-  echo "build_runtime: say what to build: tools/build_runtime.sh host|sanitize|aarch64|fuzz [--quiet]" >&2
+  echo "build_runtime: say what to build: tools/build_runtime.sh host|sanitize|aarch64|fuzz|jvm [--quiet]" >&2
   exit 2
 fi
 
@@ -58,12 +60,13 @@ if ! printf '%s\n3.28\n' "${cmake_version%%-*}" | sort -V -C -r 2>/dev/null; the
 fi
 command -v ninja >/dev/null || die "ninja not found (Debian package: ninja-build)"
 SOURCE=$ROOT/dynexport/runtime
+[ "$MODE" = jvm ] && SOURCE=$ROOT/runtime_android  # the core's project, plus the JNI layer
 [ -f "$SOURCE/CMakeLists.txt" ] || die "$SOURCE/CMakeLists.txt is missing (the runtime core's project)"
 
 # The venv's executorch, for the modes that build its adapter: its version picks the aarch64
 # wheel, its share/cmake the host package.
 ET_VERSION="" ET_HOST_DIR=""
-if [ "$MODE" = host ] || [ "$MODE" = aarch64 ]; then
+if [ "$MODE" = host ] || [ "$MODE" = aarch64 ] || [ "$MODE" = jvm ]; then
   read -r ET_VERSION ET_HOST_DIR < <("$PYTHON" - <<'EOF'
 import importlib.metadata, importlib.util, pathlib
 spec = importlib.util.find_spec("executorch")
@@ -95,6 +98,16 @@ case "$MODE" in
   host)
     PREFIX=$ET_HOST_DIR
     ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=ON -DCMAKE_BUILD_TYPE=Release)
+    ;;
+  jvm)
+    # find_package(JNI) needs JAVA_HOME: the JDK of the javac on PATH (Debian openjdk-17-jdk-headless)
+    if [ -z "${JAVA_HOME:-}" ]; then
+      command -v javac >/dev/null || die "javac not found (Debian package: openjdk-17-jdk-headless; make setup)"
+      JAVA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v javac)")")")
+    fi
+    export JAVA_HOME
+    PREFIX=$ET_HOST_DIR
+    ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=ON -DCMAKE_BUILD_TYPE=Release "-DJAVA_HOME=$JAVA_HOME")
     ;;
   sanitize)
     ARGS=(-G Ninja -DDYNRT_WITH_EXECUTORCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDYNRT_SANITIZE=ON)
@@ -137,8 +150,8 @@ EOF
 esac
 [ -z "$PREFIX" ] || ARGS+=("-DCMAKE_PREFIX_PATH=$PREFIX/share/cmake")
 
-# The ONNX Runtime adapter (host, aarch64): header from the cache, library path compiled in.
-if [ "$MODE" = host ] || [ "$MODE" = aarch64 ]; then
+# The ONNX Runtime adapter (host, jvm, aarch64): header from the cache, library path compiled in.
+if [ "$MODE" = host ] || [ "$MODE" = aarch64 ] || [ "$MODE" = jvm ]; then
   ORT_INCLUDE=$(bash "$ROOT/tools/fetch_onnxruntime_header.sh" $([ "$QUIET" = 1 ] && echo --quiet)) || ORT_INCLUDE=""
   read -r ORT_VERSION ORT_HOST_LIB < <("$PYTHON" - <<'EOF'
 import importlib.metadata, importlib.util, pathlib
@@ -151,7 +164,7 @@ except Exception:
 EOF
   ) || true
   ORT_LIB=""
-  if [ "$MODE" = host ]; then
+  if [ "$MODE" = host ] || [ "$MODE" = jvm ]; then
     ORT_LIB=$ORT_HOST_LIB
   elif [ "${ORT_VERSION:--}" != - ]; then
     ORT_CACHE=$ROOT/.cache/aarch64/onnxruntime-$ORT_VERSION
@@ -185,11 +198,11 @@ EOF
   fi
 fi
 
-# The LiteRT adapter (host, aarch64): no header (it declares the C API it uses); the library
+# The LiteRT adapter (host, jvm, aarch64): no header (it declares the C API it uses); the library
 # path compiled in: the venv's ai-edge-litert wheel for host, the same version's aarch64 wheel
 # (manylinux_2_27 tag; its libLiteRt.so needs glibc 2.34, and /usr/aarch64-linux-gnu has
 # Debian 12's 2.36) downloaded once into .cache/aarch64, libLiteRt.so alone unpacked.
-if [ "$MODE" = host ] || [ "$MODE" = aarch64 ]; then
+if [ "$MODE" = host ] || [ "$MODE" = aarch64 ] || [ "$MODE" = jvm ]; then
   read -r LITERT_VERSION LITERT_HOST_LIB < <("$PYTHON" - <<'EOF'
 import importlib.metadata, importlib.util, pathlib
 try:
@@ -200,7 +213,7 @@ except Exception:
 EOF
   ) || true
   LITERT_LIB=""
-  if [ "$MODE" = host ]; then
+  if [ "$MODE" = host ] || [ "$MODE" = jvm ]; then
     LITERT_LIB=$LITERT_HOST_LIB
   elif [ "${LITERT_VERSION:--}" != - ]; then
     LITERT_CACHE=$ROOT/.cache/aarch64/ai-edge-litert-$LITERT_VERSION
@@ -267,6 +280,9 @@ exec qemu-aarch64 -cpu neoverse-n1 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH=
 EOF
   chmod +x "$BUILD/bin/qemu-run"
   say "run: build/aarch64/bin/qemu-run build/aarch64/bin/dynrt_driver --help"
+elif [ "$MODE" = jvm ]; then
+  bash "$ROOT/tools/build_kotlin.sh" "$BUILD" $([ "$QUIET" = 1 ] && echo --quiet)
+  say "JNI library: build/jvm/lib/libdynexport_jni.so; jars: build/jvm/jars/"
 elif [ -x "$BUILD/bin/dynrt_driver" ]; then
   say "driver: build/$MODE/bin/dynrt_driver"
 else

@@ -19,4 +19,5 @@ Backends = Annotated[Optional[list[str]], typer.Option(
     "--backend", help="Backend (repeatable).", show_default="every backend in the build")]
 Device = Annotated[str, typer.Option(
     "--device", help="Where the native runtime runs: host, qemu-arm64 (ARM64 under emulation: use few, "
-                     "small frames) or adb (a connected Android device).")]
+                     "small frames), adb (a connected Android device) or jvm (verify only: through the "
+                     "Kotlin API and JNI on this machine's JVM).")]

@@ -1,7 +1,10 @@
 """Where the native runtime runs: this machine, an ARM64 CPU under qemu user-mode emulation,
 or an Android device over adb. Each runs the same native driver
 (dynexport/runtime/driver/dynrt_driver.cpp) on the same files, with the backend named on its
-command line (``--backend``); only how the program is started differs."""
+command line (``--backend``); only how the program is started differs. ``jvm`` runs the
+driver's verify mode written against the Kotlin API instead
+(runtime_android/src/jvmVerify: JNI -> the same C runtime and backend), on this machine's JVM
+under -Xcheck:jni; same files, same options."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 from dynexport.errors import DynexportError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-DEVICES = ("host", "qemu-arm64", "adb")
+DEVICES = ("host", "qemu-arm64", "adb", "jvm")
 DRIVER = "dynrt_driver"
 ANDROID_DIR = "/data/local/tmp/dynexport"
 
@@ -42,7 +45,31 @@ def driver_command(device: str) -> list[str]:
         if shutil.which("qemu-aarch64") is None:
             raise DeviceError("qemu-aarch64 not found: install Debian's qemu-user (make setup does)")
         return [str(runner), str(driver)]
+    if device == "jvm":
+        return jvm_command()
     raise DeviceError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
+
+
+JVM_BUILD = ROOT / "build" / "jvm"
+JVM_MAIN = "org.dynexport.runtime.verify.VerifyMainKt"
+# what -Xcheck:jni prints (on stdout or stderr) when the JNI layer breaks a rule
+_JNI_WARNINGS = ("WARNING in native method", "FATAL ERROR in native method", "JNI local refs")
+
+
+def jvm_command(check_jni: bool = True) -> list[str]:
+    """``java`` running the Kotlin verify driver over libdynexport_jni (tools/build_runtime.sh jvm)."""
+    library = JVM_BUILD / "lib" / "libdynexport_jni.so"
+    jars = [JVM_BUILD / "jars" / name for name in ("dynexport-runtime.jar", "dynexport-jvm-verify.jar")]
+    missing = [str(p) for p in (library, *jars, JVM_BUILD / "jars" / "classpath") if not p.exists()]
+    if missing:
+        raise DeviceError(f"--device jvm: the JVM runtime is not built ({', '.join(missing)} missing): run "
+                          "'tools/build_runtime.sh jvm' (make setup does it)")
+    java = shutil.which("java")
+    if java is None:
+        raise DeviceError("--device jvm: 'java' not found: install Debian's openjdk-17-jdk-headless (make setup does)")
+    classpath = [str(j) for j in jars] + (JVM_BUILD / "jars" / "classpath").read_text().split()
+    return [java, *(["-Xcheck:jni"] if check_jni else []), f"-Djava.library.path={library.parent}",
+            "-cp", os.pathsep.join(classpath), JVM_MAIN]
 
 
 def run_driver(device: str, files: dict[str, Path], options: list[str], timeout: float | None = None, *,
@@ -62,6 +89,10 @@ def run_driver(device: str, files: dict[str, Path], options: list[str], timeout:
     if done.returncode != 0:
         message = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise DriverError(f"native runtime on {device} failed (exit {done.returncode}): {message}")
+    if device == "jvm":
+        warnings = [line for line in (done.stdout + done.stderr).splitlines() if any(w in line for w in _JNI_WARNINGS)]
+        if warnings:
+            raise DriverError(f"the JVM run broke a JNI rule (-Xcheck:jni): {warnings[0]}")
     return done.stdout
 
 
@@ -85,7 +116,7 @@ def _run_on_android(files: dict[str, Path], options: list[str], timeout: float |
     if not driver.exists():
         raise DeviceError(f"--device adb: no Android build of the driver at {driver}. It needs the Android NDK "
                           "and ExecuTorch built for Android (the PyPI wheels are glibc-only), which make setup "
-                          "does not provide yet")
+                          "does not provide; the build, step by step: runtime_android/README.md, '--device adb'")
     _check(_adb("shell", "mkdir", "-p", ANDROID_DIR))
     pushes = [driver, *sorted((build / "lib").glob("*.so"))]
     remote = {}
