@@ -139,7 +139,7 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         if any(options.values()):  # what the artifacts were built with: verify's structural checks read it
             manifest["build_options"] = {name: dict(chosen) for name, chosen in options.items() if chosen}
         manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}
-        write_app_bundle(staging, target, backends, manifest)  # the target's wrapper + INTEGRATION.md, if it has one
+        write_app_bundle(staging, target, built, manifest)  # the target's wrapper + INTEGRATION.md, if it has one
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")
         _replace(staging, out)

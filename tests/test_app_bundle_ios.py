@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dynexport.app_bundle.ios import INTEGRATION_FILE, PACKAGE_DIR, write_ios_bundle
+from dynexport.app_bundle.ios import BUNDLED_PACKAGE, INTEGRATION_FILE, write_ios_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = {"format": "dynexport-build/1", "target": "ios", "backends": ["executorch", "coreml"],
@@ -16,7 +16,7 @@ MANIFEST = {"format": "dynexport-build/1", "target": "ios", "backends": ["execut
 
 def test_the_package_is_copied_as_real_files_and_the_guide_written(tmp_path):
     written = write_ios_bundle(tmp_path, MANIFEST)
-    package = tmp_path / PACKAGE_DIR
+    package = tmp_path / BUNDLED_PACKAGE
     assert (package / "Package.swift").is_file() and INTEGRATION_FILE in written
     assert not [p for p in package.rglob("*") if p.is_symlink()], "links must be resolved in a bundle"
     core = package / "Sources" / "DynrtCore"
@@ -31,7 +31,7 @@ def test_the_package_is_copied_as_real_files_and_the_guide_written(tmp_path):
 def test_the_integration_guide_speaks_of_this_build(tmp_path):
     write_ios_bundle(tmp_path, MANIFEST)
     guide = (tmp_path / INTEGRATION_FILE).read_text()
-    assert '.package(path: "path/to/this/folder/runtime_ios")' in guide
+    assert '.package(path: "path/to/this/folder/runtime/runtime_ios")' in guide
     assert "DynexportSession(buildFolder: folder, backend: .coreml" in guide
     assert "for y in 0..<48 {" in guide and "for x in 0..<64 {" in guide
     assert "frame[i + 2] = Float(p[0]) * 0.00392156862745098" in guide

@@ -1,6 +1,7 @@
 """App bundles: what ``dynexport build --target T`` adds to OUT so that an app embeds the build
 without writing native code: the platform wrapper's sources (Kotlin + JNI + CMake for android)
-beside the runtime sources in ``OUT/runtime/``, and a generated ``OUT/INTEGRATION.md`` with the
+beside the runtime sources in ``OUT/runtime/``; the Swift package ``OUT/runtime_ios/`` for ios),
+and a generated ``OUT/INTEGRATION.md`` with the
 lines to add to the app and a snippet that opens the session and steps camera frames.
 
 ``APP_BUNDLES`` maps a target to its writer, ``"module:function"`` (imported only when that
@@ -19,6 +20,7 @@ from pathlib import Path
 
 APP_BUNDLES: dict[str, str] = {
     "android": "dynexport.app_bundle.android:write_android_bundle",
+    "ios": "dynexport.app_bundle.ios:write_ios_app_bundle",
 }
 
 

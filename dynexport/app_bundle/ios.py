@@ -1,4 +1,4 @@
-"""What an iOS app needs from a build, in the build folder: the Swift package ``runtime_ios/``
+"""What an iOS app needs from a build, in the build folder: the Swift package ``runtime_ios/`` at ``runtime/runtime_ios``
 (real files, the symbolic links of the source tree resolved, so the folder stands alone) and
 ``INTEGRATION.md``, the package dependency and a Swift snippet that opens the session and
 steps camera frames.
@@ -15,6 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PACKAGE_DIR = "runtime_ios"
+# where the package lands in a build folder: beside the C sources, as runtime_android does
+BUNDLED_PACKAGE = f"runtime/{PACKAGE_DIR}"
 INTEGRATION_FILE = "INTEGRATION.md"
 # the package's own build products and editor state: never part of a bundle
 _IGNORED = shutil.ignore_patterns(".build", ".swiftpm", "*.xcodeproj", "xcuserdata", "__pycache__", ".DS_Store")
@@ -22,15 +24,15 @@ _IGNORED = shutil.ignore_patterns(".build", ".swiftpm", "*.xcodeproj", "xcuserda
 
 def write_ios_bundle(out: Path, manifest: dict, source: Path | None = None) -> list[str]:
     """Copy the Swift package (``source``, default the installation's ``runtime_ios/``) into
-    ``out/runtime_ios`` and write ``out/INTEGRATION.md`` for ``manifest``'s build. Raises
+    ``out/runtime/runtime_ios`` and write ``out/INTEGRATION.md`` for ``manifest``'s build. Raises
     ``FileNotFoundError`` naming the package when it is missing (an installation defect), and
-    ``FileExistsError`` when ``out/runtime_ios`` exists (a bundle is written once)."""
+    ``FileExistsError`` when ``out/runtime/runtime_ios`` exists (a bundle is written once)."""
     out = Path(out)
     source = Path(source) if source is not None else ROOT / PACKAGE_DIR
     if not (source / "Package.swift").is_file():
         raise FileNotFoundError(f"the Swift package '{source}' (runtime_ios/Package.swift) is missing from the "
                                 f"dynexport installation; reinstall dynexport from its source tree")
-    target = out / PACKAGE_DIR
+    target = out / BUNDLED_PACKAGE
     if target.exists():
         raise FileExistsError(f"'{target}' exists: an app bundle is written once, into a new build folder")
     # symlinks=False: the links to dynexport/runtime and targets/executorch/native become files
@@ -73,11 +75,11 @@ see `runtime_ios/README.md` for what was checked there.
 
 ## 1. Add the package
 
-Xcode: File > Add Package Dependencies > Add Local..., choose this folder's `runtime_ios`,
+Xcode: File > Add Package Dependencies > Add Local..., choose this folder's `runtime/runtime_ios`,
 add the product `Dynexport` to the app target. Or, in a `Package.swift`:
 
 ```swift
-dependencies: [.package(path: "path/to/this/folder/runtime_ios")],
+dependencies: [.package(path: "path/to/this/folder/runtime/runtime_ios")],
 targets: [.target(name: "App", dependencies: [.product(name: "Dynexport", package: "runtime_ios")])]
 ```
 
@@ -126,3 +128,11 @@ Errors are `DynexportError` (`status`, `code`, `message`): the runtime's status 
 package does not match the plan. Backend choice: `.{default}` here; `.executorch` runs the
 same plan through ExecuTorch's XNNPACK delegate on the CPU. Compute units: {units}.
 """
+
+
+def write_ios_app_bundle(staging: Path, backends, manifest: dict) -> dict:
+    """``APP_BUNDLES``' writer for ios: the Swift package and INTEGRATION.md in the build's
+    staging folder; returns the manifest's ``"app"`` record."""
+    write_ios_bundle(staging, manifest)
+    return {"target": "ios", "wrapper": BUNDLED_PACKAGE, "integration": INTEGRATION_FILE,
+            "artifacts": {b.name: b.artifact for b in backends}}

@@ -16,7 +16,9 @@ BACKEND = Backend(
     artifact="model.mlpackage",
     emitter="targets.coreml.emitter:emit_coreml",
     prepare=None,
-    native_sources=("runtime_ios/Sources/DynrtCoreML",),
+    # its adapter (runtime_ios/Sources/DynrtCoreML) reaches OUT in the ios app bundle, with the
+    # whole Swift package (dynexport/app_bundle/ios.py): it builds only inside that package
+    native_sources=(),
     platforms=("ios",),
     requires=("coremltools",),
     host_runner="targets.coreml.host_runtime:CoreMLSegments",

@@ -202,6 +202,8 @@ def test_an_ios_build_has_both_backends_and_checksums_every_package_file(ios_bui
                      if p.is_file())
     assert on_disk and all(name in manifest["artifacts"] for name in on_disk)
     assert (ios_build / "runtime" / "runtime_ios" / "Sources" / "DynrtCoreML" / "dynrt_coreml.m").is_file()
+    assert (ios_build / "runtime" / "runtime_ios" / "Package.swift").is_file() and (ios_build / "INTEGRATION.md").is_file()
+    assert manifest["app"]["wrapper"] == "runtime/runtime_ios"
     assert open_build(ios_build).program.artifacts[-1].name == "coreml"
 
 
