@@ -32,7 +32,10 @@ MANIFEST_FILE = "manifest.json"
 # what an app needs to embed the runtime: the C core (dynrt), and each chosen backend's
 # native_sources beside it, copied to OUT/runtime/ under the same relative paths so their
 # CMake projects still find each other
-CORE_RUNTIME_SOURCES = ("dynexport/runtime/include", "dynexport/runtime/src", "dynexport/runtime/CMakeLists.txt")
+# the core's whole CMake project (its driver and C tests included), so OUT/runtime configures
+# and builds on its own, as the app wrappers' projects need it to
+CORE_RUNTIME_SOURCES = ("dynexport/runtime/include", "dynexport/runtime/src", "dynexport/runtime/driver",
+                        "dynexport/runtime/tests", "dynexport/runtime/CMakeLists.txt")
 REFERENCE_DIR = "reference"
 # State an android build may keep between frames: a phone gives one app a few hundred MiB
 # (Android's large-heap class on mid-range phones is 256-512 MiB), and the app needs its own.

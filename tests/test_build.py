@@ -191,6 +191,20 @@ def test_the_artifact_file_emitter_and_runtime_sources_come_from_the_registry(tm
     assert not (out / "runtime" / "runtime_android").exists()
 
 
+def test_the_runtime_sources_in_a_build_folder_configure_and_build_alone(tmp_path):
+    """OUT/runtime is the core's whole CMake project: an app's build (or an engineer's) needs
+    nothing from the source tree (core only here: no backend adapter is copied)."""
+    out = build(tiny_model_file(tmp_path), tmp_path / "out", target="host", input_shape="1x3x16x16").out
+    project = out / "runtime" / "dynexport" / "runtime"
+    cmake = str(Path(sys.executable).parent / "cmake")  # the venv's (requirements: cmake>=3.28)
+    configure = subprocess.run([cmake, "-S", str(project), "-B", str(tmp_path / "b"), "-G", "Ninja",
+                                "-DCMAKE_BUILD_TYPE=Release"], capture_output=True, text=True)
+    assert configure.returncode == 0, configure.stdout[-2000:] + configure.stderr[-2000:]
+    built = subprocess.run([cmake, "--build", str(tmp_path / "b"), "--target", "dynrt_core"],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+
+
 def test_a_missing_native_source_is_an_error_not_a_silent_skip(tmp_path, monkeypatch):
     register(monkeypatch, native_sources=("targets/listing/native",))
     with pytest.raises(CompileError, match=r"runtime source 'targets/listing/native' is missing"):

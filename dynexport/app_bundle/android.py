@@ -20,10 +20,6 @@ WRAPPER = "runtime_android"
 WRAPPER_FILES = ("CMakeLists.txt", "README.md", "build.gradle.kts", "settings.gradle.kts", "gradle.properties",
                  "consumer-rules.pro", "src/main")
 # what the core's CMake project reads besides what build copies (include/, src/, CMakeLists.txt):
-# driver/, built when a backend is registered (its header is included by the backends' driver
-# entries, which the JNI layer's backend table is made of), and tests/ (dynrt_test is always a
-# target); without them OUT/runtime does not configure
-CORE_PROJECT_EXTRAS = ("dynexport/runtime/driver", "dynexport/runtime/tests")
 INTEGRATION_FILE = "INTEGRATION.md"
 CORE_CMAKE = ROOT / "dynexport" / "runtime" / "CMakeLists.txt"
 
@@ -32,9 +28,6 @@ def write_android_bundle(staging: Path, backends, manifest: dict) -> dict:
     runtime = staging / "runtime"
     for relative in WRAPPER_FILES:
         _copy(ROOT / WRAPPER / relative, runtime / WRAPPER / relative)
-    for relative in CORE_PROJECT_EXTRAS:
-        if not (runtime / relative).exists():
-            _copy(ROOT / relative, runtime / relative)
     artifacts = {b.name: b.artifact for b in backends}
     (staging / INTEGRATION_FILE).write_text(integration_text(backends, manifest))
     return {"target": "android", "wrapper": f"runtime/{WRAPPER}", "integration": INTEGRATION_FILE,
