@@ -24,7 +24,7 @@ def _zero_fraction(model):
 
 
 @pytest.mark.parametrize("method", ["magnitude", "synflow"])
-@pytest.mark.parametrize("name", ["plain", "gated"])
+@pytest.mark.parametrize("name", ["plain", "gated", "gated_depthwise"])
 def test_requested_fraction_of_channels_is_zero(method, name):
     model = make(name)
     assert zero_channels(model) == 0
