@@ -71,14 +71,16 @@ def main() -> None:
     comparison = compare(built.out, HERE / "model.pt", synthetic="static_camera", frames=args.frames,
                          threads=args.threads, passes=args.passes,
                          progress=lambda m: print(f"bench: {m}", flush=True))[0]
-    print(f"\n{args.method}, {args.amount:.0%} of channels (round_to {args.round_to}), 1x3x{args.size}x{args.size}, {comparison.backend}, "
+    print(f"\n{args.method}, {args.amount:.0%} of channels (round_to {args.round_to}), 1x3x{args.size}x{args.size}, "
+          f"{comparison.backend}, "
           f"{comparison.frames} frames x {comparison.passes} passes, {comparison.threads} thread(s)")
     print(f"{'':16} {'ms':>7} {'speedup':>8} {'MACs':>9} {'vs orig':>8} {'real/MAC':>9} {'err max':>8} {'mean':>8}")
     for r in comparison.rows:
         error = ("-", "-") if r.error_max is None else (f"{r.error_max:.1e}", f"{r.error_mean:.1e}")
         print(f"{r.label:16} {r.ms:7.3f} {r.speedup:7.2f}x {r.macs / 1e6:8.1f}M {r.mac_ratio:8.3f} "
               f"{r.realized_over_mac_reduction:9.2f} {error[0]:>8} {error[1]:>8}")
-    result = {"method": args.method, "amount": args.amount, "round_to": args.round_to, "input": list(shape), "zeroed": zeroed,
+    result = {"method": args.method, "amount": args.amount, "round_to": args.round_to, "input": list(shape),
+              "zeroed": zeroed,
               "removed_channels": structured["removed_channels"], "max_difference": structured["max_difference"],
               "verified": all(r.passed for r in reports), "comparison": comparison.as_json()}
     (out / "result.json").write_text(json.dumps(result, indent=1))
