@@ -142,7 +142,7 @@ def _compare(out, baseline, clip, synthetic, frames, backend, threads, passes, a
             error = "-" if r.error_max is None else f"{r.error_max:.1e} / {r.error_mean:.1e}"
             table.add_row(r.label, f"{r.ms:.2f}", f"{r.speedup:.2f}x", f"{r.macs / 1e6:.1f} M", f"{r.mac_ratio:.3f}",
                           f"{r.realized_over_mac_reduction:.2f}", error)
-        Console(width=max(Console().width, 100)).print(table)
+        Console(width=max(Console().width, 120)).print(table)  # 7 columns: wrapped cells are unreadable
         for r in c.rows:
             typer.echo(f"  {r.label}: {r.what}")
         for note in c.notes:
