@@ -241,11 +241,16 @@ def _load_pickled_module(path: Path, allow_pickle: bool):
 
 def save_model(model, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> None:
     """Save a model so that ``load_model`` / ``dynexport build`` take it as is: state reset,
-    eval mode, and (optionally) the frame shape ``build`` uses when no --input-shape is given."""
+    eval mode, and (optionally) the frame shape ``build`` uses when no --input-shape is given.
+    ``torch.nn.utils.prune`` masks (``dynexport.prune``'s) are saved applied, as plain weights:
+    the hooks would need --allow-pickle to load; ``model`` itself keeps them."""
     import torch
 
     import dynexport
+    from dynexport.pruning.reparametrization import copy_without_masks, has_pruning_masks
 
+    if has_pruning_masks(model):
+        model = copy_without_masks(model)
     dynexport.reset(model)
     model.eval()
     if input_shape is not None:

@@ -23,6 +23,10 @@ def bench(
     passes: Annotated[int, typer.Option("--passes", min=1, help="Timed passes over the clip (medians).")] = 5,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of time and active fraction per frame.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    baseline: Annotated[Optional[Path], typer.Option(
+        "--baseline", help="The model before pruning (the unpruned gated .pt, or the plain network OUT was "
+                           "converted from): time the original dense export, the original's dynamic plan, OUT's "
+                           "dense export and OUT's plan side by side in one table.", show_default=False)] = None,
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Measure the realized speedup of OUT's dynamic plan over the dense export of the same model.
@@ -35,9 +39,20 @@ def bench(
     spent outside backend segments, the cost of an unchanged frame relative to a dense one,
     and the active fraction of blocks (frames after the first).
 
+    With --baseline ORIGINAL (the model before pruning: gated or plain), one table instead says
+    what pruning, gating and both buy, on the same clip: rows 'original, dense', 'original,
+    gated' (if ORIGINAL has gated layers), 'pruned, dense' and 'pruned + gated' (named 'OUT, ...'
+    for a build without removed channels). Each row is timed interleaved frame by frame with the
+    original dense export, so its speedup is a same-run ratio; MACs are per frame, gates
+    included; 'realized / MAC reduction' is speedup over (original MACs / row MACs); the error
+    is PyTorch's output against the original dense model's, over its range. Builds three
+    extra exports (a minute or so each on a small model).
+
     Examples:
 
       dynexport bench out --synthetic static_camera --frames 48
+
+      dynexport bench pruned-out --baseline gated.pt --frames 16
 
       dynexport bench out --threads 0 --json
 
@@ -49,6 +64,12 @@ def bench(
     from dynexport.harness.bench import bench as run_bench
     from dynexport.harness.bench import plot as write_plot
 
+    if baseline is not None:
+        if plot is not None:
+            raise typer.BadParameter("--plot draws one build's dense and dynamic frames; leave it out with "
+                                     "--baseline", param_hint="--plot")
+        _compare(out, baseline, clip, synthetic, frames, backend, threads, passes, as_json, allow_pickle)
+        return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("bench", total=None)
@@ -82,3 +103,47 @@ def bench(
     for r in reports:
         layers = ", ".join(f"{name} {100 * f:.0f}%" for name, f in r.layer_active_fraction.items())
         typer.echo(f"{r.backend} active fraction per layer: {layers}")
+    removed = _pruned_without_baseline(out)
+    if removed:
+        typer.echo(f"{out} was pruned ({removed} channels removed): both columns above are the pruned model; add "
+                   f"--baseline ORIGINAL.pt to time the unpruned one beside it")
+
+
+def _pruned_without_baseline(out: Path) -> int:
+    """Removed channels recorded in OUT's manifest (0 if none or unreadable)."""
+    try:
+        structured = json.loads((out / "manifest.json").read_text()).get("pruning", {}).get("structured", {})
+    except (OSError, ValueError):
+        return 0
+    return structured.get("removed_channels", 0) if isinstance(structured, dict) else 0
+
+
+def _compare(out, baseline, clip, synthetic, frames, backend, threads, passes, as_json, allow_pickle) -> None:
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from dynexport.harness.compare import compare
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("bench", total=None)
+        comparisons = compare(out, baseline, clip, synthetic, frames, backend, "host", threads, passes, allow_pickle,
+                              progress=lambda message: progress.update(task, description=f"bench: {message}"))
+    if as_json:
+        typer.echo(json.dumps({"comparison": {c.backend: c.as_json() for c in comparisons}}))
+        return
+    for c in comparisons:
+        table = Table(title=f"dynexport bench {out} --baseline {baseline}\n{c.backend}, {c.clip}, {c.frames} frames "
+                            f"x {c.passes} passes, threads {c.threads}, per-frame medians")
+        for column in ("", "ms", "speedup", "MACs", "MACs / orig.", "realized / MAC red.", "error max / mean"):
+            table.add_column(column, justify="left" if not column else "right")
+        for r in c.rows:
+            error = "-" if r.error_max is None else f"{r.error_max:.1e} / {r.error_mean:.1e}"
+            table.add_row(r.label, f"{r.ms:.2f}", f"{r.speedup:.2f}x", f"{r.macs / 1e6:.1f} M", f"{r.mac_ratio:.3f}",
+                          f"{r.realized_over_mac_reduction:.2f}", error)
+        Console(width=max(Console().width, 120)).print(table)  # 7 columns: wrapped cells are unreadable
+        for r in c.rows:
+            typer.echo(f"  {r.label}: {r.what}")
+        for note in c.notes:
+            typer.echo(f"note: {note}")

@@ -125,12 +125,14 @@ def bench_clip(build: Build, clip: VerifyClip, model, backends: list[str] | None
                dense_folder: Path | None = None) -> list[BenchReport]:
     """Bench ``build`` on ``clip``; ``dense_folder``: an already built dense export of ``model``."""
     from dynexport.harness.dense import build_dense, dense_counterpart, model_macs
+    from dynexport.pruning.build_step import as_built
 
     say = progress or (lambda message: None)
     backends = backends or build.manifest.get("backends", [])
     unchanged = VerifyClip("unchanged", np.repeat(clip.frames[:1], min(len(clip.frames), 16), axis=0))
     input_shape = build.manifest["input"]["shape"]
-    total_dense_macs = model_macs(dense_counterpart(model), input_shape)
+    # of the model as built: a pruned build's zero channels are gone from its plan and its dense export
+    total_dense_macs = model_macs(dense_counterpart(as_built(model, input_shape)), input_shape)
     reports = []
     with tempfile.TemporaryDirectory(prefix="dynexport-dense-") as tmp:
         for backend in backends:

@@ -47,3 +47,9 @@ def realize_pruning(model, input_shape, say: Callable[[str], None]) -> tuple[obj
         if "realized" in layer:
             say(f"sparsity {layer['name']}: {layer['zeros']}/{layer['weights']} zeros, {layer['realized']}")
     return model, entry
+
+
+def as_built(model, input_shape, say: Callable[[str], None] | None = None):
+    """The model as ``dynexport build`` compiles it: its zeroed channels removed (the same
+    object when there are none), so that MACs counted on it are the build's."""
+    return realize_pruning(model, input_shape, say or (lambda message: None))[0]

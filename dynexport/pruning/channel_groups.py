@@ -1,6 +1,8 @@
 """The prunable channel groups of a model, from torch-pruning's dependency graph: each group
 is a set of (layer, output-channel index) slices that must be removed together, indexed by
-the channels of the group's root layer. Layers feeding the model output are left out.
+the channels of the group's root layer. Layers feeding the model output are left out, and so
+are groups ``compaction`` could not remove (a grouped convolution, an op that does not keep
+zero at zero): zeroing those would cost accuracy and save nothing.
 
 A ``ChannelGroup`` zeroes a channel with ``torch.nn.utils.prune`` masks on every layer that
 produces it (weights and bias of convolutions, linear and gated layers; scale and shift of
@@ -16,7 +18,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from dynexport.nn import GatedLayer
-from dynexport.pruning.gated_pruners import CUSTOMIZED_PRUNERS, forget_traced_state
+from dynexport.pruning.gated_pruners import CUSTOMIZED_PRUNERS, depthwise_stand_ins, forget_traced_state
 
 
 @dataclasses.dataclass
@@ -36,12 +38,18 @@ class ChannelGroup:
 
 
 def channel_groups(model: nn.Module, input_shape) -> list[ChannelGroup]:
-    import torch_pruning as tp
-
     import dynexport
-    from dynexport.pruning.compaction import _output_layers
 
     dynexport.reset(model)
+    with depthwise_stand_ins(model):
+        return _channel_groups(model, input_shape)
+
+
+def _channel_groups(model: nn.Module, input_shape) -> list[ChannelGroup]:
+    import torch_pruning as tp
+
+    from dynexport.pruning.compaction import _output_layers, _removable_root_indices
+
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(tuple(input_shape)),
                                                   customized_pruners=CUSTOMIZED_PRUNERS, verbose=False)
     forget_traced_state(model)
@@ -49,6 +57,8 @@ def channel_groups(model: nn.Module, input_shape) -> list[ChannelGroup]:
     roots = (nn.Conv2d, nn.Linear, *CUSTOMIZED_PRUNERS)
     for group in graph.get_all_groups(ignored_layers=_output_layers(graph), root_module_types=roots):
         root = group[0].dep.target.module
+        if _removable_root_indices(graph, group)[1] is not None:
+            continue  # compaction could not remove these channels: zeroing them would cost accuracy for nothing
         producers = []
         for item in group:
             module = item.dep.target.module

@@ -23,7 +23,8 @@ from torch import nn
 
 from dynexport.errors import CompileError
 from dynexport.nn import GatedLayer
-from dynexport.pruning.gated_pruners import CUSTOMIZED_PRUNERS, forget_traced_state, blocked_reason
+from dynexport.pruning.gated_pruners import (CUSTOMIZED_PRUNERS, DEPTHWISE_STAND_INS, blocked_reason,
+                                             depthwise_stand_ins, forget_traced_state)
 from dynexport.pruning.layer_macs import LayerSize, layer_sizes
 from dynexport.pruning.reparametrization import copy_without_masks
 
@@ -64,12 +65,25 @@ def zero_channels(model: nn.Module) -> int:
 def compact(model: nn.Module, input_shape, check_frames: int = 2, seed: int = 0) -> CompactionResult:
     """Remove the zero channels of a copy of ``model`` (see the module docstring)."""
     import dynexport
-    import torch_pruning as tp
 
     reference = model
     compacted = copy_without_masks(model).eval()
     before = layer_sizes(compacted, input_shape)
     dynexport.reset(compacted)
+    with depthwise_stand_ins(compacted):
+        removed, kept = _remove_zero_channels(compacted, input_shape)
+    dynexport.reset(compacted)
+    difference = max_output_difference(reference, compacted, input_shape, check_frames, seed)
+    if difference > EQUAL_TOLERANCE:
+        raise CompileError(f"structured pruning: the compacted model differs from the masked one by {difference:.3g} "
+                           f"(more than {EQUAL_TOLERANCE}); an op between the pruned layers does not keep a zero "
+                           f"channel zero (e.g. sigmoid or adding a constant). Build without zeroed channels there")
+    return CompactionResult(compacted, before, layer_sizes(compacted, input_shape), removed, kept, difference)
+
+
+def _remove_zero_channels(compacted: nn.Module, input_shape) -> tuple[int, dict[str, str]]:
+    import torch_pruning as tp
+
     try:
         graph = tp.DependencyGraph().build_dependency(
             compacted, example_inputs=torch.randn(tuple(input_shape)),
@@ -95,13 +109,7 @@ def compact(model: nn.Module, input_shape, check_frames: int = 2, seed: int = 0)
         if removable:
             group.prune(idxs=removable)
             removed += len(removable)
-    dynexport.reset(compacted)
-    difference = max_output_difference(reference, compacted, input_shape, check_frames, seed)
-    if difference > EQUAL_TOLERANCE:
-        raise CompileError(f"structured pruning: the compacted model differs from the masked one by {difference:.3g} "
-                           f"(more than {EQUAL_TOLERANCE}); an op between the pruned layers does not keep a zero "
-                           f"channel zero (e.g. sigmoid or adding a constant). Build without zeroed channels there")
-    return CompactionResult(compacted, before, layer_sizes(compacted, input_shape), removed, kept, difference)
+    return removed, kept
 
 
 def max_output_difference(first: nn.Module, second: nn.Module, input_shape, frames: int, seed: int) -> float:
@@ -124,7 +132,7 @@ def max_output_difference(first: nn.Module, second: nn.Module, input_shape, fram
 
 def _output_layers(graph) -> list[nn.Module]:
     """Prunable layers whose output channels reach the model output without passing through
-    another layer that mixes channels (conv, linear, gated)."""
+    another layer that mixes channels (conv, linear, gated; a depthwise one does not mix)."""
     import torch_pruning as tp
 
     mixing = (tp.ops.OPTYPE.CONV, tp.ops.OPTYPE.LINEAR, tp.ops.OPTYPE.DEPTHWISE_CONV, tp.ops.OPTYPE.CUSTOMIZED)
@@ -136,7 +144,9 @@ def _output_layers(graph) -> list[nn.Module]:
         reaches_output = not node.outputs
         while stack and not reaches_output:
             current = stack.pop()
-            if id(current) in seen or (current.type in mixing and current.type != tp.ops.OPTYPE.DEPTHWISE_CONV):
+            passes_through = current.type == tp.ops.OPTYPE.DEPTHWISE_CONV or isinstance(current.module,
+                                                                                       DEPTHWISE_STAND_INS)
+            if id(current) in seen or (current.type in mixing and not passes_through):
                 continue
             seen.add(id(current))
             if not current.outputs:

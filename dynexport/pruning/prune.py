@@ -9,6 +9,12 @@ A channel is the group torch-pruning's dependency graph ties together (a convolu
 channel with its BatchNorm and every layer added to or concatenated with it); layers that
 feed the model output keep their channels. ``amount`` is the fraction of those channels
 zeroed; every layer keeps at least one. Both return the number of channels zeroed.
+
+``round_to``: the channels a group keeps are a multiple of it (fewer are zeroed where needed;
+a group narrower than it is left whole). A CPU's convolution kernels compute output channels
+in SIMD-wide tiles (XNNPACK on AVX-512: 16 floats; on ARM NEON: 8), so a layer cut from 16 to
+8 channels costs there what 16 did: measured on this project's host, 50 % pruning of 16- and
+32-channel layers realized 0.62x of its MAC reduction without rounding (see README).
 """
 
 from __future__ import annotations
@@ -38,7 +44,17 @@ def _input_shape(model: nn.Module, input_shape):
     return tuple(recorded) if recorded is not None else DEFAULT_INPUT_SHAPE
 
 
-def magnitude(model: nn.Module, amount: float, structured: bool = True, input_shape=None) -> int:
+def _rounded_count(channels: int, count: int, round_to: int | None) -> int:
+    """How many of ``channels`` to zero, at most ``count``, so the rest is a multiple of ``round_to``."""
+    count = min(count, channels - 1)
+    if not round_to or round_to <= 1 or count <= 0:
+        return max(count, 0)
+    kept = -(-(channels - count) // round_to) * round_to  # rounded up: zero fewer, never more
+    return max(channels - kept, 0)
+
+
+def magnitude(model: nn.Module, amount: float, structured: bool = True, input_shape=None,
+              round_to: int | None = None) -> int:
     """Zero, in every prunable channel group, the ``amount`` fraction of channels with the
     smallest L2 norm of their weights (summed over the group's producing layers)."""
     _check(amount, structured)
@@ -47,19 +63,22 @@ def magnitude(model: nn.Module, amount: float, structured: bool = True, input_sh
     with torch.no_grad():
         for group in groups:
             scores = _channel_scores(group, lambda module: [t.detach().square() for t in producer_tensors(module)])
-            count = min(int(round(amount * group.channels)), group.channels - 1)
+            count = _rounded_count(group.channels, int(round(amount * group.channels)), round_to)
             if count > 0:
                 group.zero(torch.argsort(scores)[:count].tolist())
                 zeroed += count
     return zeroed
 
 
-def synflow(model: nn.Module, amount: float, structured: bool = True, input_shape=None, iterations: int = 20) -> int:
+def synflow(model: nn.Module, amount: float, structured: bool = True, input_shape=None, iterations: int = 20,
+            round_to: int | None = None) -> int:
     """SynFlow (Tanaka et al. 2020), data-free: ``iterations`` rounds, each scoring every
     parameter by |θ ⊙ ∂R/∂θ| where R is the summed output of the network with |θ| on an
     all-ones input (the first frame of a gated layer is its dense convolution), summing the
     scores over each channel's group, and zeroing the lowest-scoring channels model-wide so
-    that after round k a fraction 1 - (1 - amount)^(k / iterations) is zero."""
+    that after round k a fraction 1 - (1 - amount)^(k / iterations) is zero. With
+    ``round_to``, each group then gives back its highest-scoring zeroed channels until what
+    it keeps is a multiple of ``round_to``."""
     _check(amount, structured)
     shape = _input_shape(model, input_shape)
     groups = channel_groups(model, shape)
@@ -77,6 +96,12 @@ def synflow(model: nn.Module, amount: float, structured: bool = True, input_shap
             if len(zero[g]) < groups[g].channels - 1:
                 zero[g].add(c)
                 needed -= 1
+    if round_to and round_to > 1:
+        final = _synflow_scores(model, groups, [set() for _ in groups], shape)
+        for g, group in enumerate(groups):
+            keep = len(zero[g]) - _rounded_count(group.channels, len(zero[g]), round_to)
+            for c in sorted(zero[g], key=lambda c: float(final[g][c]), reverse=True)[:keep]:
+                zero[g].discard(c)
     for group, channels in zip(groups, zero):
         if channels:
             group.zero(sorted(channels))

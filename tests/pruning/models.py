@@ -48,7 +48,25 @@ def gated():
                          nn.Conv2d(12, 4, 1))
 
 
-ARCHITECTURES = {"plain": plain, "residual": residual, "concat": Concat, "depthwise": depthwise, "gated": gated}
+def gated_depthwise():
+    """Inverted residuals whose depthwise convolutions are gated: a norm gate, a Gumbel gate (a
+    dense conv over the input channels) and a D-STEP channel policy (rows per output channel,
+    columns per input channel), each tying input channel c to output channel c."""
+    def block(hidden, middle):
+        return Residual(nn.Sequential(nn.Conv2d(8, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+                                      middle, nn.BatchNorm2d(hidden), nn.ReLU6(),
+                                      nn.Conv2d(hidden, 8, 1, bias=False), nn.BatchNorm2d(8)),
+                        activation=nn.Identity())
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+        block(16, SkipConv2d(16, 16, 3, padding=1, groups=16, bias=False, gate="input_norm", block=4)),
+        block(12, SkipConv2d(12, 12, 3, padding=1, groups=12, gate="gumbel", block=4)),
+        block(16, DStepConv2d(16, 16, 3, padding=1, groups=16, spatial=False, channel=True, patch=4)),
+        nn.Conv2d(8, 4, 1))
+
+
+ARCHITECTURES = {"plain": plain, "residual": residual, "concat": Concat, "depthwise": depthwise, "gated": gated,
+                 "gated_depthwise": gated_depthwise}
 
 
 def make(name: str, seed: int = 0) -> nn.Module:

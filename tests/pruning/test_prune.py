@@ -24,7 +24,7 @@ def _zero_fraction(model):
 
 
 @pytest.mark.parametrize("method", ["magnitude", "synflow"])
-@pytest.mark.parametrize("name", ["plain", "gated"])
+@pytest.mark.parametrize("name", ["plain", "gated", "gated_depthwise"])
 def test_requested_fraction_of_channels_is_zero(method, name):
     model = make(name)
     assert zero_channels(model) == 0
@@ -54,3 +54,15 @@ def test_synflow_never_empties_a_layer():
 def test_bad_arguments_name_the_fix(amount, structured):
     with pytest.raises(CompileError, match="prune"):
         dynexport.prune.magnitude(make("plain"), amount, structured=structured)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "synflow"])
+def test_round_to_keeps_a_multiple_of_the_simd_width(method):
+    model = make("plain")  # 8 and 12 channels
+    assert getattr(dynexport.prune, method)(model, 0.5, input_shape=SHAPE, round_to=4) > 0
+    kept = [int((layer.weight.detach().flatten(1) != 0).any(1).sum()) for layer in (model[0], model[3])]
+    assert all(k % 4 == 0 and k > 0 for k in kept), kept
+    if method == "magnitude":  # per group: 50 % of 8 and of 12, rounded up to multiples of 4
+        assert kept == [4, 8]
+    narrow = make("plain")  # a group narrower than round_to is left whole
+    assert getattr(dynexport.prune, method)(narrow, 0.5, input_shape=SHAPE, round_to=16) == 0
