@@ -121,6 +121,29 @@ struct dynrt_backend {
 #define DYNRT_DIMS_TEXT_CAPACITY 96
 const char* dynrt_format_dims(char* text, size_t capacity, uint32_t rank, const uint64_t* dims, int any_batch);
 
+/* --- for adapters (src/backend_support.c) ---------------------------------------------------- */
+
+/* printf into an adapter's message buffer; nothing when message is NULL or capacity 0. */
+void dynrt_backend_message(char* message, size_t capacity, const char* format, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* A plan operand's dims as dynrt_format_dims writes them (rank <= 4). */
+const char* dynrt_format_operand_dims(char* text, size_t capacity, const dynrt_operand_info* operand, int any_batch);
+
+/* "float32", "int32" or "?" for a plan operand's dtype. */
+const char* dynrt_dtype_name(uint32_t dtype);
+
+/* dlopen (RTLD_NOW | RTLD_LOCAL) the first of `count` candidate paths that loads; NULL or empty
+ * candidates are skipped (an unset environment variable). On success the path chosen is
+ * copied into chosen (truncated to chosen_capacity) and the handle returned; otherwise NULL,
+ * with "cannot load <runtime> (<each dlerror>): <hint>" in message. For adapters of runtimes
+ * loaded at run time (ONNX Runtime, LiteRT): the app ships the library, dynrt links none. */
+void* dynrt_open_runtime_library(const char* runtime, const char* const* candidates, size_t count, const char* hint,
+                                 char* chosen, size_t chosen_capacity, char* message, size_t capacity);
+
 #ifdef __cplusplus
 }
 #endif

@@ -16,7 +16,6 @@
 #include "dynrt_litert.h"
 
 #include <dlfcn.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,14 +66,6 @@ typedef struct session_state {
   segment_state* segments;
 } session_state;
 
-static void set_message(char* message, size_t capacity, const char* format, ...) {
-  va_list args;
-  if (message == NULL || capacity == 0) return;
-  va_start(args, format);
-  vsnprintf(message, capacity, format, args);
-  va_end(args);
-}
-
 static const char* status_name(dx_lrt_status status) {
   switch (status) {
     case 0: return "ok";
@@ -96,7 +87,7 @@ static const char* status_name(dx_lrt_status status) {
 /* Nonzero (and the reason in message) when a LiteRT call did not return OK. */
 static int lrt_failed(dx_lrt_status status, char* message, size_t capacity, const char* what) {
   if (status == DX_LRT_OK) return 0;
-  set_message(message, capacity, "LiteRT %s failed: status %d (%s)", what, status, status_name(status));
+  dynrt_backend_message(message, capacity, "LiteRT %s failed: status %d (%s)", what, status, status_name(status));
   return 1;
 }
 
@@ -104,29 +95,13 @@ static int lrt_failed(dx_lrt_status status, char* message, size_t capacity, cons
 
 static void* open_library(char* message, size_t capacity, char* chosen, size_t chosen_capacity) {
   const char* candidates[3];
-  char tried[1024] = "";
-  size_t used = 0;
-  int i;
   candidates[0] = getenv("DYNRT_LITERT_LIBRARY");
   candidates[1] = DYNRT_LITERT_DEFAULT_LIBRARY;
   candidates[2] = "libLiteRt.so";
-  for (i = 0; i < 3; ++i) {
-    void* handle;
-    if (candidates[i] == NULL || candidates[i][0] == '\0') continue;
-    handle = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
-    if (handle != NULL) {
-      snprintf(chosen, chosen_capacity, "%s", candidates[i]);
-      return handle;
-    }
-    if (used < sizeof tried) {
-      int wrote = snprintf(tried + used, sizeof tried - used, "%s%s", used ? "; " : "", dlerror());
-      if (wrote > 0) used += (size_t)wrote;
-    }
-  }
-  set_message(message, capacity,
-              "cannot load LiteRT (%s): set DYNRT_LITERT_LIBRARY to the path of libLiteRt.so "
-              "(the ai-edge-litert wheel's ai_edge_litert/libLiteRt.so)", tried);
-  return NULL;
+  return dynrt_open_runtime_library("LiteRT", candidates, 3,
+                                    "set DYNRT_LITERT_LIBRARY to the path of libLiteRt.so "
+                                    "(the ai-edge-litert wheel's ai_edge_litert/libLiteRt.so)",
+                                    chosen, chosen_capacity, message, capacity);
 }
 
 /* Every function of DX_LRT_FUNCTIONS by name; 0 when all are there. */
@@ -135,8 +110,8 @@ static int resolve_api(adapter* a, char* message, size_t capacity) {
 #define DX_LRT_RESOLVE(name, result, params)                                                                   \
   symbol = dlsym(a->library, #name);                                                                           \
   if (symbol == NULL) {                                                                                        \
-    set_message(message, capacity, "%s has no %s: not a LiteRT library, or a LiteRT older than 2.x",           \
-                a->library_path, #name);                                                                       \
+    dynrt_backend_message(message, capacity, "%s has no %s: not a LiteRT library, or a LiteRT older than 2.x", \
+                          a->library_path, #name);                                                             \
     return 1;                                                                                                  \
   }                                                                                                            \
   memcpy(&a->api.name, &symbol, sizeof symbol);
@@ -201,7 +176,7 @@ static dynrt_status vt_prepare_session(void* context, const dynrt_plan_info* pla
   if (state == NULL || (plan->segment_count > 0 &&
                         (state->segments = (segment_state*)calloc(plan->segment_count, sizeof *state->segments)) == NULL)) {
     free(state);
-    set_message(message, capacity, "out of memory for %u segment states", plan->segment_count);
+    dynrt_backend_message(message, capacity, "out of memory for %u segment states", plan->segment_count);
     return DYNRT_OUT_OF_MEMORY;
   }
   state->segment_count = plan->segment_count;
@@ -227,17 +202,8 @@ static dynrt_status vt_prepare_session(void* context, const dynrt_plan_info* pla
   return DYNRT_OK;
 }
 
-static const char* dtype_name(uint32_t dtype) { return dtype == 0 ? "float32" : dtype == 1 ? "int32" : "?"; }
-
 static int element_type(uint32_t dtype) {
   return dtype == 0 ? DX_LRT_ELEMENT_FLOAT32 : dtype == 1 ? DX_LRT_ELEMENT_INT32 : -1;
-}
-
-static const char* plan_dims(char* text, size_t capacity, const dynrt_operand_info* info, int any_batch) {
-  uint64_t dims[4] = {0, 0, 0, 0};
-  uint32_t i;
-  for (i = 0; i < info->rank && i < 4; ++i) dims[i] = info->dims[i];
-  return dynrt_format_dims(text, capacity, info->rank, dims, any_batch);
 }
 
 /* The number N of a name "<anything>_N" (args_0, output_3), or -1. */
@@ -258,7 +224,7 @@ static dynrt_status operand_order(const dynrt_litert_api* api, dx_lrt_signature 
   uint32_t j, seen_count = 0;
   unsigned char seen[256];
   if (count > sizeof seen) {
-    set_message(message, capacity, "a signature with %u operands is more than this adapter binds", count);
+    dynrt_backend_message(message, capacity, "a signature with %u operands is more than this adapter binds", count);
     return DYNRT_SEGMENT_MISMATCH;
   }
   memset(seen, 0, sizeof seen);
@@ -313,11 +279,12 @@ static int check_operand(const dynrt_litert_api* api, dx_lrt_signature signature
     used += snprintf(model_text + used, sizeof model_text - (size_t)used, "%s%d", d ? ", " : "[",
                      (int)type.layout.dimensions[d]);
   if (used >= 0 && (size_t)used < sizeof model_text) snprintf(model_text + used, sizeof model_text - (size_t)used, "]");
-  set_message(message, capacity,
-              "segment %s: %s %u is %s %s in the plan but the .tflite signature's is element type %d dims %s "
-              "(-1: dynamic); rebuild so the plan and model.tflite come from one build", segment, role, plan_index,
-              dtype_name(info->dtype), plan_dims(plan_text, sizeof plan_text, info, batched), type.element_type,
-              rank ? model_text : "[]");
+  dynrt_backend_message(message, capacity,
+                        "segment %s: %s %u is %s %s in the plan but the .tflite signature's is element type %d dims %s "
+                        "(-1: dynamic); rebuild so the plan and model.tflite come from one build", segment, role,
+                        plan_index, dynrt_dtype_name(info->dtype),
+                        dynrt_format_operand_dims(plan_text, sizeof plan_text, info, batched), type.element_type,
+                        rank ? model_text : "[]");
   return 1;
 }
 
@@ -352,16 +319,18 @@ static dynrt_status vt_prepare_segment(void* context, void* state_pointer, uint3
   if (state == NULL || index >= state->segment_count) return DYNRT_INVALID_ARGUMENT;
   s = &state->segments[index];
   if (!find_signature(api, state, info->name, &s->signature, &signature)) {
-    set_message(message, capacity, "model.tflite has no signature '%s' (it has %zu signatures)", info->name,
-                (size_t)state->signature_count);
+    dynrt_backend_message(message, capacity, "model.tflite has no signature '%s' (it has %zu signatures)", info->name,
+                          (size_t)state->signature_count);
     return DYNRT_SEGMENT_MISMATCH;
   }
   if (lrt_failed(api->LiteRtGetNumSignatureInputs(signature, &model_inputs), message, capacity, "input count") ||
       lrt_failed(api->LiteRtGetNumSignatureOutputs(signature, &model_outputs), message, capacity, "output count"))
     return DYNRT_BACKEND_ERROR;
   if (model_inputs != info->input_count || model_outputs != info->output_count) {
-    set_message(message, capacity, "segment %s: the plan has %u inputs and %u outputs, its .tflite signature %zu and %zu",
-                info->name, info->input_count, info->output_count, (size_t)model_inputs, (size_t)model_outputs);
+    dynrt_backend_message(message, capacity,
+                          "segment %s: the plan has %u inputs and %u outputs, its .tflite signature %zu and %zu",
+                          info->name, info->input_count, info->output_count, (size_t)model_inputs,
+                          (size_t)model_outputs);
     return DYNRT_SEGMENT_MISMATCH;
   }
   s->max_batch = info->max_batch;
@@ -374,7 +343,7 @@ static dynrt_status vt_prepare_segment(void* context, void* state_pointer, uint3
   s->buffers = (void**)calloc(operands ? operands : 1, sizeof(void*));
   s->tensors = (dx_lrt_tensor_buffer*)calloc((size_t)s->batches * (operands ? operands : 1), sizeof(dx_lrt_tensor_buffer));
   if (!s->plan_index || !s->operands || !s->buffers || !s->tensors) {
-    set_message(message, capacity, "out of memory preparing segment %s", info->name);
+    dynrt_backend_message(message, capacity, "out of memory preparing segment %s", info->name);
     return DYNRT_OUT_OF_MEMORY;
   }
   if ((status = operand_order(api, signature, 1, s->input_count, s->plan_index, message, capacity)) != DYNRT_OK ||
@@ -388,8 +357,9 @@ static dynrt_status vt_prepare_segment(void* context, void* state_pointer, uint3
     const dynrt_operand_info* operand = is_input ? &info->inputs[k] : &info->outputs[k];
     int batched = info->max_batch > 0 && k == 0;
     if (operand->rank < 1 || operand->rank > 4 || element_type(operand->dtype) < 0) {
-      set_message(message, capacity, "segment %s: operand %u has rank %u dtype %u, which this adapter does not bind",
-                  info->name, k, operand->rank, operand->dtype);
+      dynrt_backend_message(message, capacity,
+                            "segment %s: operand %u has rank %u dtype %u, which this adapter does not bind", info->name,
+                            k, operand->rank, operand->dtype);
       return DYNRT_SEGMENT_MISMATCH;
     }
     if (check_operand(api, signature, is_input, signature_index, operand, batched, info->name, k, message, capacity))
@@ -505,18 +475,19 @@ static int looks_like_tflite(const void* model, size_t bytes, char* message, siz
   const unsigned char* data = (const unsigned char*)model;
   uint32_t root;
   if (bytes < 16) {
-    set_message(message, capacity, "model.tflite: %zu bytes is too short for a TFLite model", bytes);
+    dynrt_backend_message(message, capacity, "model.tflite: %zu bytes is too short for a TFLite model", bytes);
     return 0;
   }
   if (memcmp(data + 4, "TFL3", 4) != 0) {
-    set_message(message, capacity, "model.tflite: no TFLite file identifier (bytes 4..7 are not \"TFL3\"): "
-                                   "not a .tflite model");
+    dynrt_backend_message(message, capacity, "model.tflite: no TFLite file identifier (bytes 4..7 are not \"TFL3\"): "
+                          "not a .tflite model");
     return 0;
   }
   root = (uint32_t)data[0] | (uint32_t)data[1] << 8 | (uint32_t)data[2] << 16 | (uint32_t)data[3] << 24;
   if (root < 8 || root >= bytes) {
-    set_message(message, capacity, "model.tflite: root table offset %u is outside the file's %zu bytes (truncated?)",
-                root, bytes);
+    dynrt_backend_message(message, capacity,
+                          "model.tflite: root table offset %u is outside the file's %zu bytes (truncated?)", root,
+                          bytes);
     return 0;
   }
   return 1;
@@ -529,13 +500,13 @@ dynrt_status dynrt_litert_backend_create(const void* model, size_t model_bytes, 
   uint32_t threads = 0;
   if (backend_out != NULL) *backend_out = NULL;
   if (model == NULL || model_bytes == 0 || backend_out == NULL) {
-    set_message(error_message, error_capacity, "litert backend: no model bytes or no output pointer");
+    dynrt_backend_message(error_message, error_capacity, "litert backend: no model bytes or no output pointer");
     return DYNRT_INVALID_ARGUMENT;
   }
   if (options != NULL) {
     if (options->struct_size < sizeof(size_t) + sizeof(uint32_t)) {
-      set_message(error_message, error_capacity, "litert backend: options.struct_size %zu is too small",
-                  options->struct_size);
+      dynrt_backend_message(error_message, error_capacity, "litert backend: options.struct_size %zu is too small",
+                            options->struct_size);
       return DYNRT_INVALID_ARGUMENT;
     }
     threads = options->threads;
@@ -546,7 +517,7 @@ dynrt_status dynrt_litert_backend_create(const void* model, size_t model_bytes, 
   if (a == NULL || backend == NULL) {
     free(a);
     free(backend);
-    set_message(error_message, error_capacity, "litert backend: out of memory");
+    dynrt_backend_message(error_message, error_capacity, "litert backend: out of memory");
     return DYNRT_OUT_OF_MEMORY;
   }
   a->threads = threads;

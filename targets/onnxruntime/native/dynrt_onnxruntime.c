@@ -14,7 +14,6 @@
 #include "dynrt_onnxruntime.h"
 
 #include <dlfcn.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,18 +59,10 @@ typedef struct session_state {
   segment_state* segments;
 } session_state;
 
-static void set_message(char* message, size_t capacity, const char* format, ...) {
-  va_list args;
-  if (message == NULL || capacity == 0) return;
-  va_start(args, format);
-  vsnprintf(message, capacity, format, args);
-  va_end(args);
-}
-
 /* Takes ORT's status: NULL is success; otherwise its message into `message` after `what`. */
 static int ort_failed(const OrtApi* api, OrtStatus* status, char* message, size_t capacity, const char* what) {
   if (status == NULL) return 0;
-  set_message(message, capacity, "%s: %s", what, api->GetErrorMessage(status));
+  dynrt_backend_message(message, capacity, "%s: %s", what, api->GetErrorMessage(status));
   api->ReleaseStatus(status);
   return 1;
 }
@@ -82,29 +73,13 @@ typedef const OrtApiBase*(ORT_API_CALL* get_api_base_fn)(void);
 
 static void* open_library(char* message, size_t capacity, char* chosen, size_t chosen_capacity) {
   const char* candidates[3];
-  char tried[768] = "";
-  size_t used = 0;
-  int i;
   candidates[0] = getenv("DYNRT_ONNXRUNTIME_LIBRARY");
   candidates[1] = DYNRT_ONNXRUNTIME_DEFAULT_LIBRARY;
   candidates[2] = "libonnxruntime.so.1";
-  for (i = 0; i < 3; ++i) {
-    void* handle;
-    if (candidates[i] == NULL || candidates[i][0] == '\0') continue;
-    handle = dlopen(candidates[i], RTLD_NOW | RTLD_LOCAL);
-    if (handle != NULL) {
-      snprintf(chosen, chosen_capacity, "%s", candidates[i]);
-      return handle;
-    }
-    if (used < sizeof tried) {
-      int wrote = snprintf(tried + used, sizeof tried - used, "%s%s", used ? "; " : "", dlerror());
-      if (wrote > 0) used += (size_t)wrote;
-    }
-  }
-  set_message(message, capacity,
-              "cannot load ONNX Runtime (%s): set DYNRT_ONNXRUNTIME_LIBRARY to the path of libonnxruntime.so "
-              "(the onnxruntime wheel's onnxruntime/capi/libonnxruntime.so.*)", tried);
-  return NULL;
+  return dynrt_open_runtime_library("ONNX Runtime", candidates, 3,
+                                    "set DYNRT_ONNXRUNTIME_LIBRARY to the path of libonnxruntime.so "
+                                    "(the onnxruntime wheel's onnxruntime/capi/libonnxruntime.so.*)",
+                                    chosen, chosen_capacity, message, capacity);
 }
 
 /* --- the backend ----------------------------------------------------------------------------- */
@@ -159,7 +134,7 @@ static dynrt_status vt_prepare_session(void* context, const dynrt_plan_info* pla
   if (state == NULL || (plan->segment_count > 0 &&
                         (state->segments = (segment_state*)calloc(plan->segment_count, sizeof *state->segments)) == NULL)) {
     free(state);
-    set_message(message, capacity, "out of memory for %u segment states", plan->segment_count);
+    dynrt_backend_message(message, capacity, "out of memory for %u segment states", plan->segment_count);
     return DYNRT_OUT_OF_MEMORY;
   }
   state->segment_count = plan->segment_count;
@@ -167,18 +142,9 @@ static dynrt_status vt_prepare_session(void* context, const dynrt_plan_info* pla
   return DYNRT_OK;
 }
 
-static const char* dtype_name(uint32_t dtype) { return dtype == 0 ? "float32" : dtype == 1 ? "int32" : "?"; }
-
 static ONNXTensorElementDataType element_type(uint32_t dtype) {
   return dtype == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
          : dtype == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-}
-
-static const char* plan_dims(char* text, size_t capacity, const dynrt_operand_info* info, int any_batch) {
-  uint64_t dims[4] = {0, 0, 0, 0};
-  uint32_t i;
-  for (i = 0; i < info->rank && i < 4; ++i) dims[i] = info->dims[i];
-  return dynrt_format_dims(text, capacity, info->rank, dims, any_batch);
 }
 
 /* The model's operand `index` (input or output) against the plan's; 0 when they agree. */
@@ -199,7 +165,8 @@ static int check_operand(const adapter* a, OrtSession* session, int is_input, ui
   if (ort_failed(api, status, message, capacity, "reading a segment's signature")) return 1;
   if (ort_failed(api, api->CastTypeInfoToTensorInfo(type, &tensor), message, capacity, "reading a segment's signature") ||
       tensor == NULL) {
-    if (tensor == NULL) set_message(message, capacity, "segment %s: %s %u is not a tensor", segment, role, index);
+    if (tensor == NULL) dynrt_backend_message(message, capacity, "segment %s: %s %u is not a tensor", segment, role,
+                                              index);
     api->ReleaseTypeInfo(type);
     return 1;
   }
@@ -209,7 +176,8 @@ static int check_operand(const adapter* a, OrtSession* session, int is_input, ui
     return 1;
   }
   if (rank > 8 || ort_failed(api, api->GetDimensions(tensor, dims, rank), message, capacity, "reading dims")) {
-    if (rank > 8) set_message(message, capacity, "segment %s: %s %u has rank %zu", segment, role, index, rank);
+    if (rank > 8) dynrt_backend_message(message, capacity, "segment %s: %s %u has rank %zu", segment, role, index,
+                                        rank);
     api->ReleaseTypeInfo(type);
     return 1;
   }
@@ -225,11 +193,12 @@ static int check_operand(const adapter* a, OrtSession* session, int is_input, ui
     used += snprintf(model_text + used, sizeof model_text - (size_t)used, "%s%lld", d ? ", " : "[",
                      (long long)dims[d]);
   if (used >= 0 && (size_t)used < sizeof model_text) snprintf(model_text + used, sizeof model_text - (size_t)used, "]");
-  set_message(message, capacity,
-              "segment %s: %s %u is %s %s in the plan but the ONNX model's is element type %d dims %s "
-              "(-1: symbolic); rebuild so the plan and model.onnxpack come from one build", segment, role, index,
-              dtype_name(info->dtype), plan_dims(plan_text, sizeof plan_text, info, batched), (int)element,
-              rank ? model_text : "[]");
+  dynrt_backend_message(message, capacity,
+                        "segment %s: %s %u is %s %s in the plan but the ONNX model's is element type %d dims %s "
+                        "(-1: symbolic); rebuild so the plan and model.onnxpack come from one build", segment, role,
+                        index, dynrt_dtype_name(info->dtype),
+                        dynrt_format_operand_dims(plan_text, sizeof plan_text, info, batched), (int)element,
+                        rank ? model_text : "[]");
   return 1;
 }
 
@@ -242,7 +211,7 @@ static char* copy_name(const OrtApi* api, OrtSession* session, int is_input, uin
   if (ort_failed(api, status, message, capacity, "reading an operand name")) return NULL;
   copy = (char*)malloc(strlen(name) + 1);
   if (copy != NULL) strcpy(copy, name);
-  else set_message(message, capacity, "out of memory for an operand name");
+  else dynrt_backend_message(message, capacity, "out of memory for an operand name");
   status = api->AllocatorFree(allocator, name);
   if (status != NULL) api->ReleaseStatus(status);  /* the name is copied: nothing to undo */
   return copy;
@@ -270,8 +239,8 @@ static dynrt_status vt_prepare_segment(void* context, void* state_pointer, uint3
   s = &state->segments[index];
   entry = find_entry(a, info->name);
   if (entry == NULL) {
-    set_message(message, capacity, "model.onnxpack has no model for segment '%s' (it has %u segments)", info->name,
-                a->entry_count);
+    dynrt_backend_message(message, capacity, "model.onnxpack has no model for segment '%s' (it has %u segments)",
+                          info->name, a->entry_count);
     return DYNRT_SEGMENT_MISMATCH;
   }
   if (ort_failed(api, api->CreateSessionFromArray(a->env, entry->model, entry->model_bytes, a->options, &s->session),
@@ -284,8 +253,9 @@ static dynrt_status vt_prepare_segment(void* context, void* state_pointer, uint3
       ort_failed(api, api->SessionGetOutputCount(s->session, &model_outputs), message, capacity, "output count"))
     return DYNRT_BACKEND_ERROR;
   if (model_inputs != info->input_count || model_outputs != info->output_count) {
-    set_message(message, capacity, "segment %s: the plan has %u inputs and %u outputs, its ONNX model %zu and %zu",
-                info->name, info->input_count, info->output_count, model_inputs, model_outputs);
+    dynrt_backend_message(message, capacity,
+                          "segment %s: the plan has %u inputs and %u outputs, its ONNX model %zu and %zu", info->name,
+                          info->input_count, info->output_count, model_inputs, model_outputs);
     return DYNRT_SEGMENT_MISMATCH;
   }
   s->max_batch = info->max_batch;
@@ -299,7 +269,7 @@ static dynrt_status vt_prepare_segment(void* context, void* state_pointer, uint3
   s->buffers = (void**)calloc(operands ? operands : 1, sizeof(void*));
   s->values = (OrtValue**)calloc((size_t)s->batches * (operands ? operands : 1), sizeof(OrtValue*));
   if (!s->input_names || !s->output_names || !s->operands || !s->buffers || !s->values) {
-    set_message(message, capacity, "out of memory preparing segment %s", info->name);
+    dynrt_backend_message(message, capacity, "out of memory preparing segment %s", info->name);
     return DYNRT_OUT_OF_MEMORY;
   }
   for (i = 0; i < operands; ++i) {
@@ -307,8 +277,9 @@ static dynrt_status vt_prepare_segment(void* context, void* state_pointer, uint3
     uint32_t k = is_input ? i : i - s->input_count;
     const dynrt_operand_info* operand = is_input ? &info->inputs[k] : &info->outputs[k];
     if (operand->rank < 1 || operand->rank > 4 || element_type(operand->dtype) == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED) {
-      set_message(message, capacity, "segment %s: operand %u has rank %u dtype %u, which this adapter does not bind",
-                  info->name, i, operand->rank, operand->dtype);
+      dynrt_backend_message(message, capacity,
+                            "segment %s: operand %u has rank %u dtype %u, which this adapter does not bind", info->name,
+                            i, operand->rank, operand->dtype);
       return DYNRT_SEGMENT_MISMATCH;
     }
     if (check_operand(a, s->session, is_input, k, operand, info->max_batch > 0 && k == 0, info->name, message, capacity))
@@ -414,13 +385,13 @@ dynrt_status dynrt_onnxruntime_backend_create(const void* pack, size_t pack_byte
   uint32_t threads = 0;
   if (backend_out != NULL) *backend_out = NULL;
   if (pack == NULL || pack_bytes == 0 || backend_out == NULL) {
-    set_message(error_message, error_capacity, "onnxruntime backend: no pack bytes or no output pointer");
+    dynrt_backend_message(error_message, error_capacity, "onnxruntime backend: no pack bytes or no output pointer");
     return DYNRT_INVALID_ARGUMENT;
   }
   if (options != NULL) {
     if (options->struct_size < sizeof(size_t) + sizeof(uint32_t)) {
-      set_message(error_message, error_capacity, "onnxruntime backend: options.struct_size %zu is too small",
-                  options->struct_size);
+      dynrt_backend_message(error_message, error_capacity, "onnxruntime backend: options.struct_size %zu is too small",
+                            options->struct_size);
       return DYNRT_INVALID_ARGUMENT;
     }
     threads = options->threads;
@@ -430,7 +401,7 @@ dynrt_status dynrt_onnxruntime_backend_create(const void* pack, size_t pack_byte
   if (a == NULL || backend == NULL) {
     free(a);
     free(backend);
-    set_message(error_message, error_capacity, "onnxruntime backend: out of memory");
+    dynrt_backend_message(error_message, error_capacity, "onnxruntime backend: out of memory");
     return DYNRT_OUT_OF_MEMORY;
   }
   a->threads = threads;
@@ -440,15 +411,15 @@ dynrt_status dynrt_onnxruntime_backend_create(const void* pack, size_t pack_byte
   if (a->library == NULL) goto fail;
   *(void**)(&get_api_base) = dlsym(a->library, "OrtGetApiBase");
   if (get_api_base == NULL || (base = get_api_base()) == NULL) {
-    set_message(error_message, error_capacity, "%s has no OrtGetApiBase: not an ONNX Runtime library", path);
+    dynrt_backend_message(error_message, error_capacity, "%s has no OrtGetApiBase: not an ONNX Runtime library", path);
     goto fail;
   }
   a->api = base->GetApi(ORT_API_VERSION);
   if (a->api == NULL) {
-    set_message(error_message, error_capacity,
-                "ONNX Runtime %s at %s does not serve C API version %d (this adapter was compiled with the header of "
-                "API %d): use onnxruntime >= 1.%d", base->GetVersionString(), path, ORT_API_VERSION, ORT_API_VERSION,
-                ORT_API_VERSION);
+    dynrt_backend_message(error_message, error_capacity,
+                          "ONNX Runtime %s at %s does not serve C API version %d (this adapter was compiled with "
+                          "the header of API %d): use onnxruntime >= 1.%d", base->GetVersionString(), path,
+                          ORT_API_VERSION, ORT_API_VERSION, ORT_API_VERSION);
     goto fail;
   }
   {
