@@ -6,6 +6,9 @@ that fails with anything but a CompileError is reported with every pass that ran
 from __future__ import annotations
 
 import dataclasses
+import operator
+
+import torch
 
 from dynexport.compiler.frontend import export_graph
 from dynexport.compiler.passes.check_supported_ops import check_supported_ops
@@ -17,7 +20,7 @@ from dynexport.compiler.passes.partition_at_gates import DenseStep, partition_at
 from dynexport.compiler.graph import DSTEP, SKIP_CONV
 from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
 from dynexport.errors import CompileError
-from dynexport.plan.frame_program import NO_LAYER, FrameProgram, Op, Role
+from dynexport.plan.frame_program import NO_LAYER, FrameProgram, Op, Role, RunFlag
 
 GRAPH_PASSES = (fold_constants, fold_batchnorm, check_supported_ops)
 DEFAULT_DENSE_CUTOFF = 0.5
@@ -97,4 +100,30 @@ def _lower_dense_step(builder: PlanBuilder, step: DenseStep, partitioned) -> Non
     examples = tuple(example_tensor(builder.value_shapes[v]) for v in step.inputs)
     index = builder.add_segment(SegmentArtifact(step.name, step.module, examples, kind=SegmentKind.DENSE), inputs,
                                 outputs)
-    builder.emit(Op.RUN_SEGMENT, index, NO_LAYER)
+    shapes = [builder.value_shapes[v] for v in step.inputs] + [partitioned.shapes[v] for v in step.outputs]
+    flags = RunFlag.POINTWISE if is_pointwise(step.module, shapes) else 0
+    builder.emit(Op.RUN_SEGMENT, index, NO_LAYER, int(flags))
+
+
+_aten = torch.ops.aten
+# ops that compute each output element from the same position of their operands (broadcast
+# constants aside): a segment of only these never mixes pixels
+POINTWISE_OPS = {
+    _aten.relu.default, _aten.relu_.default, _aten.hardtanh.default, _aten.hardswish.default,
+    _aten.hardsigmoid.default, _aten.sigmoid.default, _aten.tanh.default, _aten.gelu.default, _aten.silu.default,
+    _aten.leaky_relu.default, _aten.clamp.default, _aten.add.Tensor, _aten.sub.Tensor, _aten.mul.Tensor,
+    _aten.div.Tensor, _aten.add.Scalar, _aten.mul.Scalar, _aten.clone.default, _aten.alias.default,
+    _aten._native_batch_norm_legit_no_training.default, _aten.batch_norm.default, _aten.dropout.default,
+    operator.getitem,
+}
+
+
+def is_pointwise(module, shapes) -> bool:
+    """Whether a dense step is pointwise in space (RunFlag.POINTWISE): only POINTWISE_OPS, and
+    every input and output a [1, C, H, W] map of one H and W. The runtime then tracks which
+    blocks of its outputs changed from which blocks of its inputs did."""
+    if not shapes or any(len(shape) != 4 or shape[0] != 1 for shape in shapes):
+        return False
+    if len({tuple(shape[2:]) for shape in shapes}) != 1:
+        return False
+    return all(node.target in POINTWISE_OPS for node in module.graph.nodes if node.op == "call_function")
