@@ -56,8 +56,9 @@ static void materialize_input(dynrt_session_t session) {
 }
 
 /* The frame against the input tensor (which holds the previous frame's values), cell by
- * cell (CHANGE_CELL x CHANGE_CELL pixels): the cells that differ are checked for NaN/Inf
- * (the others equal values checked before), then, only if the whole frame is good, copied
+ * cell (CHANGE_CELL x CHANGE_CELL pixels): the pixel rows that differ are checked for
+ * NaN/Inf (the others equal values checked before), then, only if the whole frame is good,
+ * the cells that differ are copied
  * in and marked with one new version. A still region costs one memcmp per pixel row. */
 static dynrt_status take_frame_changes(dynrt_session_t session, const float* frame) {
   runtime_tensor* input = session->input;
@@ -70,15 +71,16 @@ static dynrt_status take_frame_changes(dynrt_session_t session, const float* fra
   for (y = 0; y < height; ++y) {
     const float* now = frame + y * row_values;
     const float* before = previous + y * row_values;
+    uint32_t bits;
     if (memcmp(now, before, row_values * sizeof(float)) == 0) continue;
+    /* the whole changed row at once: one SIMD scan is cheaper than one per cell */
+    if (dynrt_first_nonfinite(now, row_values, &bits) < row_values) {
+      return reject_nonfinite_frame(session, frame, input->bytes / sizeof(float));
+    }
     for (cx = 0; cx < cell_cols; ++cx) {
       const size_t begin = cx * CHANGE_CELL * channels;
       const size_t end = (cx + 1) * CHANGE_CELL < width ? (cx + 1) * CHANGE_CELL * channels : row_values;
-      uint32_t bits;
       if (memcmp(now + begin, before + begin, (end - begin) * sizeof(float)) == 0) continue;
-      if (dynrt_first_nonfinite(now + begin, end - begin, &bits) < end - begin) {
-        return reject_nonfinite_frame(session, frame, input->bytes / sizeof(float));
-      }
       session->frame_cells[(y / CHANGE_CELL) * cell_cols + cx] = 1;
       any = 1;
     }
