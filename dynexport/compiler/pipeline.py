@@ -20,7 +20,7 @@ from dynexport.compiler.passes.partition_at_gates import DenseStep, partition_at
 from dynexport.compiler.graph import DSTEP, SKIP_CONV
 from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
 from dynexport.errors import CompileError
-from dynexport.plan.frame_program import NO_LAYER, FrameProgram, Op, Role, RunFlag
+from dynexport.plan.frame_program import NO_LAYER, DType, FrameProgram, Layout, Op, Role, RunFlag
 
 GRAPH_PASSES = (fold_constants, fold_batchnorm, check_supported_ops)
 DEFAULT_DENSE_CUTOFF = 0.5
@@ -84,6 +84,7 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
     if builder.program.tensors[output].role == Role.SCRATCH:
         builder.program.tensors[output].role = Role.OUTPUT
     builder.program.outputs = [output]
+    mark_pointwise_runs(builder)
     builder.program.validate()
     return CompiledModel(builder.program, builder.segments, input_shape, partitioned.shapes[partitioned.output],
                          log.changed, builder.layer_dense_macs)
@@ -100,9 +101,7 @@ def _lower_dense_step(builder: PlanBuilder, step: DenseStep, partitioned) -> Non
     examples = tuple(example_tensor(builder.value_shapes[v]) for v in step.inputs)
     index = builder.add_segment(SegmentArtifact(step.name, step.module, examples, kind=SegmentKind.DENSE), inputs,
                                 outputs)
-    shapes = [builder.value_shapes[v] for v in step.inputs] + [partitioned.shapes[v] for v in step.outputs]
-    flags = RunFlag.POINTWISE if is_pointwise(step.module, shapes) else 0
-    builder.emit(Op.RUN_SEGMENT, index, NO_LAYER, int(flags))
+    builder.emit(Op.RUN_SEGMENT, index, NO_LAYER)
 
 
 _aten = torch.ops.aten
@@ -118,12 +117,27 @@ POINTWISE_OPS = {
 }
 
 
-def is_pointwise(module, shapes) -> bool:
-    """Whether a dense step is pointwise in space (RunFlag.POINTWISE): only POINTWISE_OPS, and
-    every input and output a [1, C, H, W] map of one H and W. The runtime then tracks which
-    blocks of its outputs changed from which blocks of its inputs did."""
-    if not shapes or any(len(shape) != 4 or shape[0] != 1 for shape in shapes):
-        return False
-    if len({tuple(shape[2:]) for shape in shapes}) != 1:
-        return False
+def is_pointwise(module) -> bool:
+    """Whether a segment's module has only POINTWISE_OPS (see mark_pointwise_runs)."""
     return all(node.target in POINTWISE_OPS for node in module.graph.nodes if node.op == "call_function")
+
+
+def mark_pointwise_runs(builder: PlanBuilder) -> None:
+    """Sets RunFlag.POINTWISE on the runs of the ungated dense steps that are pointwise in
+    space: only POINTWISE_OPS, and every operand a float32 map [1, H, W, C] of one H and W.
+    The runtime then tracks which blocks of their outputs changed from which blocks of their
+    inputs did. Run once the plan is complete: lower_dstep appends policies to the dense step
+    before a D-STEP layer (SegmentKind.DENSE_POLICY), which then is no longer pointwise."""
+    program = builder.program
+    for ins in program.instructions:
+        if ins.op != Op.RUN_SEGMENT or ins.b != NO_LAYER:
+            continue
+        segment = program.segments[ins.a]
+        artifact = builder.segments[segment.name]
+        if artifact.kind != SegmentKind.DENSE or not hasattr(artifact.module, "graph"):
+            continue
+        tensors = [program.tensors[t] for t in program.segment_inputs(segment) + program.segment_outputs(segment)]
+        maps = all(t.rank == 4 and t.layout == Layout.NHWC and t.dtype == DType.FLOAT32 and t.dims[0] == 1
+                   for t in tensors)
+        if tensors and maps and len({tuple(t.dims[1:3]) for t in tensors}) == 1 and is_pointwise(artifact.module):
+            ins.c |= int(RunFlag.POINTWISE)
