@@ -44,7 +44,7 @@ typedef struct runtime_tensor {
   uint32_t cell_rows, cell_cols;
 } runtime_tensor;
 
-#define CHANGE_CELL 4u
+#define CHANGE_CELL 8u
 
 /* A write whose extent is not tracked: the whole tensor may have changed. */
 static inline void tensor_written(runtime_tensor* tensor) {
