@@ -41,6 +41,9 @@ PRESETS: dict[str, Scene] = {
     "drift": Scene(shapes=0, drift=0.004, noise_std=0.0),
     "still": Scene(speed=0.0, spin=0.0, noise_std=0.0),
     "mixed": Scene(frames=40, still=(8, 16), cuts=(28,), drift=0.001),
+    # a fixed camera watching a few small, slow objects (a parking lot, a hallway): most of
+    # every frame is exactly the previous one, the bench case of a deep network (issue 14)
+    "small_objects": Scene(shapes=2, shape_size=(3.0, 5.0), speed=1.0, spin=0.05, noise_std=0.0),
 }
 
 

@@ -14,7 +14,7 @@ MAX_BYTES = 1 << 30  # uint8 frames in memory and on disk
 
 
 def clip(
-    name: str = typer.Argument("static_camera", help="Preset: static_camera, handheld, scene_cut, drift, still, mixed."),
+    name: str = typer.Argument("static_camera", help="Preset: static_camera, handheld, scene_cut, drift, still, mixed, small_objects."),
     output: Path = typer.Option(Path("clip.npy"), "-o", "--output", help="Where to write the clip (uint8 [T,3,H,W])."),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Number of frames.", show_default="the preset's"),
     size: Optional[str] = typer.Option(None, "--size", help="HEIGHTxWIDTH in pixels.", show_default="the preset's, 64x64"),

@@ -14,7 +14,7 @@ InputShape = Annotated[Optional[str], typer.Option(
     "--input-shape", help="Frame shape NxCxHxW, e.g. 1x3x128x128.", show_default="recorded in the model file")]
 ClipFile = Annotated[Optional[Path], typer.Option(
     "--clip", help="Frames [T, C, H, W] as .npy: uint8 (normalized as the manifest says) or float32.")]
-SYNTHETIC_PRESETS = "static_camera, handheld, scene_cut, drift, still, mixed"
+SYNTHETIC_PRESETS = "static_camera, handheld, scene_cut, drift, still, mixed, small_objects"
 Backends = Annotated[Optional[list[str]], typer.Option(
     "--backend", help="Backend (repeatable).", show_default="every backend in the build")]
 Device = Annotated[str, typer.Option(

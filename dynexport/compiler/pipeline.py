@@ -6,6 +6,9 @@ that fails with anything but a CompileError is reported with every pass that ran
 from __future__ import annotations
 
 import dataclasses
+import operator
+
+import torch
 
 from dynexport.compiler.frontend import export_graph
 from dynexport.compiler.passes.check_supported_ops import check_supported_ops
@@ -17,7 +20,7 @@ from dynexport.compiler.passes.partition_at_gates import DenseStep, partition_at
 from dynexport.compiler.graph import DSTEP, SKIP_CONV
 from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
 from dynexport.errors import CompileError
-from dynexport.plan.frame_program import NO_LAYER, FrameProgram, Op, Role
+from dynexport.plan.frame_program import NO_LAYER, DType, FrameProgram, Layout, Op, Role, RunFlag
 
 GRAPH_PASSES = (fold_constants, fold_batchnorm, check_supported_ops)
 DEFAULT_DENSE_CUTOFF = 0.5
@@ -81,6 +84,7 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
     if builder.program.tensors[output].role == Role.SCRATCH:
         builder.program.tensors[output].role = Role.OUTPUT
     builder.program.outputs = [output]
+    mark_pointwise_runs(builder)
     builder.program.validate()
     return CompiledModel(builder.program, builder.segments, input_shape, partitioned.shapes[partitioned.output],
                          log.changed, builder.layer_dense_macs)
@@ -98,3 +102,42 @@ def _lower_dense_step(builder: PlanBuilder, step: DenseStep, partitioned) -> Non
     index = builder.add_segment(SegmentArtifact(step.name, step.module, examples, kind=SegmentKind.DENSE), inputs,
                                 outputs)
     builder.emit(Op.RUN_SEGMENT, index, NO_LAYER)
+
+
+_aten = torch.ops.aten
+# ops that compute each output element from the same position of their operands (broadcast
+# constants aside): a segment of only these never mixes pixels
+POINTWISE_OPS = {
+    _aten.relu.default, _aten.relu_.default, _aten.hardtanh.default, _aten.hardswish.default,
+    _aten.hardsigmoid.default, _aten.sigmoid.default, _aten.tanh.default, _aten.gelu.default, _aten.silu.default,
+    _aten.leaky_relu.default, _aten.clamp.default, _aten.add.Tensor, _aten.sub.Tensor, _aten.mul.Tensor,
+    _aten.div.Tensor, _aten.add.Scalar, _aten.mul.Scalar, _aten.clone.default, _aten.alias.default,
+    _aten._native_batch_norm_legit_no_training.default, _aten.batch_norm.default, _aten.dropout.default,
+    operator.getitem,
+}
+
+
+def is_pointwise(module) -> bool:
+    """Whether a segment's module has only POINTWISE_OPS (see mark_pointwise_runs)."""
+    return all(node.target in POINTWISE_OPS for node in module.graph.nodes if node.op == "call_function")
+
+
+def mark_pointwise_runs(builder: PlanBuilder) -> None:
+    """Sets RunFlag.POINTWISE on the runs of the ungated dense steps that are pointwise in
+    space: only POINTWISE_OPS, and every operand a float32 map [1, H, W, C] of one H and W.
+    The runtime then tracks which blocks of their outputs changed from which blocks of their
+    inputs did. Run once the plan is complete: lower_dstep appends policies to the dense step
+    before a D-STEP layer (SegmentKind.DENSE_POLICY), which then is no longer pointwise."""
+    program = builder.program
+    for ins in program.instructions:
+        if ins.op != Op.RUN_SEGMENT or ins.b != NO_LAYER:
+            continue
+        segment = program.segments[ins.a]
+        artifact = builder.segments[segment.name]
+        if artifact.kind != SegmentKind.DENSE or not hasattr(artifact.module, "graph"):
+            continue
+        tensors = [program.tensors[t] for t in program.segment_inputs(segment) + program.segment_outputs(segment)]
+        maps = all(t.rank == 4 and t.layout == Layout.NHWC and t.dtype == DType.FLOAT32 and t.dims[0] == 1
+                   for t in tensors)
+        if tensors and maps and len({tuple(t.dims[1:3]) for t in tensors}) == 1 and is_pointwise(artifact.module):
+            ins.c |= int(RunFlag.POINTWISE)

@@ -34,7 +34,7 @@ import zlib
 from typing import ClassVar
 
 MAGIC = b"DXFP"
-VERSION = (2, 0)  # 2.0: per-layer MACs, artifact table
+VERSION = (2, 1)  # 2.0: per-layer MACs, artifact table; 2.1: RUN_SEGMENT flags (c), RUN_POINTWISE
 HEADER = struct.Struct("<4sHHII")
 
 
@@ -74,7 +74,7 @@ class GateKind(enum.IntEnum):
 class Op(enum.IntEnum):
     """Instructions. Operands a, b, c, d; unused ones are 0."""
 
-    RUN_SEGMENT = 0  # a=segment; b=layer whose active count is the batch (tile segments), else NO_LAYER
+    RUN_SEGMENT = 0  # a=segment; b=layer whose active count is the batch (tile segments), else NO_LAYER; c=RunFlag
     SKIP_GATE = 1  # a=layer: score blocks of layer.input against layer.reference -> active list
     BRANCH_IF_NONE = 2  # a=layer, b=target pc: jump when the layer's active count is 0
     BRANCH_IF_DENSE = 3  # a=layer, b=target pc: jump when the active count is above layer.dense_cutoff
@@ -88,6 +88,14 @@ class Op(enum.IntEnum):
     COPY_TENSOR = 11  # a=src tensor, b=dst tensor (same byte size)
 
 
+class RunFlag(enum.IntFlag):
+    """RUN_SEGMENT's c. Hints about a segment that leave the program's semantics unchanged
+    (a 2.0 reader ignores them and computes the same): the runtime uses them for speed."""
+
+    POINTWISE = 1  # pointwise in space: each output pixel depends only on the same pixel of the inputs
+
+
+KNOWN_RUN_FLAGS = int(RunFlag.POINTWISE)
 NO_LAYER = 0xFFFFFFFF
 DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, DSTEP_SOURCE_DENSE = 0, 1, 2
 NO_TENSOR = 0xFFFFFFFF
@@ -391,6 +399,10 @@ class FrameProgram:
             if op == Op.RUN_SEGMENT:
                 if ins.a >= n_segments or (ins.b != NO_LAYER and ins.b >= n_layers):
                     raise PlanFormatError(f"plan: instruction {pc} ({op.name}) operands out of range")
+                if ins.c & ~KNOWN_RUN_FLAGS:
+                    raise PlanFormatError(f"plan: instruction {pc} (RUN_SEGMENT) has unknown flags {ins.c:#x}")
+                if ins.c & RunFlag.POINTWISE:
+                    self._check_pointwise(pc, ins)
             elif op == Op.JUMP:
                 if ins.a > n_pc:
                     raise PlanFormatError(f"plan: instruction {pc} jumps to {ins.a}, past the end")
@@ -406,6 +418,24 @@ class FrameProgram:
                     raise PlanFormatError(f"plan: instruction {pc} branches to {ins.b}, past the end")
         for t in self.inputs + self.outputs:
             check_tensor(t, "plan inputs/outputs")
+
+
+    def _check_pointwise(self, pc: int, ins: Instruction) -> None:
+        segment = self.segments[ins.a]
+        if ins.b != NO_LAYER or segment.max_batch:
+            raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as pointwise, but it is a tile "
+                                  f"segment (pointwise runs are fixed segments)")
+        sizes = set()
+        for index in self.segment_inputs(segment) + self.segment_outputs(segment):
+            tensor = self.tensors[index] if 0 <= index < len(self.tensors) else None
+            if tensor is None or tensor.rank != 4 or tensor.layout != Layout.NHWC or tensor.dtype != DType.FLOAT32 \
+                    or tensor.dims[0] != 1:
+                raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as pointwise, but operand "
+                                      f"{index} is not a float32 NHWC map [1, H, W, C]")
+            sizes.add(tuple(tensor.dims[1:3]))
+        if len(sizes) > 1:
+            raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as pointwise over maps of "
+                                  f"different sizes {sorted(sizes)}")
 
 
 class _Reader:

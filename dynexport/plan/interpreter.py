@@ -99,6 +99,8 @@ class FrameProgramInterpreter:
                 if self.counts[ins.a] > self.program.layers[ins.a].dense_cutoff:
                     pc = ins.b
             elif op == Op.RUN_SEGMENT:
+                # ins.c holds RunFlag hints (e.g. POINTWISE) for the runtime's change tracking:
+                # they change nothing that is computed
                 self._run_segment(ins.a, ins.b)
             elif op == Op.COPY_TENSOR:
                 self.buffers[ins.b].view(-1).copy_(self.buffers[ins.a].view(-1))

@@ -151,3 +151,46 @@ def test_artifact_table_and_layer_macs_round_trip():
     again = FrameProgram.from_bytes(program.to_bytes())
     assert again.artifacts == [Artifact("executorch", 1234, 0xDEADBEEF)]
     assert (again.layers[0].macs_per_position, again.layers[0].gate_macs_per_position) == (108, 27)
+
+
+def test_run_flags_round_trip_and_are_checked():
+    """RUN_SEGMENT's c holds RunFlag hints (format 2.1): POINTWISE round-trips on a fixed
+    segment over maps of one size; unknown bits, a pointwise tile run and a pointwise run over
+    maps of different sizes are refused; a 2.0 header still reads (the hint is optional)."""
+    from dynexport.plan.frame_program import RunFlag
+
+    assert VERSION == (2, 1)
+    program = small_program()
+    dense_run = next(i for i in program.instructions if i.op == Op.RUN_SEGMENT and i.b == NO_LAYER)
+    dense_run.c = int(RunFlag.POINTWISE)  # input [1,16,16,3] -> dense_output [1,16,16,4]
+    data = program.to_bytes()
+    assert FrameProgram.from_bytes(data).instructions == program.instructions
+    older = bytearray(data)
+    struct.pack_into("<H", older, 6, 0)
+    assert FrameProgram.from_bytes(bytes(older)).instructions == program.instructions
+
+    for change, message in ((lambda p: setattr(_dense_run(p), "c", 2), "unknown flags"),
+                            (lambda p: setattr(_tile_run(p), "c", 1), "tile segment"),
+                            (lambda p: _resize_dense_output(p), "different sizes")):
+        program = small_program()
+        change(program)
+        program.validate = lambda: None
+        with pytest.raises(PlanFormatError, match=message):
+            FrameProgram.from_bytes(_reseal(program.to_bytes()[HEADER.size:]))
+
+
+def _dense_run(program):
+    return next(i for i in program.instructions if i.op == Op.RUN_SEGMENT and i.b == NO_LAYER)
+
+
+def _tile_run(program):
+    return next(i for i in program.instructions if i.op == Op.RUN_SEGMENT and i.b != NO_LAYER)
+
+
+def _resize_dense_output(program):
+    from dynexport.plan.frame_program import RunFlag
+
+    _dense_run(program).c = int(RunFlag.POINTWISE)
+    program.add_tensor("other", (1, 8, 8, 4), Role.SCRATCH)
+    segment = program.segments[_dense_run(program).a]
+    program.operands[segment.output_begin] = len(program.tensors) - 1

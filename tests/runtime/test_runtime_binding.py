@@ -238,6 +238,24 @@ def _jump(program: FrameProgram):
     return next(ins for ins in program.instructions if ins.op == Op.JUMP)
 
 
+def _set_run_flags(plan: bytes, program: FrameProgram, tiles: bool, flags: int) -> bytes:
+    """The plan with c = flags on its first RUN_SEGMENT of a tile (or a fixed) segment."""
+    from dynexport.plan.frame_program import NO_LAYER, Instruction, Layer, Op
+    pc = next(pc for pc, i in enumerate(program.instructions) if i.op == Op.RUN_SEGMENT and (i.b != NO_LAYER) == tiles)
+    offset = _layer_offset(program, len(program.layers)) + pc * Instruction.FORMAT.size + 12  # field c
+    assert Layer.FORMAT.size == 140 and plan[offset - 12:offset - 8] == struct.pack("<I", Op.RUN_SEGMENT)
+    return _reseal(plan[:offset] + struct.pack("<I", flags) + plan[offset + 4:])
+
+
+@pytest.mark.parametrize("tamper,status,words", [
+    # RUN_SEGMENT flags (format 2.1): unknown bits, and a pointwise tile run
+    (lambda p, prog: _set_run_flags(p, prog, False, 6), Status.PLAN_INVALID, ["unknown flags"]),
+    (lambda p, prog: _set_run_flags(p, prog, True, 1), Status.PLAN_INVALID, ["pointwise", "tile segment"]),
+])
+def test_tampered_run_flags_are_refused_with_a_reason(host_build, tamper, status, words):
+    test_tampered_plans_are_refused_with_a_reason(host_build, tamper, status, words)
+
+
 @pytest.mark.parametrize("tamper,status,words", [
     (lambda p, prog: p[:-1], Status.PLAN_TRUNCATED, ["header says"]),
     (lambda p, prog: b"XXFP" + p[4:], Status.PLAN_BAD_MAGIC, ["magic"]),

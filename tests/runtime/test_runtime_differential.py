@@ -146,3 +146,49 @@ def test_native_matches_interpreter_and_reference_examples(host_build, name):
     summary = run_differential(model, compiled, frames, overrides["cuts"], name)
     print(f"{name} ({preset} {overrides}): {summary}")
     assert len(summary["paths"]) >= 2, f"{name}: the clip must take more than one path, took {summary['paths']}"
+
+
+def _inverted_residual_net() -> torch.nn.Module:
+    """A small MobileNetV2-style net, every convolution input_norm-gated (dynexport.convert):
+    stem, two inverted residual blocks (the second with an identity shortcut) and a 1x1 head,
+    so pointwise segments (ReLU6, residual add) sit between gated layers."""
+    from torch import nn
+
+    from dynexport.gating import convert
+    from dynexport.nn import Residual
+
+    def conv_bn(cin, cout, kernel=1, stride=1, groups=1, act=True):
+        layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        return layers + ([nn.ReLU6()] if act else [])
+
+    def block(cin, cout, stride):
+        body = nn.Sequential(*conv_bn(cin, 4 * cin), *conv_bn(4 * cin, 4 * cin, 3, stride, groups=4 * cin),
+                             *conv_bn(4 * cin, cout, act=False))
+        return Residual(body, activation=nn.Identity()) if stride == 1 and cin == cout else body
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(*conv_bn(3, 8, 3, 2), block(8, 8, 1), block(8, 12, 2), block(12, 12, 1), *conv_bn(12, 16))
+    for m in plain.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_var.uniform_(0.5, 2.0)
+                m.running_mean.normal_(0, 0.1)
+    return convert(plain.eval(), gate="input_norm", block=4, threshold=0.2).model.eval()
+
+
+def test_change_tracking_through_pointwise_segments_matches(host_build):
+    """Block-level change tracking (small objects on a still background, no sensor noise):
+    gates score only the blocks their changed inputs reach, through the pointwise segments
+    (ReLU6, residual adds) and from the frame's own change map; decisions and outputs stay
+    those of the interpreter and the reference, frame by frame, across a scene cut."""
+    from dynexport.compiler.pipeline import compile_model
+    from dynexport.plan.frame_program import Op, RunFlag
+
+    model = _inverted_residual_net()
+    compiled = compile_model(model, (1, 3, 40, 48))
+    program = compiled.program
+    pointwise = [ins for ins in program.instructions if ins.op == Op.RUN_SEGMENT and ins.c & RunFlag.POINTWISE]
+    assert len(pointwise) >= 4, "the ReLU6 and residual-add segments between gated layers are pointwise"
+    frames = clip("small_objects", 40, 48, 14, seed=2, cuts=(9,))
+    summary = run_differential(model, compiled, frames, (9,), "inverted_residual_net")
+    assert {"REUSE", "TILES"} <= summary["paths"]

@@ -493,6 +493,39 @@ static int settled_without_scoring(dynrt_const_session_t session, const runtime_
   return layer->gate_ties == 0 && threshold - zero_residual_score > tie_margin(threshold);
 }
 
+/* Whether the input's change map tells which blocks can have changed their decision since
+ * the last one, under the conditions of settled_without_scoring but for a part of the input:
+ * a block whose input tile did not change since then has the residual it had (inactive
+ * then: the same score, clearly below) or a zero one (computed then: its reference took
+ * that very tile), so it is inactive and no tie without being scored. */
+static int changes_tracked(const runtime_layer* layer) {
+  const runtime_tensor* input = layer->tensor[SLOT_INPUT];
+  const double threshold = layer->threshold;
+  const double zero_residual_score = layer->gate == GATE_GUMBEL ? (double)layer->gate_bias : 0.0;
+  if (input->cell_versions == NULL || layer->gate_input_version == 0 ||
+      input->whole_version > layer->gate_input_version) {
+    return 0;
+  }
+  if (layer->reference_store_due || layer->tensor[SLOT_REFERENCE]->version != layer->settled_reference_version) {
+    return 0;
+  }
+  return layer->gate_ties == 0 && threshold - zero_residual_score > tie_margin(threshold);
+}
+
+/* Whether any input pixel of a block's tile (padding aside) changed since version `since`. */
+static int block_input_changed(const runtime_layer* layer, uint32_t block, uint64_t since) {
+  const block_grid* grid = &layer->grid;
+  const size_t block_row = block / (size_t)grid->blocks[1], block_col = block % (size_t)grid->blocks[1];
+  const ptrdiff_t origin_y = (ptrdiff_t)(block_row * (size_t)grid->tile_step[0]) - (ptrdiff_t)grid->padding[0];
+  const ptrdiff_t origin_x = (ptrdiff_t)(block_col * (size_t)grid->tile_step[1]) - (ptrdiff_t)grid->padding[1];
+  const ptrdiff_t end_y = origin_y + (ptrdiff_t)grid->tile_size[0], end_x = origin_x + (ptrdiff_t)grid->tile_size[1];
+  const ptrdiff_t height = (ptrdiff_t)grid->input_size[0], width = (ptrdiff_t)grid->input_size[1];
+  const size_t row_begin = origin_y < 0 ? 0 : (size_t)origin_y, col_begin = origin_x < 0 ? 0 : (size_t)origin_x;
+  const size_t row_end = end_y > height ? (size_t)height : end_y < 0 ? 0 : (size_t)end_y;
+  const size_t col_end = end_x > width ? (size_t)width : end_x < 0 ? 0 : (size_t)end_x;
+  return region_changed_since(layer->tensor[SLOT_INPUT], since, row_begin, row_end, col_begin, col_end);
+}
+
 dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   float* primed = (float*)layer->tensor[SLOT_PRIMED]->data;
   const uint32_t blocks = (uint32_t)layer->grid.block_count;
@@ -510,10 +543,17 @@ dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
     uint8_t* decisions = checks_frame ? session->gate_decisions : layer->block_mask;
     int row_sum_not_finite = 0;
     if (checks_frame) pass.row_sum_not_finite = &row_sum_not_finite;
+    const int tracked = changes_tracked(layer);
     layer->gate_scored = 1;
     for (block = 0; block < blocks; ++block) {
-      const double score = score_block(&pass, block);
-      int active = score > threshold;
+      double score;
+      int active;
+      if (tracked && !block_input_changed(layer, block, layer->gate_input_version)) {
+        decisions[block] = 0;
+        continue;
+      }
+      score = score_block(&pass, block);
+      active = score > threshold;
       if (in_tie_band(score, threshold)) {
         layer->ties += 1;
         if (layer->tie_reference_pending) active = layer->tie_reference[block];

@@ -38,7 +38,7 @@ enum tensor_role { ROLE_INPUT = 0, ROLE_OUTPUT = 1, ROLE_STATE = 2, ROLE_SCRATCH
 enum layer_kind { LAYER_SKIP_CONV = 0, LAYER_DSTEP = 1 };
 enum gate_kind { GATE_INPUT_NORM = 0, GATE_OUTPUT_NORM = 1, GATE_GUMBEL = 2, GATE_DSTEP_POLICY = 3 };
 
-/* Instructions; operands a, b (c and d are unused by every opcode so far). */
+/* Instructions; operands a, b, c (RUN_SEGMENT's flags; d is unused by every opcode so far). */
 enum opcode {
   OP_RUN_SEGMENT = 0,      /* a = segment, b = layer whose active count is the batch, or NO_LAYER */
   OP_SKIP_GATE = 1,        /* a = layer */
@@ -54,6 +54,13 @@ enum opcode {
   OP_COPY_TENSOR = 11,     /* a = source tensor, b = destination tensor */
   OP_COUNT = 12
 };
+
+/* RUN_SEGMENT's c: flags (frame_program.RunFlag). RUN_POINTWISE: the segment is pointwise
+ * in space (every output pixel is a function of the same pixel of its inputs, e.g. an
+ * activation or a residual add), a hint the runtime uses to track which blocks of its
+ * outputs changed; the plan's semantics do not depend on it (format 2.1). */
+#define RUN_POINTWISE 1u
+#define RUN_KNOWN_FLAGS RUN_POINTWISE
 
 enum dstep_source { DSTEP_SOURCE_NONE = 0, DSTEP_SOURCE_TILES = 1, DSTEP_SOURCE_DENSE = 2 };
 

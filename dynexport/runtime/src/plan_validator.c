@@ -358,6 +358,37 @@ static dynrt_status validate_layer_instruction(const plan_view* plan, uint32_t p
   }
 }
 
+/* A pointwise run is a fixed segment over maps of one size: every operand a float NHWC
+ * tensor [1, H, W, C] with the same H and W (channels may differ). */
+static dynrt_status validate_pointwise_run(const plan_view* plan, uint32_t pc, const plan_instruction* ins,
+                                           error_sink* error) {
+  plan_segment segment;
+  uint32_t k, height = 0, width = 0;
+  dynrt_plan_segment(plan, ins->a, &segment);
+  if (ins->b != NO_LAYER || segment.max_batch != 0) {
+    return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                      "plan: instruction %lu runs segment %s as pointwise, but it is a tile segment (pointwise "
+                      "runs are fixed segments)",
+                      (unsigned long)pc, name_at(plan, segment.name));
+  }
+  for (k = 0; k < segment.input_count + segment.output_count; ++k) {
+    const uint32_t operand = k < segment.input_count ? segment.input_begin + k
+                                                     : segment.output_begin + (k - segment.input_count);
+    plan_tensor tensor;
+    dynrt_plan_tensor(plan, dynrt_plan_operand(plan, operand), &tensor); /* operands validated before */
+    if (tensor.rank != 4 || tensor.layout != LAYOUT_NHWC || tensor.dtype != DTYPE_FLOAT32 || tensor.dims[0] != 1 ||
+        (k > 0 && (tensor.dims[1] != height || tensor.dims[2] != width))) {
+      return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                        "plan: instruction %lu runs segment %s as pointwise, but its operand %s is not a float32 NHWC "
+                        "map [1, H, W, C] of the same height and width as the others",
+                        (unsigned long)pc, name_at(plan, segment.name), name_at(plan, tensor.name));
+    }
+    height = tensor.dims[1];
+    width = tensor.dims[2];
+  }
+  return DYNRT_OK;
+}
+
 static dynrt_status validate_run_segment(const plan_view* plan, uint32_t pc, const plan_instruction* ins,
                                          error_sink* error) {
   plan_segment segment;
@@ -366,6 +397,11 @@ static dynrt_status validate_run_segment(const plan_view* plan, uint32_t pc, con
     return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: instruction %lu (RUN_SEGMENT) operands out of range",
                       (unsigned long)pc);
   }
+  if ((ins->c & ~RUN_KNOWN_FLAGS) != 0) {
+    return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: instruction %lu (RUN_SEGMENT) has unknown flags 0x%lx",
+                      (unsigned long)pc, (unsigned long)(ins->c & ~RUN_KNOWN_FLAGS));
+  }
+  if (ins->c & RUN_POINTWISE) return validate_pointwise_run(plan, pc, ins, error);
   if (ins->b == NO_LAYER) return DYNRT_OK;
   /* a batch run: the segment packs layer b's active tiles */
   dynrt_plan_segment(plan, ins->a, &segment);

@@ -171,11 +171,24 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
   for (i = 0; i < plan->tensor_count; ++i) {
     plan_tensor record;
     void* data;
+    uint64_t* cells;
+    uint8_t* frame_cells;
+    uint32_t cell_rows, cell_cols;
     dynrt_plan_tensor(plan, i, &record);
     /* the tail bytes follow the buffer and stay zero: the runtime writes `bytes` only */
     data = arena_take(arena, dynrt_saturating_add(dynrt_tensor_bytes(&record), arena->buffer_tail_bytes),
                       arena->buffer_alignment);
+    /* the change map of a float feature map [1, H, W, C] (session_internal.h) */
+    cell_rows = cell_cols = 0;
+    if (record.rank == 4 && record.layout == LAYOUT_NHWC && record.dtype == DTYPE_FLOAT32 && record.dims[0] == 1) {
+      cell_rows = (record.dims[1] + CHANGE_CELL - 1) / CHANGE_CELL;
+      cell_cols = (record.dims[2] + CHANGE_CELL - 1) / CHANGE_CELL;
+    }
+    cells = TAKE_TABLE(arena, uint64_t, (uint64_t)cell_rows * cell_cols);
+    frame_cells = i == dynrt_plan_input(plan, 0) ? (uint8_t*)arena_take(arena, (uint64_t)cell_rows * cell_cols, 1)
+                                                 : NULL;
     if (placing) {
+      if (frame_cells != NULL && cell_rows * cell_cols > 0) session->frame_cells = frame_cells;
       runtime_tensor* tensor = &tensors[i];
       uint32_t d;
       tensor->name = strings + record.name;
@@ -186,6 +199,9 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       for (d = 0; d < 4; ++d) tensor->dims[d] = d < record.rank ? record.dims[d] : 0;
       tensor->bytes = (size_t)dynrt_tensor_bytes(&record);
       tensor->data = data;
+      tensor->cell_versions = cell_rows * cell_cols > 0 ? cells : NULL;
+      tensor->cell_rows = cell_rows;
+      tensor->cell_cols = cell_cols;
       if (record.role == ROLE_STATE) session->state_bytes += tensor->bytes;
     }
   }

@@ -34,10 +34,60 @@ typedef struct runtime_tensor {
   /* bumped by every write (tensor_written); a fixed segment whose inputs and outputs are
    * at the versions of its last run is not run again (step.c) */
   uint64_t version;
+  /* Where the tensor changed, by version (block-level change tracking, issue 14). On 4-D
+   * float maps of batch 1 only (cell_versions NULL otherwise): the map is cut into cells of
+   * CHANGE_CELL x CHANGE_CELL pixels, and cell_versions[cell] is the version of the last
+   * write that touched that cell. A write of unknown extent sets whole_version instead.
+   * "Changed since version V" at a cell: whole_version > V or cell_versions[cell] > V. */
+  uint64_t whole_version;
+  uint64_t* cell_versions;  /* [cell_rows * cell_cols], in the arena */
+  uint32_t cell_rows, cell_cols;
 } runtime_tensor;
 
+#define CHANGE_CELL 8u
+
+/* A write whose extent is not tracked: the whole tensor may have changed. */
 static inline void tensor_written(runtime_tensor* tensor) {
   tensor->version += 1;
+  tensor->whole_version = tensor->version;
+}
+
+/* A write of some regions of a map, as one new version: region_write_begin, then
+ * region_write_cells per region of pixel rows [row_begin, row_end) x columns [col_begin,
+ * col_end). On an untracked tensor it is a whole write. */
+static inline uint64_t region_write_begin(runtime_tensor* tensor) {
+  tensor->version += 1;
+  if (tensor->cell_versions == NULL) tensor->whole_version = tensor->version;
+  return tensor->version;
+}
+
+static inline void region_write_cells(runtime_tensor* tensor, size_t row_begin, size_t row_end, size_t col_begin,
+                                      size_t col_end) {
+  size_t r, c;
+  if (tensor->cell_versions == NULL || row_end <= row_begin || col_end <= col_begin) return;
+  for (r = row_begin / CHANGE_CELL; r <= (row_end - 1) / CHANGE_CELL && r < tensor->cell_rows; ++r) {
+    uint64_t* row = tensor->cell_versions + r * tensor->cell_cols;
+    for (c = col_begin / CHANGE_CELL; c <= (col_end - 1) / CHANGE_CELL && c < tensor->cell_cols; ++c) {
+      row[c] = tensor->version;
+    }
+  }
+}
+
+/* Whether pixel rows [row_begin, row_end) x columns [col_begin, col_end) of a tracked map
+ * may have changed after version `since` (1 for an untracked tensor that changed at all). */
+static inline int region_changed_since(const runtime_tensor* tensor, uint64_t since, size_t row_begin,
+                                       size_t row_end, size_t col_begin, size_t col_end) {
+  size_t r, c;
+  if (tensor->whole_version > since) return 1;
+  if (tensor->cell_versions == NULL) return tensor->version > since;
+  if (row_end <= row_begin || col_end <= col_begin) return 0;
+  for (r = row_begin / CHANGE_CELL; r <= (row_end - 1) / CHANGE_CELL && r < tensor->cell_rows; ++r) {
+    const uint64_t* row = tensor->cell_versions + r * tensor->cell_cols;
+    for (c = col_begin / CHANGE_CELL; c <= (col_end - 1) / CHANGE_CELL && c < tensor->cell_cols; ++c) {
+      if (row[c] > since) return 1;
+    }
+  }
+  return 0;
 }
 
 typedef struct runtime_segment {
@@ -134,6 +184,11 @@ struct dynrt_session {
   uint32_t frame_checking_layer;
   int frame_check_deferred;
   runtime_tensor* output;      /* the plan's result */
+  /* [cell_rows * cell_cols] of the input tensor when it is a tracked map, else NULL: then
+   * each frame is diffed against the input tensor (the previous frame) cell by cell and
+   * only the changed cells are checked for NaN/Inf, copied in and marked (step.c), so the
+   * first gate scores only the blocks they reach, like every other gate */
+  uint8_t* frame_cells;
 
   /* SKIP_GATE scratch (gates.c), each sized for the largest of any skip-conv layer */
   float* gate_values;          /* [th * tw * C]: |tile - reference| of the block being scored (gumbel) */

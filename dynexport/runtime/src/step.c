@@ -55,6 +55,52 @@ static void materialize_input(dynrt_session_t session) {
   release_frame(session);
 }
 
+/* The frame against the input tensor (which holds the previous frame's values), cell by
+ * cell (CHANGE_CELL x CHANGE_CELL pixels): the pixel rows that differ are checked for
+ * NaN/Inf (the others equal values checked before), then, only if the whole frame is good,
+ * the cells that differ are copied
+ * in and marked with one new version. A still region costs one memcmp per pixel row. */
+static dynrt_status take_frame_changes(dynrt_session_t session, const float* frame) {
+  runtime_tensor* input = session->input;
+  float* previous = (float*)input->data;
+  const size_t height = input->dims[1], width = input->dims[2], channels = input->dims[3];
+  const size_t row_values = width * channels, cell_cols = input->cell_cols;
+  size_t y, cx, cell, cells = (size_t)input->cell_rows * cell_cols;
+  int any = 0;
+  memset(session->frame_cells, 0, cells);
+  for (y = 0; y < height; ++y) {
+    const float* now = frame + y * row_values;
+    const float* before = previous + y * row_values;
+    uint32_t bits;
+    if (memcmp(now, before, row_values * sizeof(float)) == 0) continue;
+    /* the whole changed row at once: one SIMD scan is cheaper than one per cell */
+    if (dynrt_first_nonfinite(now, row_values, &bits) < row_values) {
+      return reject_nonfinite_frame(session, frame, input->bytes / sizeof(float));
+    }
+    for (cx = 0; cx < cell_cols; ++cx) {
+      const size_t begin = cx * CHANGE_CELL * channels;
+      const size_t end = (cx + 1) * CHANGE_CELL < width ? (cx + 1) * CHANGE_CELL * channels : row_values;
+      if (memcmp(now + begin, before + begin, (end - begin) * sizeof(float)) == 0) continue;
+      session->frame_cells[(y / CHANGE_CELL) * cell_cols + cx] = 1;
+      any = 1;
+    }
+  }
+  if (!any) return DYNRT_OK;
+  region_write_begin(input);
+  for (cell = 0; cell < cells; ++cell) {
+    const size_t first_row = (cell / cell_cols) * CHANGE_CELL, col = (cell % cell_cols) * CHANGE_CELL;
+    const size_t pixels = col + CHANGE_CELL < width ? CHANGE_CELL : width - col;
+    size_t r;
+    if (!session->frame_cells[cell]) continue;
+    for (r = first_row; r < first_row + CHANGE_CELL && r < height; ++r) {
+      memcpy(previous + r * row_values + col * channels, frame + r * row_values + col * channels,
+             pixels * channels * sizeof(float));
+    }
+    input->cell_versions[cell] = input->version;
+  }
+  return DYNRT_OK;
+}
+
 /* Whether an instruction reads or writes the input tensor itself: a segment or a copy with
  * it as an operand. Layer instructions read the input through input_pixels only (with
  * frame_read_in_place, no other slot of a layer is the input tensor). */
@@ -101,8 +147,46 @@ static void record_segment_run(runtime_segment* segment) {
   for (k = 0; k < segment->output_count; ++k) segment->output_versions[k] = segment->outputs[k]->version;
 }
 
+/* After a pointwise run (RUN_POINTWISE, validated: every operand a tracked map of one size):
+ * an output cell changed only where some input cell changed since the previous run, so only
+ * those cells take the new version and a later gate scores only the blocks they reach
+ * (gates.c). Deterministic kernels give an unchanged pixel the same value again. Falls back
+ * to a whole write when there is no previous run to compare with, an input changed in a way
+ * not tracked, an output was written by anything else since, or an operand is both. */
+static void record_pointwise_run(runtime_segment* segment, int was_valid) {
+  uint32_t i, o;
+  size_t cell, cells;
+  int tracked = was_valid;
+  for (i = 0; tracked && i < segment->input_count; ++i) {
+    const runtime_tensor* input = segment->inputs[i];
+    if (input->cell_versions == NULL || input->whole_version > segment->input_versions[i]) tracked = 0;
+    for (o = 0; tracked && o < segment->output_count; ++o) tracked = input != segment->outputs[o];
+  }
+  for (o = 0; tracked && o < segment->output_count; ++o) {
+    const runtime_tensor* output = segment->outputs[o];
+    tracked = output->cell_versions != NULL && output->version == segment->output_versions[o] &&
+              output->cell_rows == segment->inputs[0]->cell_rows && output->cell_cols == segment->inputs[0]->cell_cols;
+  }
+  if (!tracked || segment->input_count == 0) {
+    record_segment_run(segment);
+    return;
+  }
+  cells = (size_t)segment->inputs[0]->cell_rows * segment->inputs[0]->cell_cols;
+  for (o = 0; o < segment->output_count; ++o) region_write_begin(segment->outputs[o]);
+  for (cell = 0; cell < cells; ++cell) {
+    int changed = 0;
+    for (i = 0; i < segment->input_count; ++i) {
+      changed |= segment->inputs[i]->cell_versions[cell] > segment->input_versions[i];
+    }
+    if (!changed) continue;
+    for (o = 0; o < segment->output_count; ++o) segment->outputs[o]->cell_versions[cell] = segment->outputs[o]->version;
+  }
+  for (i = 0; i < segment->input_count; ++i) segment->input_versions[i] = segment->inputs[i]->version;
+  for (o = 0; o < segment->output_count; ++o) segment->output_versions[o] = segment->outputs[o]->version;
+}
+
 static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t segment_index, uint32_t batch_layer,
-                                dynrt_frame_stats* stats) {
+                                uint32_t flags, dynrt_frame_stats* stats) {
   runtime_segment* segment = &session->segments[segment_index];
   dynrt_backend_t backend = session->backend;
   error_sink error = session_errors(session);
@@ -137,9 +221,13 @@ static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t s
                       (unsigned long)segment_index, segment->name, backend->name != NULL ? backend->name : "(unnamed)",
                       (int)status, dynrt_status_string(status));
   }
+  if (flags & RUN_POINTWISE) {
+    record_pointwise_run(segment, segment->results_valid);
+  } else {
+    record_segment_run(segment);
+  }
   segment->results_valid = 1;
   segment->last_batch = batch;
-  record_segment_run(segment);
   return DYNRT_OK;
 }
 
@@ -156,7 +244,7 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
     if (session->pending_frame != NULL && needs_input_tensor(session, ins)) materialize_input(session);
     switch (ins->op) {
       case OP_RUN_SEGMENT:
-        status = run_segment(session, pc, ins->a, ins->b, stats);
+        status = run_segment(session, pc, ins->a, ins->b, ins->c, stats);
         break;
       case OP_SKIP_GATE:
         status = dynrt_skip_gate(session, layer);
@@ -260,6 +348,23 @@ static void finish_layer_stats(dynrt_session_t session, dynrt_frame_stats* stats
   }
 }
 
+static dynrt_status finish_step(dynrt_session_t session, dynrt_status status, float* output, size_t output_bytes,
+                               dynrt_frame_stats* stats, uint64_t frame_start) {
+  uint32_t i;
+  for (i = 0; i < session->layer_count; ++i) session->layers[i].tie_reference_pending = 0;
+  if (status != DYNRT_OK) {
+    /* state may be half-updated: start over densely */
+    dynrt_reset_primed(session);
+  } else {
+    memcpy(output, session->output->data, output_bytes);
+  }
+  if (stats != NULL) {
+    finish_layer_stats(session, stats);
+    stats->frame_ns = dynrt_monotonic_ns() - frame_start;
+  }
+  return status;
+}
+
 dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, size_t input_bytes, float* output,
                                 size_t output_bytes, dynrt_frame_stats* stats) {
   const uint64_t frame_start = dynrt_monotonic_ns();
@@ -284,6 +389,15 @@ dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, siz
   if (stats != NULL && ((stats->layers == NULL && stats->layer_capacity > 0) ||
                         (stats->segment_ns == NULL && stats->segment_capacity > 0))) {
     return dynrt_fail(&error, DYNRT_INVALID_ARGUMENT, "step: stats has a capacity but a NULL array");
+  }
+  if (session->frame_cells != NULL) {
+    /* the input is a tracked map: only its changed cells are checked and copied */
+    session->frame_check_deferred = 0;
+    status = take_frame_changes(session, input);
+    if (status != DYNRT_OK) return status;
+    begin_frame(session, stats);
+    status = run_program(session, stats);
+    return finish_step(session, status, output, output_bytes, stats, frame_start);
   }
   /* Every frame is checked for NaN/Inf before any state changes: by the first gate's scoring
    * pass when it reads the whole frame anyway (one pass over the frame instead of two),
@@ -316,18 +430,7 @@ dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, siz
     return status;
   }
   release_frame(session);
-  for (i = 0; i < session->layer_count; ++i) session->layers[i].tie_reference_pending = 0;
-  if (status != DYNRT_OK) {
-    /* state may be half-updated: start over densely */
-    dynrt_reset_primed(session);
-  } else {
-    memcpy(output, session->output->data, output_bytes);
-  }
-  if (stats != NULL) {
-    finish_layer_stats(session, stats);
-    stats->frame_ns = dynrt_monotonic_ns() - frame_start;
-  }
-  return status;
+  return finish_step(session, status, output, output_bytes, stats, frame_start);
 }
 
 dynrt_status dynrt_session_time_segment(dynrt_session_t session, uint32_t segment_index, uint32_t batch,

@@ -153,13 +153,15 @@ void dynrt_scatter_tiles(runtime_layer* layer) {
   const float* tile_output = (const float*)layer->tensor[SLOT_TILE_OUTPUT]->data;
   const size_t b = (size_t)layer->grid.block, channels = layer->out_channels;
   uint32_t k;
+  region_write_begin(layer->tensor[SLOT_OUTPUT]);
   for (k = 0; k < layer->active_count; ++k) {
     const block_region region = region_of_block(&layer->grid, layer->active_blocks[k]);
     /* tile_output[k, :rows, :cols, :] */
     copy_region_rows(output, (size_t)layer->grid.output_size[1], tile_output + k * b * b * channels, b, 0, 0, &region,
                      channels);
+    region_write_cells(layer->tensor[SLOT_OUTPUT], region.row_begin, region.row_end, region.col_begin,
+                       region.col_end);
   }
-  tensor_written(layer->tensor[SLOT_OUTPUT]);
 }
 
 void dynrt_copy_blocks(runtime_layer* layer) {
@@ -167,11 +169,13 @@ void dynrt_copy_blocks(runtime_layer* layer) {
   const float* dense = (const float*)layer->tensor[SLOT_DENSE_OUTPUT]->data;
   const size_t width = (size_t)layer->grid.output_size[1];
   uint32_t k;
+  region_write_begin(layer->tensor[SLOT_OUTPUT]);
   for (k = 0; k < layer->active_count; ++k) {
     const block_region region = region_of_block(&layer->grid, layer->active_blocks[k]);
     copy_region_rows(output, width, dense, width, region.row_begin, region.col_begin, &region, layer->out_channels);
+    region_write_cells(layer->tensor[SLOT_OUTPUT], region.row_begin, region.row_end, region.col_begin,
+                       region.col_end);
   }
-  tensor_written(layer->tensor[SLOT_OUTPUT]);
 }
 
 /* What DSTEP_APPLY does to each value of a patch row this frame. keep and take hold the
