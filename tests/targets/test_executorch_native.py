@@ -208,11 +208,12 @@ def test_sessions_sharing_one_backend_give_a_lone_sessions_outputs(host_driver, 
 
 
 def test_backend_not_compiled_in_is_named(host_driver, built, tmp_path):
-    args = [str(host_driver), "--backend", "litert", "--plan", str(built["plan"]), "--artifact", str(built["pte"]),
+    # coreml: a registered backend whose adapter (Objective-C, runtime_ios) no Linux driver has
+    args = [str(host_driver), "--backend", "coreml", "--plan", str(built["plan"]), "--artifact", str(built["pte"]),
             "--frames", str(built["dir"] / "frames.bin"), "--outputs", str(tmp_path / "outputs.bin")]
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 2
-    message = next(line for line in result.stderr.splitlines() if "--backend litert" in line)
+    message = next(line for line in result.stderr.splitlines() if "--backend coreml" in line)
     assert "not compiled into this driver (it has: " in message and "executorch" in message, message
 
 
