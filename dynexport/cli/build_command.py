@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from dynexport.cli.options import AllowPickle, InputShape
-from targets import BACKENDS, PLATFORMS  # plain declarations: importing them loads no backend library
+from targets import BACKENDS, PLATFORMS, TARGETS  # plain declarations: importing them loads no backend library
 
 # every platform some backend runs on
 _RUNNABLE = [p for p in PLATFORMS if any(p in b.platforms for b in BACKENDS.values())]
@@ -35,12 +35,22 @@ def build(
     """Compile MODEL into a frame program, backend artifacts and runtime sources in OUT.
 
     Gates become explicit control flow in the plan (plan.dxfp) and static block-sparse
-    segments in each backend's artifact (model.pte for executorch); manifest.json lists versions, shapes,
-    state bytes, block grids and checksums. A failed build leaves OUT untouched.
+    segments in each backend's artifact (model.pte, model.tflite, model.mlpackage, ...);
+    manifest.json lists versions, shapes, state bytes, block grids and checksums. A failed
+    build leaves OUT untouched; a backend whose converter refuses a segment is left out and
+    named in the manifest while the others build.
+
+    Each target builds its default backends ({defaults}) and, for android and ios, the app
+    bundle: the Kotlin/JNI or Swift wrapper under OUT/runtime/ and OUT/INTEGRATION.md with the
+    lines an app adds.
 
     Examples:
 
       dynexport build examples/skipconv_heatmap/model.pt -o out
+
+      dynexport build examples/skipconv_heatmap/model.pt --target ios -o out-ios
+
+      dynexport build model.pt --backend litert -o out-litert
 
       dynexport build model.pt --target host --input-shape 1x3x128x128 -o out --force
 
@@ -67,3 +77,8 @@ def build(
         from dynexport.cli.tune_command import tune as run_tune
 
         run_tune(result.out)  # the command's defaults: 1 thread, 25 rounds
+
+
+# the defaults as registered, so the help cannot drift from the registry
+build.__doc__ = build.__doc__.replace(
+    "{defaults}", "; ".join(f"{target}: {' + '.join(names)}" for target, names in TARGETS.items()))
