@@ -16,29 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from dynexport.errors import CompileError, PlanError
-from dynexport.nn import DStepConv2d, Residual, SkipConv2d
+from tests.targets.backend_models import small_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (1, 3, 24, 24)
 FRAMES = 6
 CLI = [sys.executable, "-m", "dynexport.cli.main"]
-
-
-def small_model():
-    """Two skip convs (tile and dense paths) and a D-STEP block (rank-3 operands, policies)."""
-    torch.manual_seed(0)
-    dstep = DStepConv2d(8, 8, 3, padding=1, patch=4)
-    with torch.no_grad():
-        dstep.spatial_policy.conv.weight.normal_(0, 5)
-        dstep.spatial_policy.conv.bias.zero_()
-        dstep.channel_policy.fc2.bias.normal_(0, 1)
-    return nn.Sequential(
-        SkipConv2d(3, 8, 3, padding=1, block=4, threshold=0.3), nn.ReLU(),
-        SkipConv2d(8, 8, 3, stride=2, padding=1, block=4, threshold=0.3), nn.ReLU(),
-        Residual(dstep), nn.Conv2d(8, 4, 1)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,11 @@ import torch
 
 from dynexport import video
 from dynexport.plan.frame_program import Artifact, FrameProgram
+from tests.targets.backend_models import small_model
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_onnxruntime import FRAMES, HEIGHT, WIDTH, small_model  # noqa: E402  the same small model
+HEIGHT = WIDTH = 24
+FRAMES = 8
 
 
 @pytest.fixture(scope="module")
