@@ -24,7 +24,7 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of time and active fraction per frame.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     baseline: Annotated[Optional[Path], typer.Option(
-        "--baseline", help="The model before pruning (the unpruned gated .pt, or the plain network OUT was "
+        "--baseline", help="The model before pruning (the unpruned gated model file, or the plain network OUT was "
                            "converted from): time the original dense export, the original's dynamic plan, OUT's "
                            "dense export and OUT's plan side by side in one table.", show_default=False)] = None,
     allow_pickle: AllowPickle = False,
@@ -41,8 +41,8 @@ def bench(
 
     With --baseline ORIGINAL (the model before pruning: gated or plain), one table instead says
     what pruning, gating and both buy, on the same clip: rows 'original, dense', 'original,
-    gated' (if ORIGINAL has gated layers), 'pruned, dense' and 'pruned + gated' (named 'OUT, ...'
-    for a build without removed channels). Each row is timed interleaved frame by frame with the
+    gated' (if ORIGINAL has gated layers), 'pruned, dense' and 'pruned + gated' (named 'OUT, dense' and
+    'OUT, gated' for a build without removed channels). Each row is timed interleaved frame by frame with the
     original dense export, so its speedup is a same-run ratio; MACs are per frame, gates
     included; 'realized / MAC reduction' is speedup over (original MACs / row MACs); the error
     is PyTorch's output against the original dense model's, over its range. Builds three

@@ -35,7 +35,7 @@ def build(
     """Compile MODEL into a frame program, backend artifacts and runtime sources in OUT.
 
     Gates become explicit control flow in the plan (plan.dxfp) and static block-sparse
-    segments in each backend's artifact (model.pte, model.tflite, model.mlpackage, ...);
+    segments in each backend's artifact (model.pte, model.tflite, model.mlpackage or model.onnxpack);
     manifest.json lists versions, shapes, state bytes, block grids and checksums. A failed
     build leaves OUT untouched; a backend whose converter refuses a segment is left out and
     named in the manifest while the others build.

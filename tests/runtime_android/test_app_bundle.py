@@ -13,6 +13,7 @@ import pytest
 from dynexport.app_bundle import APP_BUNDLES, write_app_bundle
 from dynexport.errors import CompileError
 from dynexport.harness.devices import JVM_MAIN
+from targets import BACKENDS, TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_android_build_has_the_bundle_and_records_it(android_build):
     manifest = json.loads((android_build / "manifest.json").read_text())
     app = manifest["app"]
-    assert app["target"] == "android" and app["artifacts"] == {"executorch": "model.pte"}
+    # every default backend of android, each with its artifact file (what the Kotlin opener reads)
+    expected = {name: BACKENDS[name].artifact for name in TARGETS["android"]}
+    assert app["target"] == "android" and app["artifacts"] == expected and len(expected) >= 2
     wrapper = android_build / app["wrapper"]
     for relative in ("CMakeLists.txt", "build.gradle.kts", "src/main/AndroidManifest.xml", "README.md",
                      "src/main/cpp/dynexport_jni.cpp",
