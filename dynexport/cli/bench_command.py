@@ -34,15 +34,16 @@ def bench(
     Builds the dense export (every gated layer replaced by its plain convolution), then runs
     both through the native runtime in one process, interleaved frame by frame, on the same
     clip, PASSES times after a warm-up pass. Reports per-frame medians: dense and dynamic
-    time, realized speedup (dense / dynamic), two ideal speedups over the whole model, gate
-    MACs included: 'ideal (as run)', dense MACs / the MACs the runtime executed, and 'ideal
-    (model)', dense MACs / the MACs the model's own decisions need as the PyTorch reference
-    counts them (D-STEP: skipped and reused channels and skipped patches saved, policy MACs
-    added; a plan that runs every channel does not realize them; for SkipConv the two agree
-    up to the runtime's dense fallback and whole border tiles), realized / ideal against the
-    model's ideal (the as-run one for a .pt2 reference, which has no modules to count with),
-    the MACs per frame of both, the share of the dynamic frame
-    spent outside backend segments, the cost of an unchanged frame relative to a dense one,
+    time, realized speedup (dense / dynamic), two ideal speedups over the whole model:
+    'ideal (as run)', dense MACs / the MACs the runtime executed (its stats count SkipConv
+    gates, not D-STEP policies), and 'ideal (model)', dense MACs / the MACs the model's own
+    decisions need as the PyTorch reference counts them, gate and policy MACs included
+    (D-STEP: skipped and reused channels and skipped patches saved, which a plan running
+    every channel does not realize; SkipConv: equal to as run, except where the runtime
+    runs a layer dense above its cutoff or skips scoring a settled gate), realized / ideal
+    against the model's ideal (against as run for a .pt2 reference, which has no modules to
+    count with), the MACs per frame needed and run, the share of the dynamic frame spent
+    outside backend segments, the cost of an unchanged frame relative to a dense one,
     and the active fraction of blocks (frames after the first).
 
     With --baseline ORIGINAL (the model before pruning: gated or plain), one table instead says

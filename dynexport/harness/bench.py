@@ -7,8 +7,9 @@ the realized speedup (dense / dynamic), two ideals over the whole model (gate MA
 the layers without a gate counted in both): *as run*, dense MACs / the MACs the runtime
 executed, and *model*, dense MACs / the MACs the PyTorch reference's own decisions need
 (``reference_macs``: D-STEP's skipped and reused channels saved, which a plan running every
-channel executes anyway; for SkipConv the two agree up to the runtime's dense fallback, whole
-border tiles and settled gates), realized / ideal against the model's ideal (so it means the
+channel executes anyway; the runtime's stats count SkipConv gates but not D-STEP policies;
+for SkipConv the two agree up to the runtime's dense fallback, whole border tiles and settled
+gates), realized / ideal against the model's ideal (so it means the
 same for every gate kind; against the as-run one for a .pt2 reference, which cannot count),
 the share of the dynamic frame spent outside backend segments (gates, block lists,
 gather/scatter, branches, calls), and the cost of a frame identical to the previous one
