@@ -9,8 +9,8 @@ executed, and *model*, dense MACs / the MACs the PyTorch reference's own decisio
 (``reference_macs``: D-STEP's skipped and reused channels saved, which a plan running every
 channel executes anyway; the runtime's stats count SkipConv gates but not D-STEP policies;
 for SkipConv the two agree up to the runtime's dense fallback, whole border tiles and settled
-gates), realized / ideal against the model's ideal (so it means the
-same for every gate kind; against the as-run one for a .pt2 reference, which cannot count),
+gates), realized / ideal against the model's ideal (so it means the same for every gate
+kind; against the as-run one for a .pt2 reference, which cannot count),
 the share of the dynamic frame spent outside backend segments (gates, block lists,
 gather/scatter, branches, calls), and the cost of a frame identical to the previous one
 relative to a dense frame.
@@ -153,9 +153,11 @@ def bench_clip(build: Build, clip: VerifyClip, model, backends: list[str] | None
     unchanged = VerifyClip("unchanged", np.repeat(clip.frames[:1], min(len(clip.frames), 16), axis=0))
     input_shape = build.manifest["input"]["shape"]
     # of the model as built: a pruned build's zero channels are gone from its plan and its dense export
-    total_dense_macs = model_macs(dense_counterpart(as_built(model, input_shape)), input_shape)
+    built = as_built(model, input_shape)
+    total_dense_macs = model_macs(dense_counterpart(built), input_shape)
     say("count the MACs the reference model's decisions need")
-    needed = reference_macs(model, build.program, clip.frames, clip.resets)
+    # on the model as built too: a removed (all-zero) channel is no MAC the decisions need
+    needed = reference_macs(built, build.program, clip.frames, clip.resets)
     reports = []
     with tempfile.TemporaryDirectory(prefix="dynexport-dense-") as tmp:
         for backend in backends:
