@@ -3,8 +3,14 @@ same model, both run by the native runtime in one process, frame by frame interl
 verify driver's bench mode), on the same clip.
 
 Per backend it reports per-frame medians over repeated passes: dense and dynamic wall time,
-the realized speedup (dense / dynamic), the ideal (dense MACs / executed MACs of the whole
-model, gate MACs included, the layers without a gate counted in both), realized / ideal,
+the realized speedup (dense / dynamic), two ideals over the whole model (gate MACs included,
+the layers without a gate counted in both): *as run*, dense MACs / the MACs the runtime
+executed, and *model*, dense MACs / the MACs the PyTorch reference's own decisions need
+(``reference_macs``: D-STEP's skipped and reused channels saved, which a plan running every
+channel executes anyway; the runtime's stats count SkipConv gates but not D-STEP policies;
+for SkipConv the two agree up to the runtime's dense fallback, whole border tiles and settled
+gates), realized / ideal against the model's ideal (so it means the same for every gate
+kind; against the as-run one for a .pt2 reference, which cannot count),
 the share of the dynamic frame spent outside backend segments (gates, block lists,
 gather/scatter, branches, calls), and the cost of a frame identical to the previous one
 relative to a dense frame.
@@ -46,7 +52,10 @@ class BenchReport:
     passes: int
     dense_ms: float
     dynamic_ms: float
-    ideal_speedup: float
+    ideal_as_run: float  # dense MACs / MACs the runtime executed
+    ideal_model: float | None  # dense MACs / MACs the reference's decisions need (None: .pt2 reference)
+    executed_macs: float  # whole model per frame, median, as run
+    needed_macs: float | None  # whole model per frame, median, the reference's decisions
     overhead_share: float
     unchanged_frame_ratio: float
     active_fraction: float
@@ -58,12 +67,23 @@ class BenchReport:
         return self.dense_ms / self.dynamic_ms
 
     @property
+    def ideal_speedup(self) -> float:
+        """The ideal realized / ideal is taken against: the model's, else the as-run one."""
+        return self.ideal_model if self.ideal_model is not None else self.ideal_as_run
+
+    @property
+    def ideal_basis(self) -> str:
+        return "model" if self.ideal_model is not None else "as run"
+
+    @property
     def realized_over_ideal(self) -> float:
         return self.realized_speedup / self.ideal_speedup
 
     def as_json(self) -> dict:
         return {"dense_ms": self.dense_ms, "dynamic_ms": self.dynamic_ms, "realized_speedup": self.realized_speedup,
-                "ideal_speedup": self.ideal_speedup, "realized_over_ideal": self.realized_over_ideal,
+                "ideal_as_run": self.ideal_as_run, "ideal_model": self.ideal_model,
+                "executed_macs": self.executed_macs, "needed_macs": self.needed_macs,
+                "realized_over_ideal": self.realized_over_ideal, "ideal_basis": self.ideal_basis,
                 "overhead_share": self.overhead_share, "unchanged_frame_ratio": self.unchanged_frame_ratio,
                 "active_fraction": self.active_fraction, "layer_active_fraction": self.layer_active_fraction,
                 "frames": self.frames, "passes": self.passes, "threads": self.threads}
@@ -125,6 +145,7 @@ def bench_clip(build: Build, clip: VerifyClip, model, backends: list[str] | None
                dense_folder: Path | None = None) -> list[BenchReport]:
     """Bench ``build`` on ``clip``; ``dense_folder``: an already built dense export of ``model``."""
     from dynexport.harness.dense import build_dense, dense_counterpart, model_macs
+    from dynexport.harness.reference import reference_macs
     from dynexport.pruning.build_step import as_built
 
     say = progress or (lambda message: None)
@@ -132,7 +153,11 @@ def bench_clip(build: Build, clip: VerifyClip, model, backends: list[str] | None
     unchanged = VerifyClip("unchanged", np.repeat(clip.frames[:1], min(len(clip.frames), 16), axis=0))
     input_shape = build.manifest["input"]["shape"]
     # of the model as built: a pruned build's zero channels are gone from its plan and its dense export
-    total_dense_macs = model_macs(dense_counterpart(as_built(model, input_shape)), input_shape)
+    built = as_built(model, input_shape)
+    total_dense_macs = model_macs(dense_counterpart(built), input_shape)
+    say("count the MACs the reference model's decisions need")
+    # on the model as built too: a removed (all-zero) channel is no MAC the decisions need
+    needed = reference_macs(built, build.program, clip.frames, clip.resets)
     reports = []
     with tempfile.TemporaryDirectory(prefix="dynexport-dense-") as tmp:
         for backend in backends:
@@ -145,14 +170,16 @@ def bench_clip(build: Build, clip: VerifyClip, model, backends: list[str] | None
             times = _run_side_by_side(build, dense, backend, clip, device, threads, passes)
             say(f"{backend}: a frame identical to the previous one")
             still = _run_side_by_side(build, dense, backend, unchanged, device, threads, passes)
-            reports.append(_report(backend, threads, passes, times, still, total_dense_macs, build))
+            reports.append(_report(backend, threads, passes, times, still, total_dense_macs, build, needed))
     return reports
 
 
 def _report(backend, threads, passes, times: FrameTimes, still: FrameTimes, total_dense_macs: int,
-            build: Build) -> BenchReport:
+            build: Build, needed_gated: np.ndarray | None = None) -> BenchReport:
+    """``needed_gated``: per frame, the gated layers' MACs the reference's decisions need."""
     ungated = total_dense_macs - times.gated_dense_macs
     executed = ungated + times.executed_macs
+    needed = None if needed_gated is None else ungated + needed_gated
     steady = slice(1, None) if len(times.dense_ns) > 1 else slice(None)  # frame 0 is dense by definition
     active = times.active[steady].sum(axis=0)
     total = times.total[steady].sum(axis=0)
@@ -160,7 +187,10 @@ def _report(backend, threads, passes, times: FrameTimes, still: FrameTimes, tota
     return BenchReport(
         backend=backend, threads=threads, frames=len(times.dense_ns), passes=passes,
         dense_ms=float(np.median(times.dense_ns)) / 1e6, dynamic_ms=float(np.median(times.dynamic_ns)) / 1e6,
-        ideal_speedup=float(np.median(total_dense_macs / executed)),
+        ideal_as_run=float(np.median(total_dense_macs / executed)),
+        ideal_model=None if needed is None else float(np.median(total_dense_macs / needed)),
+        executed_macs=float(np.median(executed)),
+        needed_macs=None if needed is None else float(np.median(needed)),
         overhead_share=float(np.median((times.dynamic_ns - times.segments_ns) / times.dynamic_ns)),
         # over a dense frame of the clip: the dense session skips a repeated frame's work too
         # (nothing it reads changed), so its own still frames are no baseline
@@ -187,7 +217,7 @@ def plot(reports: list[BenchReport], path) -> None:
         axis.set_xlabel("frame")
         axis.set_ylabel("ms per frame")
         axis.set_title(f"{report.backend}, {report.threads} thread(s): realized {report.realized_speedup:.2f}x, "
-                       f"ideal {report.ideal_speedup:.2f}x")
+                       f"ideal ({report.ideal_basis}) {report.ideal_speedup:.2f}x")
         share = axis.twinx()
         fraction = t.active.sum(axis=1) / np.maximum(t.total.sum(axis=1), 1)
         share.plot(frames, fraction, color="tab:orange", linestyle="--", label="active fraction")

@@ -24,6 +24,10 @@ class StreamRun:
     # the reference's raw spatial decisions (D-STEP patches before the "no computed channel"
     # rule), which a runtime takes for blocks in the tie band; equal to block_masks elsewhere
     tie_masks: np.ndarray | None = None
+    # int64 [T, gated layers]: the MACs each layer's own decisions need (its LayerFrameStats:
+    # computed blocks, or computed channels x computed patches, plus gate / policy MACs);
+    # None for a .pt2 program, whose gates have no module to count them
+    layer_macs: np.ndarray | None = None
 
 
 def layer_sizes(program: FrameProgram) -> list[tuple[int, int]]:
@@ -65,7 +69,7 @@ def run_reference(model, program: FrameProgram, frames: np.ndarray, resets) -> S
 
     layers = _reference_layers(model, program)
     sizes = layer_sizes(program)
-    outputs, masks, tie_masks, channels = [], [], [], []
+    outputs, masks, tie_masks, channels, macs = [], [], [], [], []
     with torch.no_grad():
         for t, frame in enumerate(frames):
             if t in resets:
@@ -87,7 +91,28 @@ def run_reference(model, program: FrameProgram, frames: np.ndarray, resets) -> S
                 frame_masks.append(computed)
                 frame_ties.append(patches)
                 frame_channels.append(decision)
+            stats = [layer.last_stats for layer in layers]
+            macs.append(None if None in stats else [s.executed_macs for s in stats])
             masks.append(np.concatenate(frame_masks) if frame_masks else np.zeros(0, np.uint8))
             tie_masks.append(np.concatenate(frame_ties) if frame_ties else np.zeros(0, np.uint8))
             channels.append(np.concatenate(frame_channels) if frame_channels else np.zeros(0, np.uint8))
-    return StreamRun(np.stack(outputs), np.stack(masks), np.stack(channels), tie_masks=np.stack(tie_masks))
+    layer_macs = None if None in macs else np.array(macs, dtype=np.int64).reshape(len(frames), len(layers))
+    return StreamRun(np.stack(outputs), np.stack(masks), np.stack(channels), tie_masks=np.stack(tie_masks),
+                     layer_macs=layer_macs)
+
+
+def reference_macs(model, program: FrameProgram, frames: np.ndarray, resets) -> np.ndarray | None:
+    """Per frame (int64 [T]), the MACs of the gated layers that the reference model's own
+    decisions need, gate and policy MACs included: the number ``dynexport.stream(...,
+    with_stats=True)`` reports. For D-STEP that counts skipped and reused channels and
+    skipped patches as saved, which a plan running every channel does not realize; for
+    SkipConv it is the computed blocks. None when the reference is a .pt2 program (its gates
+    have no module to count with)."""
+    from dynexport import streaming
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return None
+    streaming.reset(model)
+    run = run_reference(model, program, frames, resets)
+    streaming.reset(model)  # leave no stream state behind for whoever runs the model next
+    return None if run.layer_macs is None else run.layer_macs.sum(axis=1)
