@@ -41,8 +41,8 @@ def bench(
     (D-STEP: skipped and reused channels and skipped patches saved, which a plan running
     every channel does not realize; SkipConv: equal to as run, except where the runtime
     runs a layer dense above its cutoff or skips scoring a settled gate), realized / ideal
-    against the model's ideal (against as run for a .pt2 reference, which has no modules to
-    count with), the MACs per frame needed and run, the share of the dynamic frame spent
+    against the model's ideal (against as run for a torch.export reference, model.pt2,
+    which has no modules to count with), the MACs per frame needed and run, the share of the dynamic frame spent
     outside backend segments, the cost of an unchanged frame relative to a dense one,
     and the active fraction of blocks (frames after the first).
 
