@@ -296,19 +296,28 @@ def _replace(staging: Path, out: Path) -> None:
 
 
 def _copy_runtime_sources(staging: Path, sources: tuple[str, ...]) -> None:
-    root = Path(__file__).resolve().parent.parent
     for relative in sources:
-        source, target = root / relative, staging / "runtime" / relative
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("build*", "__pycache__"))
-        elif source.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-        else:
-            # a registry entry naming a file that is not there is a packaging defect: an app
-            # would get a runtime/ folder that does not build, so say so instead of skipping it
-            raise CompileError(f"runtime source '{relative}' is missing from the dynexport installation "
-                               f"({source}); reinstall dynexport from its source tree")
+        copy_installed(relative, staging / "runtime" / relative)
+
+
+# what a source folder may hold that is no source: build trees (CMake, Gradle, the NDK's .cxx)
+_NOT_SOURCES = shutil.ignore_patterns("build*", ".gradle", ".cxx", "__pycache__")
+
+
+def copy_installed(relative: str, target: Path) -> None:
+    """Copy the installation's file or folder ``relative`` (repo-relative) to ``target``: the
+    runtime sources and the app wrappers a build folder carries."""
+    source = Path(__file__).resolve().parent.parent / relative
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=_NOT_SOURCES, dirs_exist_ok=True)
+    elif source.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    else:
+        # a registry entry naming a file that is not there is a packaging defect: an app
+        # would get a folder that does not build, so say so instead of skipping it
+        raise CompileError(f"runtime source '{relative}' is missing from the dynexport installation "
+                           f"({source}); reinstall dynexport from its source tree")
 
 
 def _sha256(data: bytes) -> str:

@@ -9,9 +9,9 @@ written for this build: its backends, artifact files, input shape and normalizat
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
+from dynexport.build import copy_installed
 from dynexport.errors import CompileError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -19,7 +19,6 @@ WRAPPER = "runtime_android"
 # what an app needs of runtime_android (not its JVM verify driver or tests)
 WRAPPER_FILES = ("CMakeLists.txt", "README.md", "build.gradle.kts", "settings.gradle.kts", "gradle.properties",
                  "consumer-rules.pro", "src/main")
-# what the core's CMake project reads besides what build copies (include/, src/, CMakeLists.txt):
 INTEGRATION_FILE = "INTEGRATION.md"
 CORE_CMAKE = ROOT / "dynexport" / "runtime" / "CMakeLists.txt"
 
@@ -27,23 +26,11 @@ CORE_CMAKE = ROOT / "dynexport" / "runtime" / "CMakeLists.txt"
 def write_android_bundle(staging: Path, backends, manifest: dict) -> dict:
     runtime = staging / "runtime"
     for relative in WRAPPER_FILES:
-        _copy(ROOT / WRAPPER / relative, runtime / WRAPPER / relative)
+        copy_installed(f"{WRAPPER}/{relative}", runtime / WRAPPER / relative)
     artifacts = {b.name: b.artifact for b in backends}
     (staging / INTEGRATION_FILE).write_text(integration_text(backends, manifest))
     return {"target": "android", "wrapper": f"runtime/{WRAPPER}", "integration": INTEGRATION_FILE,
             "artifacts": artifacts}
-
-
-def _copy(source: Path, target: Path) -> None:
-    if source.is_dir():
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("build*", ".gradle", ".cxx", "__pycache__"),
-                        dirs_exist_ok=True)
-    elif source.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    else:
-        raise CompileError(f"android app bundle: '{source.relative_to(ROOT)}' is missing from the dynexport "
-                           f"installation ({source}); reinstall dynexport from its source tree")
 
 
 def cmake_options(backends) -> list[str]:
