@@ -113,6 +113,17 @@ struct dynrt_backend {
 
   /* Frees the adapter's context and the struct itself (dynrt_backend_destroy). */
   void (*destroy)(struct dynrt_backend* backend);
+
+  /* (optional, NULL or parallel_threads < 2: the runtime's own work stays on the calling
+   * thread) The threads the backend's segments run on, lent to the runtime for its own work
+   * between segments (gate scoring, tile copies): run task(argument, t) once for every
+   * t < tasks, on those threads and the calling one, and return when all have returned.
+   * Tasks never call the backend and may run in any order or at once; tasks <=
+   * parallel_threads. Called from dynrt_session_step only, on the session's thread, like
+   * run_segment; sessions of one backend may call it at the same time. Must not fail (run
+   * the tasks on the calling thread if the threads are gone). */
+  void (*parallel_for)(void* context, void (*task)(void* argument, uint32_t task), void* argument, uint32_t tasks);
+  uint32_t parallel_threads;
 };
 
 /* For adapters' messages: dims as "[1, 16, 16, 8]" (the leading one as "N" with any_batch),

@@ -453,10 +453,10 @@ static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer*
    * sum of their magnitudes, whatever the order. Bounds sum at most kernel_h * tile_w * C
    * non-negative terms and scores fewer; twice that covers both with room to spare. */
   pass.rounding_allowance = 2.0 * (double)(pass.kernel_h * pass.tile_w * pass.channels + 4) * FLT_EPSILON;
-  pass.values = session->gate_values;
-  pass.pixel_sums = session->gate_pixel_sums;
-  pass.row_sums = session->gate_row_sums;
-  pass.value_rows = session->gate_value_rows;
+  pass.values = session->gate_scratch[0].values;
+  pass.pixel_sums = session->gate_scratch[0].pixel_sums;
+  pass.row_sums = session->gate_scratch[0].row_sums;
+  pass.value_rows = session->gate_scratch[0].value_rows;
   pass.row_sum_not_finite = NULL;
   pass.largest_weight = 0.0;
   if (pass.gumbel) {
@@ -526,10 +526,47 @@ static int block_input_changed(const runtime_layer* layer, uint32_t block, uint6
   return region_changed_since(layer->tensor[SLOT_INPUT], since, row_begin, row_end, col_begin, col_end);
 }
 
+/* SKIP_GATE's scoring, cut into tasks (session_internal.h): task t scores its share of
+ * `blocks` with scratch and counts of its own; nothing it writes is another task's. */
+typedef struct gate_job {
+  const gate_pass* pass;  /* task 0's; the others differ in scratch and the finite flag */
+  dynrt_session_t session;
+  const uint32_t* blocks;
+  uint32_t count, tasks;
+  uint8_t* decisions;
+  uint32_t ties[DYNRT_MAX_TASKS];
+  int row_sum_not_finite[DYNRT_MAX_TASKS];
+} gate_job;
+
+static void score_blocks_task(void* argument, uint32_t task) {
+  gate_job* job = (gate_job*)argument;
+  const runtime_layer* layer = job->pass->layer;
+  const double threshold = layer->threshold;
+  const uint32_t end = task_share_begin(job->count, task + 1, job->tasks);
+  const gate_scratch* scratch = &job->session->gate_scratch[task];
+  gate_pass pass = *job->pass;
+  uint32_t i, ties = 0;
+  pass.values = scratch->values;
+  pass.pixel_sums = scratch->pixel_sums;
+  pass.row_sums = scratch->row_sums;
+  pass.value_rows = scratch->value_rows;
+  if (pass.row_sum_not_finite != NULL) pass.row_sum_not_finite = &job->row_sum_not_finite[task];
+  for (i = task_share_begin(job->count, task, job->tasks); i < end; ++i) {
+    const uint32_t block = job->blocks[i];
+    const double score = score_block(&pass, block);
+    int active = score > threshold;
+    if (in_tie_band(score, threshold)) {
+      ties += 1;
+      if (layer->tie_reference_pending) active = layer->tie_reference[block];
+    }
+    job->decisions[block] = (uint8_t)active;
+  }
+  job->ties[task] = ties;
+}
+
 dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   float* primed = (float*)layer->tensor[SLOT_PRIMED]->data;
   const uint32_t blocks = (uint32_t)layer->grid.block_count;
-  const double threshold = layer->threshold;
   uint32_t block;
   if (primed[0] == 0.0f) {
     /* first frame after create or reset: every block is computed */
@@ -544,21 +581,28 @@ dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
     int row_sum_not_finite = 0;
     if (checks_frame) pass.row_sum_not_finite = &row_sum_not_finite;
     const int tracked = changes_tracked(layer);
+    gate_job job;
+    uint32_t t, to_score = 0;
     layer->gate_scored = 1;
     for (block = 0; block < blocks; ++block) {
-      double score;
-      int active;
       if (tracked && !block_input_changed(layer, block, layer->gate_input_version)) {
         decisions[block] = 0;
-        continue;
+      } else {
+        session->gate_blocks[to_score++] = block;
       }
-      score = score_block(&pass, block);
-      active = score > threshold;
-      if (in_tie_band(score, threshold)) {
-        layer->ties += 1;
-        if (layer->tie_reference_pending) active = layer->tie_reference[block];
-      }
-      decisions[block] = (uint8_t)active;
+    }
+    job.pass = &pass;
+    job.session = session;
+    job.blocks = session->gate_blocks;
+    job.count = to_score;
+    job.decisions = decisions;
+    /* a block's scoring reads its input tile and reference tile once, at most */
+    job.tasks = dynrt_task_count(session, to_score, 2 * (uint64_t)pass.tile_h * pass.tile_w * pass.channels * sizeof(float));
+    memset(job.row_sum_not_finite, 0, sizeof job.row_sum_not_finite);
+    dynrt_run_tasks(session, job.tasks, score_blocks_task, &job);
+    for (t = 0; t < job.tasks; ++t) {
+      layer->ties += job.ties[t];
+      row_sum_not_finite |= job.row_sum_not_finite[t];
     }
     if (checks_frame) {
       uint32_t bits;

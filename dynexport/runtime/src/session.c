@@ -31,6 +31,7 @@ typedef struct arena_cursor {
   /* the backend's buffer needs, defaults applied (check_backend validated them) */
   uint64_t buffer_alignment;
   uint64_t buffer_tail_bytes;
+  uint32_t task_limit;  /* tasks the runtime's own work is cut into at most (gate scratch per task) */
 } arena_cursor;
 
 /* The next `bytes` of the arena at `alignment` (a power of two), or NULL while measuring. */
@@ -60,8 +61,8 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
   plan_instruction* instructions = TAKE_TABLE(arena, plan_instruction, plan->instruction_count);
   char* strings = (char*)arena_take(arena, (uint64_t)plan->string_bytes + 1, 1);
   float* constants = TAKE_TABLE(arena, float, plan->constant_bytes / 4);
-  float *values, *pixel_sums, *row_sums;
-  uint8_t *value_rows, *gate_decisions;
+  uint8_t* gate_decisions;
+  uint32_t* gate_blocks;
   uint32_t i;
 
   if (placing) {
@@ -156,17 +157,20 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       memset(channel_decisions, CHANNEL_COMPUTE, record.out_channels);
     }
   }
-  values = (float*)arena_take_array(arena, largest_tile_values, sizeof(float), BUFFER_ALIGNMENT);
-  pixel_sums = (float*)arena_take_array(arena, largest_tile_pixels, sizeof(float), BUFFER_ALIGNMENT);
-  row_sums = (float*)arena_take_array(arena, largest_tile_rows, sizeof(float), BUFFER_ALIGNMENT);
-  value_rows = (uint8_t*)arena_take(arena, largest_tile_rows, 1);
+  for (i = 0; i < arena->task_limit; ++i) {
+    gate_scratch scratch;
+    scratch.values = (float*)arena_take_array(arena, largest_tile_values, sizeof(float), BUFFER_ALIGNMENT);
+    scratch.pixel_sums = (float*)arena_take_array(arena, largest_tile_pixels, sizeof(float), BUFFER_ALIGNMENT);
+    scratch.row_sums = (float*)arena_take_array(arena, largest_tile_rows, sizeof(float), BUFFER_ALIGNMENT);
+    scratch.value_rows = (uint8_t*)arena_take(arena, largest_tile_rows, BUFFER_ALIGNMENT); /* no shared line */
+    if (placing) session->gate_scratch[i] = scratch;
+  }
   gate_decisions = (uint8_t*)arena_take(arena, largest_block_count, 1);
+  gate_blocks = TAKE_TABLE(arena, uint32_t, largest_block_count);
   if (placing) {
-    session->gate_values = values;
-    session->gate_pixel_sums = pixel_sums;
-    session->gate_row_sums = row_sums;
-    session->gate_value_rows = value_rows;
+    session->task_limit = arena->task_limit;
     session->gate_decisions = gate_decisions;
+    session->gate_blocks = gate_blocks;
   }
   for (i = 0; i < plan->tensor_count; ++i) {
     plan_tensor record;
@@ -251,6 +255,7 @@ static void link_tables(dynrt_session_t session, const plan_view* plan) {
       layer->tensor[slot] = record.tensors[slot] == NO_TENSOR ? NULL : &session->tensors[record.tensors[slot]];
     }
     layer->input_pixels = (const float*)layer->tensor[SLOT_INPUT]->data;
+    layer->session = session;
     for (slot = SLOT_INPUT + 1; slot < LAYER_TENSOR_SLOTS; ++slot) {
       if (layer->tensor[slot] == session->input) session->frame_read_in_place = 0;
     }
@@ -347,6 +352,27 @@ static void apply_buffer_needs(dynrt_backend_t backend, arena_cursor* arena) {
   arena->buffer_alignment = backend->buffer_alignment > DYNRT_DEFAULT_BUFFER_ALIGNMENT ? backend->buffer_alignment
                                                                                       : DYNRT_DEFAULT_BUFFER_ALIGNMENT;
   arena->buffer_tail_bytes = backend->buffer_tail_bytes;
+  arena->task_limit = 1;
+  if (backend->parallel_for != NULL && backend->parallel_threads > 1) {
+    arena->task_limit = backend->parallel_threads < DYNRT_MAX_TASKS ? backend->parallel_threads : DYNRT_MAX_TASKS;
+  }
+}
+
+uint32_t dynrt_task_count(dynrt_const_session_t session, uint32_t count, uint64_t item_bytes) {
+  const uint64_t bytes = (uint64_t)count * item_bytes;
+  uint64_t tasks = bytes / DYNRT_TASK_MIN_BYTES;
+  if (tasks > session->task_limit) tasks = session->task_limit;
+  if (tasks > count) tasks = count;
+  return tasks > 1 ? (uint32_t)tasks : 1u;
+}
+
+void dynrt_run_tasks(dynrt_session_t session, uint32_t tasks, runtime_task task, void* argument) {
+  uint32_t t;
+  if (tasks > 1) {
+    session->backend->parallel_for(session->backend->context, task, argument, tasks);
+    return;
+  }
+  for (t = 0; t < tasks; ++t) task(argument, t);
 }
 
 /* The backend's state for this session, then every segment prepared into it. */

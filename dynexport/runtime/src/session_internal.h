@@ -153,11 +153,39 @@ typedef struct runtime_layer {
   uint32_t applied_source;
   int applied_valid;
 
+  struct dynrt_session* session;  /* the layer's session (its tasks: dynrt_run_tasks) */
+
   /* statistics of the frame being run */
   uint32_t path;                /* dynrt_layer_path */
   uint32_t ties;
   int gate_scored;              /* a skip-conv gate scored its blocks (primed) this frame */
 } runtime_layer;
+
+/* SKIP_GATE scratch of one task (gates.c). */
+typedef struct gate_scratch {
+  float* values;        /* [th * tw * C]: |tile - reference| of the block being scored (gumbel) */
+  float* pixel_sums;    /* [th * tw]: per tile pixel, sum over channels of (tile - reference)^2 (norm) */
+  float* row_sums;      /* [th]: per tile row, an upper bound of its share of any window's sum */
+  uint8_t* value_rows;  /* [th]: 1 where values holds that tile row (gumbel, computed lazily) */
+} gate_scratch;
+
+/* The runtime's own work on several threads (issue 14): SKIP_GATE's blocks and the tile
+ * copies (GATHER_TILES, STORE_REFERENCE, SCATTER_TILES, COPY_BLOCKS) are cut into tasks, each
+ * a contiguous share of the list (blocks to score, tiles to copy) with scratch of its own,
+ * run through the backend's parallel_for on the threads its segments use (no second pool
+ * competes for the cores). Every task writes only its own blocks' results, so decisions and
+ * outputs are those of the serial loop, bit for bit. */
+#define DYNRT_MAX_TASKS 8u
+/* A task is worth handing to another thread only with at least this much memory to touch:
+ * waking a worker and waiting for it costs about as much as copying 32 KB (~1-3 us). */
+#define DYNRT_TASK_MIN_BYTES 32768u
+
+typedef void (*runtime_task)(void* argument, uint32_t task);
+
+/* The [begin, end) share of `count` items that task `task` of `tasks` takes. */
+static inline uint32_t task_share_begin(uint32_t count, uint32_t task, uint32_t tasks) {
+  return (uint32_t)((uint64_t)count * task / tasks);
+}
 
 struct dynrt_session {
   dynrt_backend_t backend;
@@ -190,16 +218,23 @@ struct dynrt_session {
    * first gate scores only the blocks they reach, like every other gate */
   uint8_t* frame_cells;
 
-  /* SKIP_GATE scratch (gates.c), each sized for the largest of any skip-conv layer */
-  float* gate_values;          /* [th * tw * C]: |tile - reference| of the block being scored (gumbel) */
-  float* gate_pixel_sums;      /* [th * tw]: per tile pixel, sum over channels of (tile - reference)^2 (norm) */
-  float* gate_row_sums;        /* [th]: per tile row, an upper bound of its share of any window's sum */
-  uint8_t* gate_value_rows;    /* [th]: 1 where gate_values holds that tile row (gumbel, computed lazily) */
+  /* SKIP_GATE scratch (gates.c), sized for the largest of any skip-conv layer: one per task */
+  gate_scratch gate_scratch[DYNRT_MAX_TASKS];
   uint8_t* gate_decisions;     /* [blocks]: decisions held back until the frame check passed */
+  uint32_t* gate_blocks;       /* [blocks]: the blocks SKIP_GATE scores this frame, ascending */
+  /* how many tasks the runtime's own work may be split into: the backend's parallel_threads
+   * (at most DYNRT_MAX_TASKS) when it has parallel_for, else 1 */
+  uint32_t task_limit;
 
   int backend_state_made;      /* prepare_session succeeded: release_session is due at destroy */
   char last_error[256];
 };
+
+/* session.c: how many tasks `count` items of `item_bytes` each are cut into (1: run them on
+ * the calling thread), and running them: task(argument, t) for every t < tasks, through the
+ * backend's parallel_for when tasks > 1. */
+uint32_t dynrt_task_count(dynrt_const_session_t session, uint32_t count, uint64_t item_bytes);
+void dynrt_run_tasks(dynrt_session_t session, uint32_t tasks, runtime_task task, void* argument);
 
 /* session.c: primed = 0 in every layer (the next frame is computed densely), and no
  * segment result is reused. */

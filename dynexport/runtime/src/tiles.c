@@ -88,21 +88,51 @@ static size_t tile_values(const runtime_layer* layer) {
   return (size_t)(layer->grid.tile_size[0] * layer->grid.tile_size[1]) * layer->in_channels;
 }
 
+/* A tile copy cut into tasks (session_internal.h): task t copies its share of the layer's
+ * active list; each tile and each block region is one task's alone. */
+typedef struct tile_job {
+  runtime_layer* layer;
+  uint32_t tasks;
+  int from_tiles; /* STORE_REFERENCE: copy the packed tiles */
+} tile_job;
+
+static void run_tile_copies(runtime_layer* layer, uint64_t bytes_per_tile, runtime_task task, tile_job* job) {
+  job->layer = layer;
+  job->tasks = dynrt_task_count(layer->session, layer->active_count, bytes_per_tile);
+  dynrt_run_tasks(layer->session, job->tasks, task, job);
+}
+
+#define TILE_TASK(name, copy_one)                                                         \
+  static void name(void* argument, uint32_t task) {                                      \
+    const tile_job* job = (const tile_job*)argument;                                     \
+    const uint32_t end = task_share_begin(job->layer->active_count, task + 1, job->tasks); \
+    uint32_t k;                                                                          \
+    for (k = task_share_begin(job->layer->active_count, task, job->tasks); k < end; ++k) \
+      copy_one(job, k);                                                                  \
+  }
+
+static void gather_one(const tile_job* job, uint32_t k) {
+  const runtime_layer* layer = job->layer;
+  dynrt_copy_input_tile(layer, layer->active_blocks[k], (float*)layer->tensor[SLOT_TILES]->data + k * tile_values(layer));
+}
+TILE_TASK(gather_task, gather_one)
+
 /* Skipped when the tiles already hold this gather's result: same input, same active list,
  * tiles untouched since. Not for a layer reading the caller's frame (frames carry no version). */
 void dynrt_gather_tiles(runtime_layer* layer) {
   runtime_tensor* tiles = layer->tensor[SLOT_TILES];
   const runtime_tensor* input = layer->tensor[SLOT_INPUT];
   const size_t values = tile_values(layer);
-  uint32_t k;
   if (layer->input_pixels == (const float*)input->data && layer->gather_versions[0] == input->version &&
       layer->gather_versions[1] == layer->tensor[SLOT_ACTIVE]->version && layer->gather_versions[2] == tiles->version &&
       tiles->version != 0) {
     layer->gathered_tiles_version = tiles->version;
     return;
   }
-  for (k = 0; k < layer->active_count; ++k) {
-    dynrt_copy_input_tile(layer, layer->active_blocks[k], (float*)tiles->data + k * values);
+  {
+    tile_job job;
+    job.from_tiles = 0;
+    run_tile_copies(layer, values * sizeof(float), gather_task, &job);
   }
   tensor_written(tiles);
   layer->gathered_tiles_version = tiles->version;
@@ -114,22 +144,26 @@ void dynrt_gather_tiles(runtime_layer* layer) {
 /* The reference takes the active blocks' input tiles. Right after GATHER_TILES they are
  * already packed, in active-list order and still in cache: whole-tile copies from there
  * instead of a second gather with its padding logic. */
+static void store_reference_one(const tile_job* job, uint32_t k) {
+  const runtime_layer* layer = job->layer;
+  const size_t values = tile_values(layer);
+  const uint32_t block = layer->active_blocks[k];
+  float* destination = (float*)layer->tensor[SLOT_REFERENCE]->data + (size_t)block * values;
+  if (job->from_tiles) {
+    memcpy(destination, (const float*)layer->tensor[SLOT_TILES]->data + k * values, values * sizeof(float));
+  } else {
+    dynrt_copy_input_tile(layer, block, destination);
+  }
+}
+TILE_TASK(store_reference_task, store_reference_one)
+
 void dynrt_store_reference(runtime_layer* layer) {
   runtime_tensor* reference = layer->tensor[SLOT_REFERENCE];
   const runtime_tensor* tiles = layer->tensor[SLOT_TILES];
-  const size_t values = tile_values(layer);
-  const int from_tiles =
+  tile_job job;
+  job.from_tiles =
       tiles != NULL && layer->gathered_tiles_version != 0 && layer->gathered_tiles_version == tiles->version;
-  uint32_t k;
-  for (k = 0; k < layer->active_count; ++k) {
-    const uint32_t block = layer->active_blocks[k];
-    float* destination = (float*)reference->data + (size_t)block * values;
-    if (from_tiles) {
-      memcpy(destination, (const float*)tiles->data + k * values, values * sizeof(float));
-    } else {
-      dynrt_copy_input_tile(layer, block, destination);
-    }
-  }
+  run_tile_copies(layer, tile_values(layer) * sizeof(float), store_reference_task, &job);
   tensor_written(reference);
   if (layer->reference_store_due) {
     layer->reference_store_due = 0;
@@ -148,34 +182,54 @@ static void copy_region_rows(float* output, size_t output_width, const float* so
   }
 }
 
-void dynrt_scatter_tiles(runtime_layer* layer) {
-  float* output = (float*)layer->tensor[SLOT_OUTPUT]->data;
-  const float* tile_output = (const float*)layer->tensor[SLOT_TILE_OUTPUT]->data;
+static void scatter_one(const tile_job* job, uint32_t k) {
+  const runtime_layer* layer = job->layer;
   const size_t b = (size_t)layer->grid.block, channels = layer->out_channels;
+  const block_region region = region_of_block(&layer->grid, layer->active_blocks[k]);
+  /* tile_output[k, :rows, :cols, :] */
+  copy_region_rows((float*)layer->tensor[SLOT_OUTPUT]->data, (size_t)layer->grid.output_size[1],
+                   (const float*)layer->tensor[SLOT_TILE_OUTPUT]->data + k * b * b * channels, b, 0, 0, &region,
+                   channels);
+}
+TILE_TASK(scatter_task, scatter_one)
+
+static void copy_block_one(const tile_job* job, uint32_t k) {
+  const runtime_layer* layer = job->layer;
+  const size_t width = (size_t)layer->grid.output_size[1];
+  const block_region region = region_of_block(&layer->grid, layer->active_blocks[k]);
+  copy_region_rows((float*)layer->tensor[SLOT_OUTPUT]->data, width,
+                   (const float*)layer->tensor[SLOT_DENSE_OUTPUT]->data, width, region.row_begin, region.col_begin,
+                   &region, layer->out_channels);
+}
+TILE_TASK(copy_block_task, copy_block_one)
+
+/* The change cells of the blocks just written, on the calling thread: neighbouring blocks
+ * may share a cell. */
+static void mark_written_blocks(runtime_layer* layer) {
   uint32_t k;
-  region_write_begin(layer->tensor[SLOT_OUTPUT]);
   for (k = 0; k < layer->active_count; ++k) {
     const block_region region = region_of_block(&layer->grid, layer->active_blocks[k]);
-    /* tile_output[k, :rows, :cols, :] */
-    copy_region_rows(output, (size_t)layer->grid.output_size[1], tile_output + k * b * b * channels, b, 0, 0, &region,
-                     channels);
     region_write_cells(layer->tensor[SLOT_OUTPUT], region.row_begin, region.row_end, region.col_begin,
                        region.col_end);
   }
 }
 
-void dynrt_copy_blocks(runtime_layer* layer) {
-  float* output = (float*)layer->tensor[SLOT_OUTPUT]->data;
-  const float* dense = (const float*)layer->tensor[SLOT_DENSE_OUTPUT]->data;
-  const size_t width = (size_t)layer->grid.output_size[1];
-  uint32_t k;
+void dynrt_scatter_tiles(runtime_layer* layer) {
+  const size_t b = (size_t)layer->grid.block;
+  tile_job job;
   region_write_begin(layer->tensor[SLOT_OUTPUT]);
-  for (k = 0; k < layer->active_count; ++k) {
-    const block_region region = region_of_block(&layer->grid, layer->active_blocks[k]);
-    copy_region_rows(output, width, dense, width, region.row_begin, region.col_begin, &region, layer->out_channels);
-    region_write_cells(layer->tensor[SLOT_OUTPUT], region.row_begin, region.row_end, region.col_begin,
-                       region.col_end);
-  }
+  job.from_tiles = 0;
+  run_tile_copies(layer, b * b * layer->out_channels * sizeof(float), scatter_task, &job);
+  mark_written_blocks(layer);
+}
+
+void dynrt_copy_blocks(runtime_layer* layer) {
+  const size_t b = (size_t)layer->grid.block;
+  tile_job job;
+  region_write_begin(layer->tensor[SLOT_OUTPUT]);
+  job.from_tiles = 0;
+  run_tile_copies(layer, b * b * layer->out_channels * sizeof(float), copy_block_task, &job);
+  mark_written_blocks(layer);
 }
 
 /* What DSTEP_APPLY does to each value of a patch row this frame. keep and take hold the

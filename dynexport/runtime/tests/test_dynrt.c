@@ -14,6 +14,7 @@
  * also gets the artifact checks.
  */
 #include <math.h> /* NAN */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1017,6 +1018,105 @@ static void test_stats(const plan_file* plan) {
   close_fixture(&f);
 }
 
+/* The runtime's own work cut into tasks (dynrt_backend.parallel_for) must give what the
+ * serial loop gives, bit for bit: outputs, decisions and ties, frame by frame, on a clip
+ * whose every third frame changes everywhere (every block scored). Tasks 1.. run on
+ * threads of their own while task 0 runs on the caller, so tasks really overlap. */
+#define DYNRT_MAX_TEST_TASKS 4u
+
+typedef struct parallel_call {
+  void (*task)(void* argument, uint32_t task);
+  void* argument;
+  uint32_t index;
+} parallel_call;
+
+static unsigned long parallel_calls;
+
+static void* run_parallel_call(void* call) {
+  const parallel_call* c = (const parallel_call*)call;
+  c->task(c->argument, c->index);
+  return NULL;
+}
+
+static void threads_parallel_for(void* context, void (*task)(void* argument, uint32_t task), void* argument,
+                                 uint32_t tasks) {
+  pthread_t threads[DYNRT_MAX_TEST_TASKS];
+  parallel_call calls[DYNRT_MAX_TEST_TASKS];
+  uint32_t t, started = 0;
+  (void)context;
+  CHECK(tasks >= 2 && tasks <= DYNRT_MAX_TEST_TASKS, "parallel_for with %lu tasks", (unsigned long)tasks);
+  if (tasks > DYNRT_MAX_TEST_TASKS) tasks = DYNRT_MAX_TEST_TASKS;
+  parallel_calls += 1;
+  for (t = 1; t < tasks; ++t) {
+    calls[t].task = task;
+    calls[t].argument = argument;
+    calls[t].index = t;
+    if (pthread_create(&threads[t], NULL, run_parallel_call, &calls[t]) != 0) break;
+    started = t;
+  }
+  task(argument, 0);
+  for (t = started + 1; t < tasks; ++t) task(argument, t); /* threads that could not start */
+  for (t = 1; t <= started; ++t) pthread_join(threads[t], NULL);
+}
+
+static void test_parallel_tasks(const plan_file* plan) {
+  session_fixture serial, parallel;
+  dynrt_layer_stats serial_layers[64], parallel_layers[64];
+  dynrt_frame_stats serial_stats, parallel_stats;
+  const unsigned long calls_before = parallel_calls;
+  uint8_t masks[2][4096], channels[2][1024];
+  int t;
+  uint32_t i;
+  if (!open_fixture(plan, &serial)) return;
+  parallel = serial; /* its own session, on a backend lending threads */
+  parallel.backend = make_test_backend("dynrt_test", NULL, 0);
+  parallel.backend->base.parallel_for = threads_parallel_for;
+  parallel.backend->base.parallel_threads = DYNRT_MAX_TEST_TASKS;
+  parallel.output = (float*)malloc(serial.info.output_bytes);
+  parallel.session = NULL;
+  CHECK(parallel.output != NULL &&
+            dynrt_session_create(plan->bytes, plan->size, &parallel.backend->base, NULL, 0, &parallel.session) ==
+                DYNRT_OK,
+        "create with parallel_for");
+  memset(&serial_stats, 0, sizeof serial_stats);
+  serial_stats.layers = serial_layers;
+  serial_stats.layer_capacity = 64;
+  parallel_stats = serial_stats;
+  parallel_stats.layers = parallel_layers;
+  for (t = 0; t < 12 && serial.session != NULL && parallel.session != NULL; ++t) {
+    size_t k;
+    make_frame(serial.frame, &serial.info, t);
+    if (t % 3 == 2) {
+      for (k = 0; k < serial.info.input_bytes / 4; ++k) serial.frame[k] += 0.05f * (float)t; /* everything changes */
+    }
+    CHECK(dynrt_session_step(serial.session, serial.frame, serial.info.input_bytes, serial.output,
+                             serial.info.output_bytes, &serial_stats) == DYNRT_OK &&
+              dynrt_session_step(parallel.session, serial.frame, serial.info.input_bytes, parallel.output,
+                                 serial.info.output_bytes, &parallel_stats) == DYNRT_OK,
+          "frame %d: %s / %s", t, dynrt_session_last_error(serial.session), dynrt_session_last_error(parallel.session));
+    CHECK(memcmp(serial.output, parallel.output, serial.info.output_bytes) == 0,
+          "frame %d: the output with tasks differs from the serial one", t);
+    for (i = 0; i < serial.info.layer_count && i < 64; ++i) {
+      const size_t blocks = serial_layers[i].total_blocks < 4096 ? serial_layers[i].total_blocks : 4096;
+      CHECK(dynrt_session_layer_decisions(serial.session, i, masks[0], sizeof masks[0], channels[0],
+                                          sizeof channels[0]) == DYNRT_OK &&
+                dynrt_session_layer_decisions(parallel.session, i, masks[1], sizeof masks[1], channels[1],
+                                              sizeof channels[1]) == DYNRT_OK,
+            "frame %d layer %lu: decisions", t, (unsigned long)i);
+      CHECK(memcmp(masks[0], masks[1], blocks) == 0 && serial_layers[i].ties == parallel_layers[i].ties &&
+                serial_layers[i].path == parallel_layers[i].path,
+            "frame %d layer %lu: decisions, ties or path differ with tasks", t, (unsigned long)i);
+    }
+  }
+  printf("  tasks: 12 frames matched the serial session bit for bit (%lu parallel_for calls)\n",
+         parallel_calls - calls_before);
+  dynrt_session_destroy(parallel.session);
+  parallel.session = NULL;
+  dynrt_backend_destroy(&parallel.backend->base);
+  free(parallel.output);
+  close_fixture(&serial);
+}
+
 /* ---- benchmark ----------------------------------------------------------------------- */
 
 static int compare_u64(const void* a, const void* b) {
@@ -1090,6 +1190,7 @@ int main(int argc, char** argv) {
     test_stats(&plan);
     test_backend_failure(&plan);
     test_sessions_sharing_a_backend(&plan);
+    test_parallel_tasks(&plan);
     test_buffer_needs(&plan);
     test_time_segment(&plan);
     test_no_allocation_after_create(&plan);

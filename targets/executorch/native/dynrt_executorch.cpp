@@ -40,8 +40,9 @@
 #include "dynrt_backend_impl.h"
 
 #if DYNRT_EXECUTORCH_HAS_THREADPOOL
+#include <executorch/runtime/core/function_ref.h>
 // The wheel ships libexecutorch_threadpool (which XNNPACK runs on) but not its header
-// threadpool.h (it would need pthreadpool.h, also not shipped). These are the two calls the
+// threadpool.h (it would need pthreadpool.h, also not shipped). These are the calls the
 // adapter makes, declared as the library exports them (extension/threadpool/threadpool.h).
 namespace executorch::extension::threadpool {
 class ThreadPool final {
@@ -49,6 +50,8 @@ class ThreadPool final {
   ThreadPool() = delete;
   size_t get_thread_count() const;
   bool _unsafe_reset_threadpool(uint32_t num_threads);
+  // fn(i) for i < range on the pool's threads and the caller's (pthreadpool_parallelize_1d)
+  void run(::executorch::runtime::FunctionRef<void(size_t)> fn, size_t range);
 };
 ThreadPool* get_threadpool();
 }  // namespace executorch::extension::threadpool
@@ -588,6 +591,20 @@ dynrt_status run(const Adapter& adapter, SessionState& state, uint32_t index, ui
 
 // --- vtable --------------------------------------------------------------------------------
 
+// The runtime's own work between segments, on the pool the segments run on (dynrt_backend_impl.h):
+// no second set of threads competes with XNNPACK's for the cores, and its workers, awake from
+// the last segment, do that work instead of spinning.
+void vt_parallel_for(void*, void (*task)(void*, uint32_t), void* argument, uint32_t tasks) {
+#if DYNRT_EXECUTORCH_HAS_THREADPOOL
+  auto* pool = ::executorch::extension::threadpool::get_threadpool();
+  if (pool != nullptr) {
+    pool->run([&](size_t t) { task(argument, static_cast<uint32_t>(t)); }, tasks);
+    return;
+  }
+#endif
+  for (uint32_t t = 0; t < tasks; ++t) task(argument, t);
+}
+
 dynrt_status vt_prepare_session(void* context, const dynrt_plan_info* plan, void** state_out, char* message,
                                 size_t message_capacity) {
   if (context == nullptr || plan == nullptr || state_out == nullptr) return DYNRT_INVALID_ARGUMENT;
@@ -744,6 +761,10 @@ extern "C" dynrt_status dynrt_executorch_backend_create_v2(const void* pte, size
     backend->run_segment = vt_run_segment;
     backend->release_session = vt_release_session;
     backend->destroy = vt_destroy;
+    if (!adapter->serial) {
+      backend->parallel_threads = pool_thread_count();
+      if (backend->parallel_threads > 1) backend->parallel_for = vt_parallel_for;
+    }
     backend->context = adapter.release();
     *backend_out = backend.release();
     return DYNRT_OK;
