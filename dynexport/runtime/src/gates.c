@@ -597,7 +597,8 @@ dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
     job.count = to_score;
     job.decisions = decisions;
     /* a block's scoring reads its input tile and reference tile once, at most */
-    job.tasks = dynrt_task_count(session, to_score, 2 * (uint64_t)pass.tile_h * pass.tile_w * pass.channels * sizeof(float));
+    job.tasks = dynrt_task_count(session, to_score,
+                                 2 * (uint64_t)pass.tile_h * pass.tile_w * pass.channels * sizeof(float));
     memset(job.row_sum_not_finite, 0, sizeof job.row_sum_not_finite);
     dynrt_run_tasks(session, job.tasks, score_blocks_task, &job);
     for (t = 0; t < job.tasks; ++t) {

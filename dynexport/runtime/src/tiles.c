@@ -113,7 +113,8 @@ static void run_tile_copies(runtime_layer* layer, uint64_t bytes_per_tile, runti
 
 static void gather_one(const tile_job* job, uint32_t k) {
   const runtime_layer* layer = job->layer;
-  dynrt_copy_input_tile(layer, layer->active_blocks[k], (float*)layer->tensor[SLOT_TILES]->data + k * tile_values(layer));
+  float* tile = (float*)layer->tensor[SLOT_TILES]->data + k * tile_values(layer);
+  dynrt_copy_input_tile(layer, layer->active_blocks[k], tile);
 }
 TILE_TASK(gather_task, gather_one)
 
