@@ -37,6 +37,7 @@ from dynexport.harness.verify import (
     RELATIVE_TOLERANCE, compare_runs, load_reference, open_build, run_interpreted, run_native, structural_failures,
     verify_backend,
 )
+from dynexport.plan.frame_program import LayerKind
 from targets import BACKENDS
 from tests.targets.backend_models import INPUT_SHAPE, MODELS
 from tests.targets.conftest import FRAMES, RESET_AT
@@ -149,7 +150,7 @@ def test_native_run_matches_the_interpreter_and_the_reference(runs, backend, mod
     assert len(paths) == FRAMES and all(len(p) == len(program.layers) and set(p) <= {"reuse", "tiles", "dense"}
                                         for p in paths), paths
     assert paths[0] == paths[RESET_AT] == ["dense"] * len(program.layers), paths  # after a reset: no history
-    if any(layer.kind != 1 for layer in program.layers):  # a skip convolution: the tile path at a batch below its bound
+    if any(layer.kind == LayerKind.SKIP_CONV for layer in program.layers):  # the tile path, at a batch below its bound
         assert any("tiles" in p for p in paths), f"no frame took the tile path: {paths}"
     assert all(len(frame["segment_ns"]) == len(program.segments) for frame in native.stats)
 
@@ -168,7 +169,7 @@ def test_the_models_gates_decide_something(backend_build, model):
     runs = runs_of(backend_build, model, backend)
     reference = runs.reference
     assert reference.block_masks[1:].mean() < 1.0, "no block skipped after the first frame"
-    if any(layer.kind == 1 for layer in runs.build.program.layers):  # D-STEP
+    if any(layer.kind == LayerKind.DSTEP for layer in runs.build.program.layers):
         assert (reference.channels[1:] != COMPUTE).any(), "no D-STEP channel skipped or reused"
 
 
