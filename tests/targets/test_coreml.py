@@ -18,19 +18,11 @@ import pytest
 import torch
 
 from dynexport.errors import CompileError, PlanError
-from tests.targets.backend_models import small_model
+from tests.targets.backend_models import INPUT_SHAPE, small_model
 
 ROOT = Path(__file__).resolve().parents[2]
-SHAPE = (1, 3, 24, 24)
 FRAMES = 6
 CLI = [sys.executable, "-m", "dynexport.cli.main"]
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
-
-    return compile_model(small_model(), SHAPE, DEFAULT_DENSE_CUTOFF)
 
 
 def write_package(files: dict, folder: Path) -> Path:
@@ -41,13 +33,13 @@ def write_package(files: dict, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def packages(compiled, tmp_path_factory):
+def packages(compiled, backend_build, tmp_path_factory):
+    """fp32: the mixed model's coreml build, shared with the differential suite (conftest); fp16 emitted here."""
     from targets.coreml.emitter import emit_coreml
 
-    root = tmp_path_factory.mktemp("coreml")
-    return {precision: write_package(emit_coreml(compiled.segments, precision=precision),
-                                     root / precision / "model.mlpackage")
-            for precision in ("fp32", "fp16")}
+    fp16 = write_package(emit_coreml(compiled.segments, precision="fp16"),
+                         tmp_path_factory.mktemp("coreml") / "fp16" / "model.mlpackage")
+    return {"fp32": backend_build("mixed", "coreml").artifact, "fp16": fp16}
 
 
 def test_the_package_has_one_function_per_segment_and_passes_the_structural_check(compiled, packages):
@@ -174,7 +166,8 @@ def ios_build(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("ios_build")
     torch.save(small_model(), folder / "model.pt")
-    build(folder / "model.pt", folder / "out", target="ios", input_shape="x".join(map(str, SHAPE)), allow_pickle=True)
+    build(folder / "model.pt", folder / "out", target="ios", input_shape="x".join(map(str, INPUT_SHAPE)),
+          allow_pickle=True)
     return folder / "out"
 
 

@@ -1,50 +1,27 @@
 """The LiteRT backend (targets/litert): the emitter's .tflite has one signature per segment
-(NHWC operands, a dynamic batch on tile segments) matching torch in ai-edge-litert's Python
-interpreter; the native adapter through the driver (--backend litert) passes verify on a
-small built model on host and ARM64 (qemu), and refuses a truncated or tampered model.tflite,
-a tile count over the plan's bound and a plan segment the model has no signature for, with a
-named error, never a crash. A backend whose converter refuses a segment does not stop the
-others from building."""
+(NHWC operands, a dynamic batch on tile segments); the native adapter through the driver
+(--backend litert) refuses a truncated or tampered model.tflite, a tile count over the plan's
+bound, a plan segment the model has no signature for and a library that is not LiteRT's, with
+a named error, never a crash. A backend whose converter refuses a segment does not stop the
+others from building. Its numerics (native, interpreter and torch, per segment, threads,
+shared sessions, ARM64) are the differential suite's: test_differential.py."""
 
-import json
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from dynexport import video
 from dynexport.plan.frame_program import Artifact, FrameProgram
-from tests.targets.backend_models import small_model
-
-ROOT = Path(__file__).resolve().parents[2]
-HEIGHT = WIDTH = 24
-FRAMES = 8
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    from dynexport.build import build
-
-    folder = tmp_path_factory.mktemp("litert_native")
-    torch.save(small_model(), folder / "model.pt")
-    out = folder / "out"
-    build(folder / "model.pt", out, target="host", backend="litert", input_shape=f"1x3x{HEIGHT}x{WIDTH}",
-          allow_pickle=True)
-    clip = video.generate("mixed", seed=0, height=HEIGHT, width=WIDTH, frames=FRAMES).as_float()
-    (folder / "frames.bin").write_bytes(np.ascontiguousarray(clip.transpose(0, 2, 3, 1)).tobytes())
-    return {"dir": folder, "out": out, "plan": out / "plan.dxfp", "model": out / "model.tflite"}
-
-
-@pytest.fixture(scope="module")
-def compiled():
-    from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
-
-    return compile_model(small_model(), (1, 3, HEIGHT, WIDTH), DEFAULT_DENSE_CUTOFF)
+def built(backend_build):
+    """The mixed model's litert build, shared with the differential suite (conftest)."""
+    shared = backend_build("mixed", "litert")
+    return {"frames": shared.frames, "plan": shared.plan, "model": shared.artifact}
 
 
 def test_one_signature_per_segment_nhwc_with_a_dynamic_tile_batch(built, compiled):
@@ -65,28 +42,6 @@ def test_one_signature_per_segment_nhwc_with_a_dynamic_tile_batch(built, compile
             assert first == physical, name
 
 
-def test_every_segment_matches_torch_in_the_python_interpreter(built, compiled):
-    from targets.litert.host_runtime import LiteRtSegments
-
-    runner = LiteRtSegments(built["model"].read_bytes())
-    for name, artifact in compiled.segments.items():
-        batches = [1, artifact.max_batch] if artifact.max_batch > 1 else [None]
-        for batch in batches:
-            # a D-STEP policy's `primed` flag is exactly 0 or 1 at run time (the converted form relies on it)
-            inputs = [torch.ones_like(x) if x.shape == (1,) else x for x in artifact.example_inputs]
-            if batch is not None:
-                inputs[0] = inputs[0][:batch]
-            with torch.no_grad():
-                expected = artifact.module(*inputs)
-            expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-            got = runner.run(name, inputs)
-            assert len(got) == len(expected), name
-            for g, e in zip(got, expected):
-                assert g.shape == e.shape, (name, batch, g.shape, e.shape)
-                error = (g.double() - e.double()).abs().max().item() if e.numel() else 0.0
-                assert error <= 1e-5, f"segment {name} at batch {batch}: max abs error {error}"
-
-
 # --- the native adapter through the driver ------------------------------------------------------
 
 
@@ -97,32 +52,11 @@ def host_driver(host_driver):  # the session's driver (conftest), checked to car
     return host_driver
 
 
-def run_driver(driver, built, model, tmp_path, extra=(), plan=None, command=None):
-    return subprocess.run([*(command or [str(driver)]), "--backend", "litert", "--plan", str(plan or built["plan"]),
-                           "--artifact", str(model), "--frames", str(built["dir"] / "frames.bin"),
+def run_driver(driver, built, model, tmp_path, extra=(), plan=None):
+    return subprocess.run([str(driver), "--backend", "litert", "--plan", str(plan or built["plan"]),
+                           "--artifact", str(model), "--frames", str(built["frames"]),
                            "--outputs", str(tmp_path / "outputs.bin"), *map(str, extra)],
                           capture_output=True, text=True, timeout=900)
-
-
-def test_verify_passes_through_the_native_adapter(host_driver, built):
-    result = subprocess.run([sys.executable, "-m", "dynexport.cli.main", "verify", str(built["out"]),
-                             "--frames", str(FRAMES), "--json"], capture_output=True, text=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["passed"] and list(report["backends"]) == ["litert"]
-    assert report["backends"]["litert"]["max_rel_err"] <= 1e-4
-
-
-def test_threads_do_not_change_the_outputs_and_sessions_share_a_backend(host_driver, built, tmp_path):
-    one = run_driver(host_driver, built, built["model"], tmp_path, ["--threads", 1])
-    assert one.returncode == 0, one.stderr
-    first = np.fromfile(tmp_path / "outputs.bin", np.float32)
-    two = run_driver(host_driver, built, built["model"], tmp_path, ["--threads", 2])
-    assert two.returncode == 0, two.stderr
-    np.testing.assert_allclose(np.fromfile(tmp_path / "outputs.bin", np.float32), first, atol=1e-5, rtol=0)
-    shared = run_driver(host_driver, built, built["model"], tmp_path, ["--shared-sessions-check", "--threads", 1])
-    assert shared.returncode == 0, shared.stderr
 
 
 def with_artifact(built, tmp_path, data: bytes) -> Path:
@@ -177,7 +111,7 @@ def test_a_foreign_library_is_named(host_driver, built, tmp_path):
     libm = next(p for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6")
                 if Path(p).exists())
     result = subprocess.run([str(host_driver), "--backend", "litert", "--plan", str(built["plan"]), "--artifact",
-                             str(built["model"]), "--frames", str(built["dir"] / "frames.bin"), "--outputs",
+                             str(built["model"]), "--frames", str(built["frames"]), "--outputs",
                              str(tmp_path / "outputs.bin")], capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin", "DYNRT_LITERT_LIBRARY": libm})
     assert result.returncode > 0, result.stderr
@@ -213,20 +147,3 @@ def test_a_refused_segment_fails_only_that_backend(tmp_path, monkeypatch):
     assert "litert: the converter refused segment" in reason and "_upsample_bilinear2d_aa" in reason, reason
     assert (tmp_path / "out" / "model.pte").exists() and not (tmp_path / "out" / "model.tflite").exists()
 
-
-def test_aarch64_driver_under_qemu_matches_host(host_driver, aarch64_driver, built, tmp_path):
-    if "litert" not in subprocess.run([*aarch64_driver, "--help"], capture_output=True, text=True).stdout:
-        pytest.fail("the aarch64 driver has no LiteRT adapter (tools/build_runtime.sh aarch64 found no wheel)")
-    frame_bytes = 4 * 3 * HEIGHT * WIDTH
-    frames = tmp_path / "frames.bin"
-    frames.write_bytes((built["dir"] / "frames.bin").read_bytes()[:2 * frame_bytes])
-    common = ["--backend", "litert", "--plan", str(built["plan"]), "--artifact", str(built["model"]),
-              "--frames", str(frames), "--threads", "1"]
-    host = subprocess.run([str(host_driver), *common, "--outputs", str(tmp_path / "host.bin")],
-                          capture_output=True, text=True)
-    assert host.returncode == 0, host.stderr
-    arm = subprocess.run([*aarch64_driver, *common, "--outputs", str(tmp_path / "arm.bin")], capture_output=True,
-                         text=True, timeout=900)
-    assert arm.returncode == 0, arm.stderr
-    got, expected = np.fromfile(tmp_path / "arm.bin", np.float32), np.fromfile(tmp_path / "host.bin", np.float32)
-    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-4

@@ -135,9 +135,9 @@ class DynexportSession private constructor(
     /** Tuning runs only: runs segment [segment] once at [batch]; its backend time in ns. Resets the session. */
     fun timeSegment(segment: Int, batch: Int): Long = NativeBridge.timeSegment(live(), segment, batch)
 
-    /** A direct, native-order buffer of one input frame. */
-    fun newInputBuffer(): FloatBuffer = directFloats(info.inputFloats)
-    fun newOutputBuffer(): FloatBuffer = directFloats(info.outputFloats)
+    /** A direct, native-order buffer of one input frame, at a 64-byte aligned address (as the native driver's). */
+    fun newInputBuffer(): FloatBuffer = alignedFloats(info.inputFloats)
+    fun newOutputBuffer(): FloatBuffer = alignedFloats(info.outputFloats)
     fun newFrameStats(): FrameStats = FrameStats(info.layerCount, info.segmentCount)
 
     val isClosed: Boolean get() = handle == 0L
@@ -266,8 +266,23 @@ class DynexportSession private constructor(
             throw invalid("cannot read the $what $file: ${error.message}")
         }
 
-        internal fun directFloats(count: Int): FloatBuffer =
-            ByteBuffer.allocateDirect(count * 4).order(ByteOrder.nativeOrder()).asFloatBuffer()
+        private const val ALIGNMENT = 64  // bytes: a cache line, and what the native driver's buffers have
+
+        /**
+         * [count] floats, direct and in native order, from a 64-byte aligned address. allocateDirect
+         * aligns to 8 or 16 bytes only, and ByteBuffer.alignedSlice / alignmentOffset are Java 9 and
+         * Android API 33 (minSdk is 26): so the buffer has ALIGNMENT - 1 bytes of slack and is sliced
+         * at the offset the JNI layer's address of it gives, on every API level.
+         */
+        internal fun alignedFloats(count: Int): FloatBuffer {
+            val bytes = count * 4
+            val raw = ByteBuffer.allocateDirect(bytes + ALIGNMENT - 1)
+            val offset = ((ALIGNMENT - NativeBridge.directAddress(raw) % ALIGNMENT) % ALIGNMENT).toInt()
+            // through Buffer: ByteBuffer's own position(Int)/limit(Int) (covariant) are not on older Android
+            (raw as java.nio.Buffer).position(offset)
+            (raw as java.nio.Buffer).limit(offset + bytes)
+            return raw.slice().order(ByteOrder.nativeOrder()).asFloatBuffer()
+        }
 
         private fun invalid(message: String) = DynexportException(DynexportStatus.INVALID_ARGUMENT, message)
     }

@@ -104,6 +104,24 @@ class DynexportSessionTest {
     }
 
     @Test
+    fun `new input and output buffers start at a 64-byte aligned address`() {
+        val session = open()
+        // several of each: a lone allocation can be aligned by chance (direct buffers are 8- or 16-byte aligned)
+        repeat(16) {
+            val input = session.newInputBuffer()
+            val output = session.newOutputBuffer()
+            for ((buffer, floats) in listOf(input to session.info.inputFloats, output to session.info.outputFloats)) {
+                assertEquals(0L, NativeBridge.directAddress(buffer) % 64, "address ${NativeBridge.directAddress(buffer)}")
+                assertTrue(buffer.isDirect)
+                assertEquals(ByteOrder.nativeOrder(), buffer.order())
+                assertEquals(floats, buffer.capacity())
+                assertEquals(0, buffer.position())
+                assertEquals(floats, buffer.limit())
+            }
+        }
+    }
+
+    @Test
     fun `a step allocates nothing on the JVM heap`() {
         val session = open()
         val input = session.newInputBuffer()
