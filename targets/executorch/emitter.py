@@ -45,33 +45,94 @@ def export_segment(artifact) -> torch.export.ExportedProgram:
         raise CompileError(f"segment {artifact.name}: torch.export failed: {exc}") from exc
 
 
-@contextlib.contextmanager
-def _materialize_cia_ops_once():
-    """torch.export re-materializes every CompositeImplicitAutograd op into ``torch.ops`` at
-    each of the ~7 ``run_decompositions`` a method's lowering does: measured here, a quarter
-    of the lowering time. The result only changes when an op is registered, so skip the
-    walk while the dispatcher's CIA registrations are the same as last time."""
-    import torch._export.utils as export_utils
+def _cia_registrations():
+    """What the dispatcher's CompositeImplicitAutograd ops depend on: their C++ registrations
+    and the op namespaces Python has seen (about 2 ms to read)."""
+    return (tuple(torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")),
+            tuple((name, len(getattr(torch.ops, name)._dir)) for name in torch.ops._dir
+                  if isinstance(getattr(torch.ops, name), torch._ops._OpNamespace)))
 
-    original = export_utils._materialize_cpp_cia_ops
-    seen: list = [None]
+
+@contextlib.contextmanager
+def _cia_ops_memoized():
+    """Every ``run_decompositions`` (2 per method here) first collects the preservable
+    CompositeImplicitAutograd ops of every op namespace, re-materializing the C++ ops into
+    ``torch.ops`` on the way: measured here, a quarter of the lowering time. The set only
+    changes when an op is registered, so keep it while the registrations are the ones it was
+    collected under."""
+    import torch._export.utils as export_utils
+    import torch.export.decomp_utils as decomp_utils
+    import torch.export.exported_program as exported_program
+
+    original_materialize, original_collect = export_utils._materialize_cpp_cia_ops, export_utils._collect_all_valid_cia_ops
+    materialized: list = [None]
+    collected: dict = {}
 
     def materialize_if_changed() -> None:
         current = torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")
-        if current != seen[0]:
-            original()
-            seen[0] = current
+        if current != materialized[0]:
+            original_materialize()
+            materialized[0] = current
+
+    def collect_if_changed():
+        key = _cia_registrations()
+        if key not in collected:
+            collected.clear()
+            collected[key] = original_collect()
+        return set(collected[key])  # a copy, as every call of the original returns a new set
 
     export_utils._materialize_cpp_cia_ops = materialize_if_changed
+    exported_program._collect_all_valid_cia_ops = collect_if_changed
+    decomp_utils._collect_all_valid_cia_ops = collect_if_changed
     try:
         yield
     finally:
-        export_utils._materialize_cpp_cia_ops = original
+        export_utils._materialize_cpp_cia_ops = original_materialize
+        exported_program._collect_all_valid_cia_ops = original_collect
+        decomp_utils._collect_all_valid_cia_ops = original_collect
+
+
+@contextlib.contextmanager
+def _cached_callable_annotations():
+    """``OperatorBase.py_impl`` builds two ``collections.abc.Callable[...]`` aliases for its
+    inner function's annotations on every call (they are not cached), and each
+    ``run_decompositions`` calls it some 6000 times (every preservable CIA op, every
+    dispatch key): measured here, 30 % of torch's decomposition override. ``typing.Callable``
+    is the same type for annotations and isinstance, and caches its subscriptions."""
+    import typing
+
+    import torch._ops as ops
+
+    original = ops.Callable
+    ops.Callable = typing.Callable
+    try:
+        yield
+    finally:
+        ops.Callable = original
+
+
+def segment_partitioner():
+    """XNNPACK's partitioner, for segments: when a program has none of the ops XNNPACK asks to
+    keep undecomposed (linear, upsampling and the like: our segments are convolutions and
+    pointwise ops), it says it needs no per-node check, so ExecuTorch skips its
+    EDGE_DO_NOT_DECOMP round (two more ``run_decompositions`` of the whole method, each a
+    retrace, a third of the lowering time) that could only have preserved nodes of those ops.
+    The programs lowered are byte for byte the same (tests/targets/test_executorch_emitter.py)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    class SegmentPartitioner(XnnpackPartitioner):
+        def ops_to_not_decompose(self, ep):
+            ops, check_op_support = super().ops_to_not_decompose(ep)
+            kept = set(ops)
+            if any(node.op == "call_function" and node.target in kept for node in ep.graph.nodes):
+                return ops, check_op_support
+            return ops, None
+
+    return SegmentPartitioner()
 
 
 def lower_segments(segments: dict) -> bytes:
     """Export and lower a group of segments into one .pte (runs in a worker process too)."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
@@ -79,10 +140,10 @@ def lower_segments(segments: dict) -> bytes:
     # scratch buffers to them, so a segment call copies nothing in or out.
     io_in_place = ExecutorchBackendConfig(
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, alloc_graph_output=False))
-    with _materialize_cia_ops_once():
+    with _cia_ops_memoized(), _cached_callable_annotations():
         programs = {name: export_segment(artifact) for name, artifact in segments.items()}
         try:
-            edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+            edge = to_edge_transform_and_lower(programs, partitioner=[segment_partitioner()])
             return bytes(edge.to_executorch(io_in_place).buffer)
         except Exception as exc:
             raise CompileError(
