@@ -1,7 +1,9 @@
 """Worker process of the parallel ExecuTorch emitter (see ``LoweringWorkers``): imports torch
 and ExecuTorch at once, then reads one line ``REQUEST.pkl<TAB>RESULT.pte`` from stdin, lowers
-the pickled segment group the emitter wrote and writes the .pte. An empty line: exit."""
+the pickled segment group the emitter wrote and writes the .pte. An empty line: exit. Its stdout carries only progress
+(a ``tick`` line per lowering step): whatever else writes to stdout goes to stderr, the log."""
 
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -12,6 +14,9 @@ from targets.executorch.emitter import lower_segments
 
 
 def main() -> None:
+    ticks = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # torch's or a native library's prints would read as progress
+    sys.stdout = sys.stderr
     torch.set_num_threads(1)
     line = sys.stdin.readline().strip()
     if not line:
@@ -19,7 +24,11 @@ def main() -> None:
     request, result = map(Path, line.split("\t"))
     with open(request, "rb") as f:
         segments = pickle.load(f)
-    result.write_bytes(lower_segments(segments))
+    def tick() -> None:
+        ticks.write("tick\n")
+        ticks.flush()
+
+    result.write_bytes(lower_segments(segments, tick=tick))
 
 
 if __name__ == "__main__":
