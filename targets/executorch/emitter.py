@@ -149,6 +149,17 @@ def segment_partitioner(tick: Callable[[], None] | None = None):
     return SegmentPartitioner()
 
 
+def build_xnnpack_patterns() -> None:
+    """XNNPACK's delegate builds its SDPA and bilinear-upsampling pattern graphs (exported
+    and lowered small modules, seconds) on first use and keeps them for the process: a
+    worker builds them while it waits for its segments, not after."""
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+
+    with _cia_ops_memoized(), _cached_callable_annotations():
+        bilinear_2d.get_graphs_dict()
+        sdpa.get_graphs()
+
+
 def lower_segments(segments: dict, shortcuts: bool = True, tick: Callable[[], None] | None = None) -> bytes:
     """Export and lower a group of segments into one .pte (runs in a worker process too).
     ``shortcuts=False`` lowers along ExecuTorch's own path only: the test that the shortcuts

@@ -1,7 +1,8 @@
 """Worker process of the parallel ExecuTorch emitter (see ``LoweringWorkers``): imports torch
-and ExecuTorch at once, then reads one line ``REQUEST.pkl<TAB>RESULT.pte`` from stdin, lowers
-the pickled segment group the emitter wrote and writes the .pte. An empty line: exit. Its stdout carries only progress
-(a ``tick`` line per lowering step): whatever else writes to stdout goes to stderr, the log."""
+and ExecuTorch at once and builds XNNPACK's pattern graphs, then reads one line
+``REQUEST.pkl<TAB>RESULT.pte`` from stdin, lowers the pickled segment group the emitter wrote
+and writes the .pte. An empty line: exit. Its stdout carries only progress (a ``tick`` line
+per lowering step): whatever else writes to stdout goes to stderr, the log."""
 
 import os
 import pickle
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from targets.executorch.emitter import lower_segments
+from targets.executorch.emitter import build_xnnpack_patterns, lower_segments
 
 
 def main() -> None:
@@ -18,6 +19,7 @@ def main() -> None:
     os.dup2(2, 1)  # torch's or a native library's prints would read as progress
     sys.stdout = sys.stderr
     torch.set_num_threads(1)
+    build_xnnpack_patterns()  # while the compiler still builds the segments
     line = sys.stdin.readline().strip()
     if not line:
         return
