@@ -51,13 +51,15 @@ class BuildResult:
 
 def build(model_path, out, target: str = "android", backend: str | None = None, input_shape=None,
           force: bool = False, allow_pickle: bool = False, dense_cutoff: float | None = None,
-          input_scale: float = 1.0 / 255.0, progress: Callable[[str], None] | None = None,
+          input_scale: float = 1.0 / 255.0, progress: Callable[..., None] | None = None,
           precision: str | None = None) -> BuildResult:
+    """``progress`` is called with a message, and with (message, done, total) while a step
+    that counts its work runs (the ExecuTorch lowering)."""
     from dynexport.compiler.frontend import parse_input_shape
     from dynexport.loading import load_model
 
     start = time.perf_counter()
-    say = progress or (lambda message: None)
+    say = progress or (lambda message, *count: None)
     backends = backends_for(target, backend)
     options = _build_options(backends, precision=precision)
     emitters = {b.name: b.load_emitter() for b in backends}  # a missing backend library fails here, before any work
@@ -106,7 +108,7 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         for chosen in backends:
             name = chosen.name
             try:
-                data = emitters[name](compiled.segments, progress=lambda step, name=name: say(f"{name}: {step}"),
+                data = emitters[name](compiled.segments, progress=lambda step, *count, name=name: say(f"{name}: {step}", *count),
                                       **prepared[name])
             except CompileError as exc:
                 # one backend's converter refusing a segment must not cost the others: record

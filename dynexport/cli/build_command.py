@@ -57,14 +57,20 @@ def build(
       dynexport build examples/skipconv_heatmap/model.pt -o out --tune
     """
     from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     from dynexport.build import build as run_build
 
-    console = Console(stderr=True)
-    with console.status("building") as status:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("building", total=None)
+
+        def show(message: str, done: int | None = None, total: int | None = None) -> None:
+            # a step that counts its work fills the bar; any other step pulses it
+            progress.update(task, description=f"building: {message}", total=total, completed=done or 0)
+
         result = run_build(model, output, target=target, backend=backend, input_shape=input_shape, force=force,
-                           allow_pickle=allow_pickle, dense_cutoff=dense_cutoff, precision=precision,
-                           progress=lambda message: status.update(f"building: {message}"))
+                           allow_pickle=allow_pickle, dense_cutoff=dense_cutoff, precision=precision, progress=show)
     manifest = result.manifest
     typer.echo(
         f"built {result.out} in {result.seconds:.1f} s: {len(manifest['layers'])} gated layers, "

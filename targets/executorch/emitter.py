@@ -17,6 +17,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -45,32 +46,126 @@ def export_segment(artifact) -> torch.export.ExportedProgram:
         raise CompileError(f"segment {artifact.name}: torch.export failed: {exc}") from exc
 
 
-@contextlib.contextmanager
-def _materialize_cia_ops_once():
-    """torch.export re-materializes every CompositeImplicitAutograd op into ``torch.ops`` at
-    each of the ~7 ``run_decompositions`` a method's lowering does: measured here, a quarter
-    of the lowering time. The result only changes when an op is registered, so skip the
-    walk while the dispatcher's CIA registrations are the same as last time."""
-    import torch._export.utils as export_utils
+def _cia_registrations():
+    """What the dispatcher's CompositeImplicitAutograd ops depend on: their C++ registrations
+    and the op namespaces Python has seen (about 2 ms to read)."""
+    return (tuple(torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")),
+            tuple((name, len(getattr(torch.ops, name)._dir)) for name in torch.ops._dir
+                  if isinstance(getattr(torch.ops, name), torch._ops._OpNamespace)))
 
-    original = export_utils._materialize_cpp_cia_ops
-    seen: list = [None]
+
+@contextlib.contextmanager
+def _cia_ops_memoized():
+    """Every ``run_decompositions`` (2 per method here) first collects the preservable
+    CompositeImplicitAutograd ops of every op namespace, re-materializing the C++ ops into
+    ``torch.ops`` on the way: measured here, a quarter of the lowering time. The set only
+    changes when an op is registered, so keep it while the registrations are the ones it was
+    collected under."""
+    import torch._export.utils as export_utils
+    import torch.export.decomp_utils as decomp_utils
+    import torch.export.exported_program as exported_program
+
+    original_materialize, original_collect = export_utils._materialize_cpp_cia_ops, export_utils._collect_all_valid_cia_ops
+    materialized: list = [None]
+    collected: dict = {}
 
     def materialize_if_changed() -> None:
         current = torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")
-        if current != seen[0]:
-            original()
-            seen[0] = current
+        if current != materialized[0]:
+            original_materialize()
+            materialized[0] = current
+
+    def collect_if_changed():
+        key = _cia_registrations()
+        if key not in collected:
+            collected.clear()
+            collected[key] = original_collect()
+        return set(collected[key])  # a copy, as every call of the original returns a new set
 
     export_utils._materialize_cpp_cia_ops = materialize_if_changed
+    exported_program._collect_all_valid_cia_ops = collect_if_changed
+    decomp_utils._collect_all_valid_cia_ops = collect_if_changed
     try:
         yield
     finally:
-        export_utils._materialize_cpp_cia_ops = original
+        export_utils._materialize_cpp_cia_ops = original_materialize
+        exported_program._collect_all_valid_cia_ops = original_collect
+        decomp_utils._collect_all_valid_cia_ops = original_collect
 
 
-def lower_segments(segments: dict) -> bytes:
-    """Export and lower a group of segments into one .pte (runs in a worker process too)."""
+@contextlib.contextmanager
+def _cached_callable_annotations():
+    """``OperatorBase.py_impl`` builds two ``collections.abc.Callable[...]`` aliases for its
+    inner function's annotations on every call (they are not cached), and each
+    ``run_decompositions`` calls it some 6000 times (every preservable CIA op, every
+    dispatch key): measured here, 30 % of torch's decomposition override. ``typing.Callable``
+    is the same type for annotations and isinstance, and caches its subscriptions."""
+    import typing
+
+    import torch._ops as ops
+
+    original = ops.Callable
+    ops.Callable = typing.Callable
+    try:
+        yield
+    finally:
+        ops.Callable = original
+
+
+STEPS_PER_SEGMENT = 3  # progress ticks of a method's lowering: decomposed, partitioned, checked
+
+
+def segment_partitioner(tick: Callable[[], None] | None = None):
+    """XNNPACK's partitioner, for segments: when a program has none of the ops XNNPACK asks to
+    keep undecomposed (linear, upsampling and the like: our segments are convolutions and
+    pointwise ops), it says it needs no per-node check, so ExecuTorch skips its
+    EDGE_DO_NOT_DECOMP round (two more ``run_decompositions`` of the whole method, each a
+    retrace, a third of the lowering time) that could only have preserved nodes of those ops.
+    The programs lowered are byte for byte the same (tests/targets/test_executorch_emitter.py).
+    ``tick`` is called as each method is decomposed, partitioned and checked (progress)."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    asked = [None]
+
+    class SegmentPartitioner(XnnpackPartitioner):
+        def partition(self, exported_program):
+            result = super().partition(exported_program)
+            if tick is not None:
+                tick()
+            return result
+
+        def ops_to_not_decompose(self, ep):
+            # ExecuTorch asks (twice in a row) for each method before decomposing it, and again
+            # after lowering: one tick per program asked about
+            if tick is not None and id(ep) != asked[0]:
+                asked[0] = id(ep)
+                tick()
+            ops, check_op_support = super().ops_to_not_decompose(ep)
+            kept = set(ops)
+            if any(node.op == "call_function" and node.target in kept for node in ep.graph.nodes):
+                return ops, check_op_support
+            return ops, None
+
+    return SegmentPartitioner()
+
+
+def build_xnnpack_patterns() -> None:
+    """XNNPACK's delegate builds its SDPA and bilinear-upsampling pattern graphs (exported
+    and lowered small modules, seconds) on first use and keeps them for the process: a
+    worker builds them while it waits for its segments, not after."""
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+
+    with _cia_ops_memoized(), _cached_callable_annotations():
+        bilinear_2d.get_graphs_dict()
+        sdpa.get_graphs()
+
+
+def lower_segments(segments: dict, shortcuts: bool = True, tick: Callable[[], None] | None = None) -> bytes:
+    """Export and lower a group of segments into one .pte (runs in a worker process too).
+    ``shortcuts=False`` lowers along ExecuTorch's own path only: the test that the shortcuts
+    (``_cia_ops_memoized``, ``_cached_callable_annotations``, ``segment_partitioner``) change
+    no byte compares the two. ``tick``: called STEPS_PER_SEGMENT times per segment, as its
+    lowering progresses."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
@@ -79,10 +174,15 @@ def lower_segments(segments: dict) -> bytes:
     # scratch buffers to them, so a segment call copies nothing in or out.
     io_in_place = ExecutorchBackendConfig(
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, alloc_graph_output=False))
-    with _materialize_cia_ops_once():
+
+    with contextlib.ExitStack() as stack:
+        if shortcuts:
+            stack.enter_context(_cia_ops_memoized())
+            stack.enter_context(_cached_callable_annotations())
         programs = {name: export_segment(artifact) for name, artifact in segments.items()}
+        partitioner = segment_partitioner(tick) if shortcuts else XnnpackPartitioner()
         try:
-            edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+            edge = to_edge_transform_and_lower(programs, partitioner=[partitioner])
             return bytes(edge.to_executorch(io_in_place).buffer)
         except Exception as exc:
             raise CompileError(
@@ -93,7 +193,8 @@ class LoweringWorkers:
     """Worker processes that import torch and ExecuTorch (about 11 s here) *before* they are
     needed, so the import overlaps the compiler's own work; each lowers one group of
     segments. Fresh interpreters, not forks: forking a process that ran torch threads can
-    hang, and multiprocessing's spawn would re-run the caller's main script."""
+    hang, and multiprocessing's spawn would re-run the caller's main script. A worker writes
+    one ``tick`` line to its stdout per lowering step (``STEPS_PER_SEGMENT`` per segment)."""
 
     def __init__(self, count: int):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the workers fill the cores
@@ -102,16 +203,18 @@ class LoweringWorkers:
         self._logs = [open(Path(self._tmp.name) / f"worker{i}.log", "w+b") for i in range(count)]
         self._processes = [
             subprocess.Popen([sys.executable, "-m", "targets.executorch.lower_worker"], stdin=subprocess.PIPE,
-                             stdout=subprocess.DEVNULL, stderr=log, env=env)
+                             stdout=subprocess.PIPE, stderr=log, env=env)
             for log in self._logs
         ]
 
     def __len__(self) -> int:
         return len(self._processes)
 
-    def lower(self, groups: list[dict], in_process: dict | None = None) -> list[bytes]:
+    def lower(self, groups: list[dict], in_process: dict | None = None,
+              tick: Callable[[], None] | None = None) -> list[bytes]:
         """Lower each group in a worker and, meanwhile, ``in_process`` here; returns the
-        programs, the in-process one first."""
+        programs, the in-process one first. ``tick`` is called (from reader threads too) per
+        lowering step of any of them."""
         if len(groups) > len(self._processes):
             raise ValueError("more segment groups than workers")
         results = []
@@ -125,10 +228,27 @@ class LoweringWorkers:
             process.stdin.write(f"{request}\t{result}\n".encode())
             process.stdin.close()
             results.append(result)
-        parts = [lower_segments(in_process)] if in_process else []
+        lock = threading.Lock()
+
+        def locked_tick() -> None:
+            if tick is not None:
+                with lock:
+                    tick()
+
+        def read_ticks(stream) -> None:
+            for line in stream:  # until the worker exits; anything but a tick is not ours
+                if line == b"tick\n":
+                    locked_tick()
+
+        readers = [threading.Thread(target=read_ticks, args=(process.stdout,), daemon=True)
+                   for process in self._processes[:len(groups)]]
+        for reader in readers:
+            reader.start()
+        parts = [lower_segments(in_process, tick=locked_tick)] if in_process else []
         failures = []
-        for process, result, log in zip(self._processes, results, self._logs):
+        for process, result, log, reader in zip(self._processes, results, self._logs, readers):
             process.wait()
+            reader.join()
             if process.returncode != 0:
                 log.seek(0)
                 failures.append((log.read().decode(errors="replace").strip().splitlines() or ["(no message)"])[-1])
@@ -214,16 +334,26 @@ def emit_executorch(segments: dict, progress: Callable[[str], None] | None = Non
     ``workers`` (optional) are already started lowering processes to use."""
     from targets.executorch.merge_programs import merge_programs
 
-    say = progress or (lambda message: None)
+    say = progress or (lambda message, *count: None)
     count = len(workers) if workers is not None else workers_for(len(segments))
+    total, done = STEPS_PER_SEGMENT * len(segments), [0]
+
+    def step(message: str) -> Callable[[], None]:
+        def tick() -> None:
+            done[0] = min(done[0] + 1, total)
+            say(message, done[0], total)
+        return tick
+
     if count == 0 or len(segments) < PARALLEL_FROM:
-        say(f"lower {len(segments)} segments to XNNPACK")
-        return lower_segments(segments)
+        message = f"lower {len(segments)} segments to XNNPACK"
+        say(message, 0, total)
+        return lower_segments(segments, tick=step(message))
     groups = [group for group in balance(segments, count) if group]
-    say(f"lower {len(segments)} segments to XNNPACK in {len(groups)} processes")
+    message = f"lower {len(segments)} segments to XNNPACK in {len(groups)} processes"
+    say(message, 0, total)
     with contextlib.ExitStack() as stack:
         if workers is None:
             workers = stack.enter_context(LoweringWorkers(count))
-        parts = workers.lower(groups)
+        parts = workers.lower(groups, tick=step(message))
     say("merge methods into one program")
     return merge_programs(parts)
