@@ -431,10 +431,10 @@ class FrameProgram:
                     raise PlanFormatError(f"plan: instruction {pc} branches to {ins.b}, past the end")
                 if op == Op.BRANCH_IF_GROUP_IDLE:
                     layer = self.layers[ins.a]
-                    if layer.kind != LayerKind.DSTEP or ins.d < 1 or ins.c + ins.d > layer.out_channels:
+                    if layer.kind != LayerKind.DSTEP or layer.decisions == NO_TENSOR or ins.d < 1 or ins.c + ins.d > layer.out_channels:
                         raise PlanFormatError(f"plan: instruction {pc} (BRANCH_IF_GROUP_IDLE) tests channels "
                                               f"[{ins.c}, {ins.c + ins.d}) of layer {layer.name}, which is not a "
-                                              f"D-STEP layer with that many output channels ({layer.out_channels})")
+                                              f"D-STEP layer with decisions and that many output channels ({layer.out_channels})")
         for t in self.inputs + self.outputs:
             check_tensor(t, "plan inputs/outputs")
 
