@@ -103,9 +103,12 @@ CHANNEL_GROUP_CHANNELS = 16
 MAX_CHANNEL_GROUPS = 4
 
 
-def channel_groups(out_channels: int, group_channels: int = CHANNEL_GROUP_CHANNELS,
-                   max_groups: int = MAX_CHANNEL_GROUPS) -> list[tuple[int, int]]:
-    """The layer's output-channel groups as (first channel, count), in order, covering all."""
+def channel_groups(out_channels: int, group_channels: int | None = None,
+                   max_groups: int | None = None) -> list[tuple[int, int]]:
+    """The layer's output-channel groups as (first channel, count), in order, covering all
+    (the module's constants when not given, read at call time)."""
+    group_channels = CHANNEL_GROUP_CHANNELS if group_channels is None else group_channels
+    max_groups = MAX_CHANNEL_GROUPS if max_groups is None else max_groups
     count = max(1, min(max_groups, math.ceil(out_channels / max(1, group_channels))))
     size = math.ceil(out_channels / count)
     return [(c, min(size, out_channels - c)) for c in range(0, out_channels, size)]
