@@ -34,7 +34,10 @@ import zlib
 from typing import ClassVar
 
 MAGIC = b"DXFP"
-VERSION = (2, 1)  # 2.0: per-layer MACs, artifact table; 2.1: RUN_SEGMENT flags (c), RUN_POINTWISE
+# 2.0: per-layer MACs, artifact table; 2.1: RUN_SEGMENT flags (c), RUN_POINTWISE;
+# 2.2: D-STEP channel groups (BRANCH_IF_GROUP_IDLE, COPY_CHANNELS), a D-STEP layer's
+# gate_macs_per_position holds its policies' MACs per frame
+VERSION = (2, 2)
 HEADER = struct.Struct("<4sHHII")
 
 
@@ -86,6 +89,12 @@ class Op(enum.IntEnum):
     DSTEP_DECIDE = 9  # a=layer: patch + channel decisions from the policy logits -> active list
     DSTEP_APPLY = 10  # a=layer, b=source (0 none, 1 tiles, 2 dense): write layer.output per decision
     COPY_TENSOR = 11  # a=src tensor, b=dst tensor (same byte size)
+    # a=layer, b=target pc, c=first channel, d=channel count: jump when none of the D-STEP
+    # layer's output channels [c, c + d) computes this frame (2.2)
+    BRANCH_IF_GROUP_IDLE = 12
+    # a=src tensor [N, H, W, Cs], b=dst tensor [N, H, W, Cd] (float32 NHWC), c=first channel,
+    # d=layer whose active count is the batch, or NO_LAYER (all N): dst[:n, ..., c:c + Cs] = src[:n] (2.2)
+    COPY_CHANNELS = 13
 
 
 class RunFlag(enum.IntFlag):
@@ -199,7 +208,9 @@ class Layer(_Record):
     decisions: int = NO_TENSOR  # D-STEP scratch int32 [Co]: 0 skip, 1 reuse, 2 compute
     active: int = NO_TENSOR  # scratch int32 [blocks + 1]: count, then active block indices
     macs_per_position: int = 0  # the convolution's MACs per output position (all out channels)
-    gate_macs_per_position: int = 0  # the gate's MACs per output position of a scored block
+    # skip conv: the gate's MACs per output position of a scored block; D-STEP: the policies'
+    # MACs per frame (2.2; 0 in older plans)
+    gate_macs_per_position: int = 0
 
     FORMAT: ClassVar = struct.Struct("<3I10I4I3f2I11I2I")
 
@@ -406,6 +417,8 @@ class FrameProgram:
             elif op == Op.JUMP:
                 if ins.a > n_pc:
                     raise PlanFormatError(f"plan: instruction {pc} jumps to {ins.a}, past the end")
+            elif op == Op.COPY_CHANNELS:
+                self._check_copy_channels(pc, ins)
             elif op == Op.COPY_TENSOR:
                 check_tensor(ins.a, f"instruction {pc}")
                 check_tensor(ins.b, f"instruction {pc}")
@@ -414,11 +427,34 @@ class FrameProgram:
             else:
                 if ins.a >= n_layers:
                     raise PlanFormatError(f"plan: instruction {pc} ({op.name}) refers to layer {ins.a}")
-                if op in (Op.BRANCH_IF_NONE, Op.BRANCH_IF_DENSE) and ins.b > n_pc:
+                if op in (Op.BRANCH_IF_NONE, Op.BRANCH_IF_DENSE, Op.BRANCH_IF_GROUP_IDLE) and ins.b > n_pc:
                     raise PlanFormatError(f"plan: instruction {pc} branches to {ins.b}, past the end")
+                if op == Op.BRANCH_IF_GROUP_IDLE:
+                    layer = self.layers[ins.a]
+                    if layer.kind != LayerKind.DSTEP or layer.decisions == NO_TENSOR or ins.d < 1 or ins.c + ins.d > layer.out_channels:
+                        raise PlanFormatError(f"plan: instruction {pc} (BRANCH_IF_GROUP_IDLE) tests channels "
+                                              f"[{ins.c}, {ins.c + ins.d}) of layer {layer.name}, which is not a "
+                                              f"D-STEP layer with decisions and that many output channels ({layer.out_channels})")
         for t in self.inputs + self.outputs:
             check_tensor(t, "plan inputs/outputs")
 
+
+    def _check_copy_channels(self, pc: int, ins: Instruction) -> None:
+        n = len(self.tensors)
+        if not (0 <= ins.a < n and 0 <= ins.b < n) or ins.a == ins.b:
+            raise PlanFormatError(f"plan: instruction {pc} (COPY_CHANNELS) refers to tensors {ins.a} and {ins.b}, "
+                                  f"expected two different ones of {n}")
+        source, destination = self.tensors[ins.a], self.tensors[ins.b]
+        for t in (source, destination):
+            if t.rank != 4 or t.layout != Layout.NHWC or t.dtype != DType.FLOAT32:
+                raise PlanFormatError(f"plan: instruction {pc} (COPY_CHANNELS): {t.name} is not a float32 NHWC tensor")
+        if source.dims[:3] != destination.dims[:3] or ins.c + source.dims[3] > destination.dims[3]:
+            raise PlanFormatError(f"plan: instruction {pc} (COPY_CHANNELS) copies {source.name} {source.shape} into "
+                                  f"channels {ins.c}.. of {destination.name} {destination.shape}: expected the same "
+                                  f"N, H, W and the channels inside")
+        if ins.d != NO_LAYER and ins.d >= len(self.layers):
+            raise PlanFormatError(f"plan: instruction {pc} (COPY_CHANNELS) is batched by layer {ins.d}, but there "
+                                  f"are {len(self.layers)}")
 
     def _check_pointwise(self, pc: int, ins: Instruction) -> None:
         segment = self.segments[ins.a]

@@ -104,6 +104,19 @@ class FrameProgramInterpreter:
                 self._run_segment(ins.a, ins.b)
             elif op == Op.COPY_TENSOR:
                 self.buffers[ins.b].view(-1).copy_(self.buffers[ins.a].view(-1))
+            elif op == Op.BRANCH_IF_GROUP_IDLE:
+                # channel group [c, c + d) of a D-STEP layer: its segments run only when one of
+                # its channels computes (skip and reuse channels need no convolution)
+                decisions = self.buffers[self.program.layers[ins.a].decisions][ins.c:ins.c + ins.d]
+                if not bool((decisions == COMPUTE).any()):
+                    pc = ins.b
+            elif op == Op.COPY_CHANNELS:
+                source, destination = self.buffers[ins.a], self.buffers[ins.b]
+                n = source.shape[0] if ins.d == NO_LAYER else self.counts[ins.d]
+                if n > source.shape[0]:
+                    raise FrameError(f"COPY_CHANNELS: {n} active blocks, more than the {source.shape[0]} of "
+                                     f"{self.program.tensors[ins.a].name}")
+                destination[:n, ..., ins.c:ins.c + source.shape[3]] = source[:n]
             else:
                 getattr(self, f"_{op.name.lower()}")(ins.a, self.program.layers[ins.a], ins.b)
 

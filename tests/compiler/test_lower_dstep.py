@@ -47,3 +47,34 @@ def test_policy_is_appended_to_the_segment_that_produces_its_input():
     ops = [Op(i.op) for i in program.instructions]
     assert ops[:3] == [Op.RUN_SEGMENT, Op.DSTEP_DECIDE, Op.COPY_TENSOR]
     assert ops.count(Op.RUN_SEGMENT) == 3
+
+
+def test_channel_policy_layer_is_split_into_output_channel_groups():
+    """Above CHANNEL_GROUP_CHANNELS output channels, each group has its own tile and dense
+    segment (the kernel's rows of its channels) behind BRANCH_IF_GROUP_IDLE, its output
+    copied into its channels of the layer's tile / dense output; the policies' MACs per frame
+    are in gate_macs_per_position."""
+    import torch
+
+    from dynexport.compiler.passes.lower_dstep import channel_groups
+
+    assert channel_groups(8) == [(0, 8)]
+    assert channel_groups(64) == [(0, 16), (16, 16), (32, 16), (48, 16)]
+    assert channel_groups(40) == [(0, 14), (14, 14), (28, 12)]
+    assert channel_groups(256) == [(0, 64), (64, 64), (128, 64), (192, 64)]  # at most MAX_CHANNEL_GROUPS
+    torch.manual_seed(0)
+    conv = DStepConv2d(3, 32, 3, padding=1, patch=4)
+    compiled = compile_model(nn.Sequential(conv).eval(), (1, 3, 16, 16))
+    program = compiled.program
+    [layer] = program.layers
+    assert [s.name for s in program.segments] == [
+        "layer_0_policy", "layer_0_tiles_c0", "layer_0_dense_c0", "layer_0_tiles_c16", "layer_0_dense_c16"]
+    groups = [(i.c, i.d) for i in program.instructions if i.op == Op.BRANCH_IF_GROUP_IDLE]
+    assert groups == [(0, 16), (16, 16)] * 2  # tile path, dense path
+    copies = [i for i in program.instructions if i.op == Op.COPY_CHANNELS]
+    assert [(program.tensors[i.a].shape[-1], i.b, i.c, i.d) for i in copies] == [
+        (16, layer.tile_output, 0, 0), (16, layer.tile_output, 16, 0),
+        (16, layer.dense_output, 0, NO_LAYER), (16, layer.dense_output, 16, NO_LAYER)]
+    second = compiled.segments["layer_0_dense_c16"].module
+    assert torch.equal(second.weight, conv.conv.weight[16:]) and torch.equal(second.bias, conv.conv.bias[16:])
+    assert layer.gate_macs_per_position == conv.policy_macs((1, 3, 16, 16))

@@ -159,7 +159,7 @@ def test_run_flags_round_trip_and_are_checked():
     maps of different sizes are refused; a 2.0 header still reads (the hint is optional)."""
     from dynexport.plan.frame_program import RunFlag
 
-    assert VERSION == (2, 1)
+    assert VERSION[0] == 2 and VERSION >= (2, 1)
     program = small_program()
     dense_run = next(i for i in program.instructions if i.op == Op.RUN_SEGMENT and i.b == NO_LAYER)
     dense_run.c = int(RunFlag.POINTWISE)  # input [1,16,16,3] -> dense_output [1,16,16,4]
@@ -194,3 +194,43 @@ def _resize_dense_output(program):
     program.add_tensor("other", (1, 8, 8, 4), Role.SCRATCH)
     segment = program.segments[_dense_run(program).a]
     program.operands[segment.output_begin] = len(program.tensors) - 1
+
+
+def _dstep_group_program():
+    """A compiled D-STEP layer of 32 output channels: two channel groups (lower_dstep)."""
+    from torch import nn
+
+    from dynexport.compiler.pipeline import compile_model
+    from dynexport.nn import DStepConv2d
+
+    return compile_model(nn.Sequential(DStepConv2d(3, 32, 3, padding=1, patch=4)).eval(), (1, 3, 16, 16)).program
+
+
+def test_channel_group_instructions_round_trip_and_are_checked():
+    """BRANCH_IF_GROUP_IDLE and COPY_CHANNELS (format 2.2) round-trip; a group past the
+    layer's channels, a copy past the destination's channels, between maps of other sizes,
+    onto itself or batched by a missing layer are refused."""
+    assert VERSION == (2, 2)
+    program = _dstep_group_program()
+    ops = [Op(i.op) for i in program.instructions]
+    assert Op.BRANCH_IF_GROUP_IDLE in ops and Op.COPY_CHANNELS in ops
+    assert FrameProgram.from_bytes(program.to_bytes()).instructions == program.instructions
+
+    def first(p, op):
+        return next(i for i in p.instructions if i.op == op)
+
+    def tile_copy(p):
+        return next(i for i in p.instructions if i.op == Op.COPY_CHANNELS and i.d != NO_LAYER)
+
+    for change, message in ((lambda p: setattr(first(p, Op.BRANCH_IF_GROUP_IDLE), "d", 33), "BRANCH_IF_GROUP_IDLE"),
+                            (lambda p: setattr(first(p, Op.BRANCH_IF_GROUP_IDLE), "d", 0), "BRANCH_IF_GROUP_IDLE"),
+                            (lambda p: setattr(tile_copy(p), "c", 20), "channels inside"),
+                            (lambda p: setattr(tile_copy(p), "b", p.layers[0].dense_output), "channels inside"),
+                            (lambda p: setattr(tile_copy(p), "b", tile_copy(p).a), "two different"),
+                            (lambda p: setattr(tile_copy(p), "d", 7), "batched by layer"),
+                            (lambda p: setattr(tile_copy(p), "a", p.layers[0].decisions), "float32 NHWC")):
+        program = _dstep_group_program()
+        change(program)
+        program.validate = lambda: None
+        with pytest.raises(PlanFormatError, match=message):
+            FrameProgram.from_bytes(_reseal(program.to_bytes()[HEADER.size:]))

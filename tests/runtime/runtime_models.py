@@ -36,9 +36,32 @@ def _dstep_one_policy(spatial: bool):
         nn.Conv2d(8, 2, 1))
 
 
+def dstep_forced_channels(channels: int = 64, spatial: bool = True) -> nn.Module:
+    """A D-STEP layer of ``channels`` outputs (channel groups of 16: lower_dstep) whose channel
+    policy is forced (fc2 weights 0, biases 5 apart): the first half skips, the next quarter
+    reuses, the last quarter computes; so half the groups skip, a quarter reuse (they compute
+    only on a frame after a reset) and a quarter run. The spatial policy decides per patch."""
+    torch.manual_seed(0)
+    layer = DStepConv2d(8, channels, 3, padding=1, patch=4, spatial=spatial)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), layer, nn.ReLU(), nn.Conv2d(channels, 2, 1)).eval()
+    with torch.no_grad():
+        layer.channel_policy.fc2.weight.zero_()
+        bias = torch.zeros(channels, 3)
+        quarter = channels // 4
+        bias[: 2 * quarter, 0] = 5.0
+        bias[2 * quarter: 3 * quarter, 1] = 5.0
+        bias[3 * quarter:, 2] = 5.0
+        layer.channel_policy.fc2.bias.copy_(bias.flatten())
+        if spatial:
+            layer.spatial_policy.conv.weight.normal_(0, 5)
+            layer.spatial_policy.conv.bias.zero_()
+    return model
+
+
 EXTRA_MODELS = {
     "dstep_spatial_only": _dstep_one_policy(spatial=True),
     "dstep_channel_only": _dstep_one_policy(spatial=False),
+    "dstep_channel_groups": dstep_forced_channels,  # forced policies (make_model leaves them)
 }
 
 # name -> (model name, dense cut-off): cut-off 0 leaves only the dense path, 1 only tiles
@@ -54,6 +77,8 @@ def make_model(name: str) -> nn.Module:
         return interpreter_tests.make_model(name)
     torch.manual_seed(0)
     model = EXTRA_MODELS[name]().eval()
+    if name == "dstep_channel_groups":
+        return model
     for m in model.modules():
         if isinstance(m, DStepConv2d):  # make the policies decide something, as test_interpreter does
             with torch.no_grad():

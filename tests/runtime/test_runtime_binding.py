@@ -279,6 +279,46 @@ def test_tampered_plans_are_refused_with_a_reason(host_build, tamper, status, wo
         assert word in error.value.message, error.value.message
 
 
+def _grouped(program, op, tiles=None):
+    """The first instruction ``op`` (COPY_CHANNELS: of the tile path when tiles, else dense)."""
+    from dynexport.plan.frame_program import NO_LAYER
+    return next(i for i in program.instructions if i.op == op and (tiles is None or (i.d != NO_LAYER) == tiles))
+
+
+@pytest.mark.parametrize("change,words", [
+    # BRANCH_IF_GROUP_IDLE (format 2.2): channels past the layer's, an empty group, a skip-conv layer
+    (lambda p, op: setattr(_grouped(p, op.BRANCH_IF_GROUP_IDLE), "d", 65), ["BRANCH_IF_GROUP_IDLE", "channels"]),
+    (lambda p, op: setattr(_grouped(p, op.BRANCH_IF_GROUP_IDLE), "d", 0), ["BRANCH_IF_GROUP_IDLE"]),
+    # COPY_CHANNELS (2.2): past the destination's channels, other map sizes, onto itself,
+    # a missing batch layer, an int tensor, a tensor index out of range
+    (lambda p, op: setattr(_grouped(p, op.COPY_CHANNELS, True), "c", 60), ["COPY_CHANNELS", "channels inside"]),
+    (lambda p, op: setattr(_grouped(p, op.COPY_CHANNELS, True), "b", p.layers[0].dense_output),
+     ["COPY_CHANNELS", "channels inside"]),
+    (lambda p, op: setattr(_grouped(p, op.COPY_CHANNELS, False), "b", _grouped(p, op.COPY_CHANNELS, False).a),
+     ["COPY_CHANNELS", "two different"]),
+    (lambda p, op: setattr(_grouped(p, op.COPY_CHANNELS, True), "d", 3), ["COPY_CHANNELS", "batched by layer"]),
+    (lambda p, op: setattr(_grouped(p, op.COPY_CHANNELS, True), "a", p.layers[0].decisions), ["float32 NHWC"]),
+    (lambda p, op: setattr(_grouped(p, op.COPY_CHANNELS, True), "a", 10 ** 6), ["COPY_CHANNELS", "tensors"]),
+])
+def test_tampered_channel_groups_are_refused_with_a_reason(host_build, change, words):
+    """The C validator refuses what FrameProgram.validate refuses in the channel-group
+    instructions, with a reason (the plan is resealed so that only the validator sees it)."""
+    import copy
+
+    from dynexport.plan.frame_program import Op, PlanFormatError
+
+    program = copy.deepcopy(compiled_small("dstep_channel_groups")[1].program)
+    change(program, Op)
+    with pytest.raises(PlanFormatError):
+        program.validate()
+    program.validate = lambda: None
+    with pytest.raises(RuntimeStatusError) as error:
+        NativeSession(program.to_bytes(), CallbackBackend(lambda *args: None))
+    assert error.value.status == Status.PLAN_INVALID, error.value.message
+    for word in words:
+        assert word in error.value.message, error.value.message
+
+
 def test_the_native_validator_is_at_least_as_strict_as_the_python_reader(host_build):
     """Random single-byte changes (checksum resealed): whatever FrameProgram.from_bytes
     refuses, the runtime refuses too; the runtime may refuse more (its C-only checks)."""
@@ -289,7 +329,7 @@ def test_the_native_validator_is_at_least_as_strict_as_the_python_reader(host_bu
     rng = random.Random(0)
     counts = {"both accept": 0, "both refuse": 0, "only the runtime refuses": 0}
     backend = CallbackBackend(lambda *args: None)
-    for key in ("residual_gumbel", "dstep", "grids_9_4_1_blocks"):
+    for key in ("residual_gumbel", "dstep", "grids_9_4_1_blocks", "dstep_channel_groups"):
         plan = plan_bytes(compiled_small(key)[1])
         for _ in range(150):
             data = bytearray(plan)

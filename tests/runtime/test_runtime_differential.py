@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import dynexport
-from dynexport.plan.frame_program import LayerKind
+from dynexport.plan.frame_program import LayerKind, Op
 from dynexport.plan.interpreter import FrameProgramInterpreter, TorchSegments
 from dynexport.runtime.binding import LayerPath, NativeSession, torch_callback_backend
 from tests.plan.test_interpreter import reference_decisions
@@ -40,13 +40,22 @@ def _normalize_dstep(decision):
     return decision
 
 
+def channels_run(program, index: int, decisions) -> int:
+    """The output channels layer ``index`` convolves this frame: every one, or those of its
+    D-STEP channel groups (BRANCH_IF_GROUP_IDLE) with a compute channel."""
+    groups = {(i.c, i.d) for i in program.instructions if i.op == Op.BRANCH_IF_GROUP_IDLE and i.a == index}
+    if not groups:
+        return program.layers[index].out_channels
+    return sum(count for first, count in groups if any(int(d) == 2 for d in decisions[first:first + count]))
+
+
 def run_differential(model, compiled, frames: torch.Tensor, cuts=(), label=""):
     """Streams `frames` through the three engines; returns a summary of what ran."""
     program = compiled.program
     interpreter = FrameProgramInterpreter(program, TorchSegments(compiled.segments))
     backend = torch_callback_backend(program, compiled.segments)
     summary = {"frames": 0, "ties": 0, "skipped_blocks": 0, "settled_gates": 0, "paths": set(), "worst_interpreter": 0.0,
-               "worst_reference": 0.0}
+               "worst_reference": 0.0, "channels_run": 0, "channels": 0}
     with NativeSession(plan_bytes(compiled), backend) as session:
         info = session.describe()
         assert info["state_bytes"] == program.state_bytes()
@@ -104,11 +113,18 @@ def run_differential(model, compiled, frames: torch.Tensor, cuts=(), label=""):
                     assert path == LayerPath.DENSE
                 else:
                     assert path == LayerPath.TILES
-                gate = layer.grid.output_size[0] * layer.grid.output_size[1] * layer.gate_macs_per_position
-                conv = {LayerPath.REUSE: 0, LayerPath.DENSE: layer_stats["dense_macs"],
-                        LayerPath.TILES: len(native) * layer.block ** 2 * layer.macs_per_position}[path]
-                scored = layer.kind == LayerKind.SKIP_CONV and t not in cuts and t > 0
-                if scored and not native and layer_stats["executed_macs"] == conv:
+                positions = layer.grid.output_size[0] * layer.grid.output_size[1]
+                per_position = channels_run(program, index, channels) * (layer.macs_per_position // layer.out_channels)
+                conv = {LayerPath.REUSE: 0, LayerPath.DENSE: positions * per_position,
+                        LayerPath.TILES: len(native) * layer.block ** 2 * per_position}[path]
+                if layer.kind == LayerKind.DSTEP:  # the policies run every frame; MACs per frame
+                    gate, scored = layer.gate_macs_per_position, True
+                    summary["channels_run"] += channels_run(program, index, channels) if native else 0
+                    summary["channels"] += layer.out_channels if native else 0
+                else:
+                    gate = positions * layer.gate_macs_per_position
+                    scored = t not in cuts and t > 0
+                if scored and not native and layer_stats["executed_macs"] == conv and layer.kind == LayerKind.SKIP_CONV:
                     summary["settled_gates"] += 1  # input and reference unchanged: nothing to score
                 else:
                     assert layer_stats["executed_macs"] == conv + (gate if scored else 0)
@@ -192,3 +208,22 @@ def test_change_tracking_through_pointwise_segments_matches(host_build):
     frames = clip("small_objects", 40, 48, 14, seed=2, cuts=(9,))
     summary = run_differential(model, compiled, frames, (9,), "inverted_residual_net")
     assert {"REUSE", "TILES"} <= summary["paths"]
+
+
+def test_dstep_channel_groups_run_only_groups_with_a_compute_channel(host_build):
+    """Forced policies (runtime_models.dstep_forced_channels: 64 channels, groups of 16): half
+    the channels skip, a quarter reuse, a quarter compute. The native runtime convolves only
+    the compute group (and the reuse group on a frame after a reset, where reuse means
+    compute), its executed MACs say so (run_differential checks them per frame), and its
+    outputs match the interpreter and the reference."""
+    model, compiled = compiled_small("dstep_channel_groups")
+    program = compiled.program
+    assert sum(1 for i in program.instructions if i.op == Op.BRANCH_IF_GROUP_IDLE) == 8  # 4 groups x 2 paths
+    frames = clip("mixed", 37, 45, 16)
+    summary = run_differential(model, compiled, frames, (10,), "dstep_channel_groups")
+    print(f"dstep_channel_groups: {summary}")
+    active_frames = summary["channels"] // 64
+    # 2 frames (0 and the cut) run 32 channels, the others 16
+    assert active_frames > 2
+    assert summary["channels_run"] <= 16 * active_frames + 16 * 2
+    assert summary["channels_run"] >= 16 * active_frames

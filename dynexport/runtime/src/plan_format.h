@@ -38,7 +38,8 @@ enum tensor_role { ROLE_INPUT = 0, ROLE_OUTPUT = 1, ROLE_STATE = 2, ROLE_SCRATCH
 enum layer_kind { LAYER_SKIP_CONV = 0, LAYER_DSTEP = 1 };
 enum gate_kind { GATE_INPUT_NORM = 0, GATE_OUTPUT_NORM = 1, GATE_GUMBEL = 2, GATE_DSTEP_POLICY = 3 };
 
-/* Instructions; operands a, b, c (RUN_SEGMENT's flags; d is unused by every opcode so far). */
+/* Instructions; operands a, b, c, d (c: RUN_SEGMENT's flags or a first channel; d: a channel
+ * count or a batch layer, 2.2). */
 enum opcode {
   OP_RUN_SEGMENT = 0,      /* a = segment, b = layer whose active count is the batch, or NO_LAYER */
   OP_SKIP_GATE = 1,        /* a = layer */
@@ -52,7 +53,13 @@ enum opcode {
   OP_DSTEP_DECIDE = 9,     /* a = layer */
   OP_DSTEP_APPLY = 10,     /* a = layer, b = source (DSTEP_SOURCE_*) */
   OP_COPY_TENSOR = 11,     /* a = source tensor, b = destination tensor */
-  OP_COUNT = 12
+  /* a = D-STEP layer, b = target, c = first channel, d = channel count: jump when none of
+   * channels [c, c + d) computes this frame (2.2) */
+  OP_BRANCH_IF_GROUP_IDLE = 12,
+  /* a = source [N, H, W, Cs], b = destination [N, H, W, Cd], c = first channel, d = layer
+   * whose active count is the batch or NO_LAYER (all N): dst[:n, ..., c:c+Cs] = src[:n] (2.2) */
+  OP_COPY_CHANNELS = 13,
+  OP_COUNT = 14
 };
 
 /* RUN_SEGMENT's c: flags (frame_program.RunFlag). RUN_POINTWISE: the segment is pointwise

@@ -11,7 +11,8 @@
 
 static const char* const OPCODE_NAMES[OP_COUNT] = {
     "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
-    "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR"};
+    "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR",
+    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS"};
 
 static const char* const SLOT_NAMES[LAYER_TENSOR_SLOTS] = {
     "input", "output", "reference", "tiles", "tile_output", "dense_output",
@@ -320,6 +321,18 @@ static dynrt_status validate_layer_instruction(const plan_view* plan, uint32_t p
     case OP_BRANCH_IF_NONE:
     case OP_BRANCH_IF_DENSE:
       return check_target(plan, pc, ins->op, ins->b, error);
+    case OP_BRANCH_IF_GROUP_IDLE:
+      status = check_target(plan, pc, ins->op, ins->b, error);
+      if (status != DYNRT_OK) return status;
+      if (layer.kind != LAYER_DSTEP || layer.tensors[SLOT_DECISIONS] == NO_TENSOR || ins->d < 1 ||
+          ins->c > layer.out_channels || ins->d > layer.out_channels - ins->c) {
+        return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                          "plan: instruction %lu (BRANCH_IF_GROUP_IDLE) tests channels [%lu, %llu) of layer %s, which "
+                          "is not a D-STEP layer with decisions and that many output channels (%lu)",
+                          (unsigned long)pc, (unsigned long)ins->c, (unsigned long long)ins->c + ins->d,
+                          name_at(plan, layer.name), (unsigned long)layer.out_channels);
+      }
+      return DYNRT_OK;
     case OP_SKIP_GATE:
       if (layer.kind != LAYER_SKIP_CONV) {
         return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: instruction %lu (SKIP_GATE) on D-STEP layer %s",
@@ -416,6 +429,46 @@ static dynrt_status validate_run_segment(const plan_view* plan, uint32_t pc, con
   return DYNRT_OK;
 }
 
+/* COPY_CHANNELS: two different float32 NHWC tensors of the same N, H, W, the source's
+ * channels inside the destination's from c on; d a layer or NO_LAYER. */
+static dynrt_status validate_copy_channels(const plan_view* plan, uint32_t pc, const plan_instruction* ins,
+                                           error_sink* error) {
+  plan_tensor source, destination;
+  const plan_tensor* both[2];
+  uint32_t k;
+  if (ins->a >= plan->tensor_count || ins->b >= plan->tensor_count || ins->a == ins->b) {
+    return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                      "plan: instruction %lu (COPY_CHANNELS) refers to tensors %lu and %lu, expected two different "
+                      "ones of %lu",
+                      (unsigned long)pc, (unsigned long)ins->a, (unsigned long)ins->b, (unsigned long)plan->tensor_count);
+  }
+  dynrt_plan_tensor(plan, ins->a, &source);
+  dynrt_plan_tensor(plan, ins->b, &destination);
+  both[0] = &source;
+  both[1] = &destination;
+  for (k = 0; k < 2; ++k) {
+    if (both[k]->rank != 4 || both[k]->layout != LAYOUT_NHWC || both[k]->dtype != DTYPE_FLOAT32) {
+      return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: instruction %lu (COPY_CHANNELS): %s is not a float32 NHWC tensor",
+                        (unsigned long)pc, name_at(plan, both[k]->name));
+    }
+  }
+  if (source.dims[0] != destination.dims[0] || source.dims[1] != destination.dims[1] ||
+      source.dims[2] != destination.dims[2] || ins->c > destination.dims[3] ||
+      source.dims[3] > destination.dims[3] - ins->c) {
+    return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                      "plan: instruction %lu (COPY_CHANNELS) copies %s into channels %lu.. of %s: expected the same "
+                      "N, H, W and the channels inside",
+                      (unsigned long)pc, name_at(plan, source.name), (unsigned long)ins->c,
+                      name_at(plan, destination.name));
+  }
+  if (ins->d != NO_LAYER && ins->d >= plan->layer_count) {
+    return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                      "plan: instruction %lu (COPY_CHANNELS) is batched by layer %lu, but there are %lu",
+                      (unsigned long)pc, (unsigned long)ins->d, (unsigned long)plan->layer_count);
+  }
+  return DYNRT_OK;
+}
+
 static dynrt_status validate_instructions(const plan_view* plan, error_sink* error) {
   uint32_t pc;
   for (pc = 0; pc < plan->instruction_count; ++pc) {
@@ -430,6 +483,8 @@ static dynrt_status validate_instructions(const plan_view* plan, error_sink* err
       status = validate_run_segment(plan, pc, &ins, error);
     } else if (ins.op == OP_JUMP) {
       status = check_target(plan, pc, ins.op, ins.a, error);
+    } else if (ins.op == OP_COPY_CHANNELS) {
+      status = validate_copy_channels(plan, pc, &ins, error);
     } else if (ins.op == OP_COPY_TENSOR) {
       plan_tensor source, destination;
       if (ins.a >= plan->tensor_count || ins.b >= plan->tensor_count) {

@@ -158,7 +158,11 @@ typedef struct runtime_layer {
   /* statistics of the frame being run */
   uint32_t path;                /* dynrt_layer_path */
   uint32_t ties;
-  int gate_scored;              /* a skip-conv gate scored its blocks (primed) this frame */
+  int gate_scored;              /* a skip-conv gate scored its blocks (primed) / a D-STEP policy decided, this frame */
+  /* D-STEP channel groups (BRANCH_IF_GROUP_IDLE) met this frame, and the output channels of
+   * the groups that ran: the convolution computed those channels only */
+  int channel_groups_met;
+  uint32_t channels_run;
 } runtime_layer;
 
 /* SKIP_GATE scratch of one task (gates.c). */
@@ -270,6 +274,9 @@ void dynrt_store_reference(runtime_layer* layer);
 void dynrt_scatter_tiles(runtime_layer* layer);
 void dynrt_copy_blocks(runtime_layer* layer);
 void dynrt_dstep_apply(runtime_layer* layer, uint32_t source);
+/* COPY_CHANNELS: destination[:batch, ..., first:first + Cs] = source[:batch] (validated shapes);
+ * no write (no new version) when the destination already holds those values. */
+void dynrt_copy_channels(runtime_tensor* destination, const runtime_tensor* source, uint32_t first, uint32_t batch);
 
 /* clock.c: a monotonic clock in nanoseconds (0 where the platform has none). */
 uint64_t dynrt_monotonic_ns(void);

@@ -10,7 +10,8 @@
 
 static const char* const OPCODE_NAMES[OP_COUNT] = {
     "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
-    "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR"};
+    "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR",
+    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS"};
 
 static error_sink session_errors(dynrt_session_t session) {
   error_sink sink;
@@ -107,7 +108,7 @@ static dynrt_status take_frame_changes(dynrt_session_t session, const float* fra
 static int needs_input_tensor(dynrt_const_session_t session, const plan_instruction* ins) {
   const uint32_t input = (uint32_t)(session->input - session->tensors);
   if (ins->op == OP_RUN_SEGMENT) return session->segments[ins->a].touches_input;
-  if (ins->op == OP_COPY_TENSOR) return ins->a == input || ins->b == input;
+  if (ins->op == OP_COPY_TENSOR || ins->op == OP_COPY_CHANNELS) return ins->a == input || ins->b == input;
   return 0;
 }
 
@@ -236,7 +237,8 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
   uint32_t pc = 0;
   while (pc < session->instruction_count) {
     const plan_instruction* ins = &session->instructions[pc];
-    runtime_layer* layer = ins->op != OP_RUN_SEGMENT && ins->op != OP_JUMP && ins->op != OP_COPY_TENSOR
+    runtime_layer* layer = ins->op != OP_RUN_SEGMENT && ins->op != OP_JUMP && ins->op != OP_COPY_TENSOR &&
+                                   ins->op != OP_COPY_CHANNELS
                                ? &session->layers[ins->a]
                                : NULL;
     dynrt_status status = DYNRT_OK;
@@ -280,7 +282,32 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
         break;
       case OP_DSTEP_DECIDE:
         dynrt_dstep_decide(layer);
+        layer->gate_scored = 1;
         break;
+      case OP_BRANCH_IF_GROUP_IDLE: {
+        uint32_t channel;
+        int computes = 0;
+        for (channel = ins->c; channel < ins->c + ins->d && !computes; ++channel) {
+          computes = layer->channel_decisions[channel] == CHANNEL_COMPUTE;
+        }
+        layer->channel_groups_met = 1;
+        if (computes) {
+          layer->channels_run += ins->d;
+        } else {
+          next = ins->b;
+        }
+        break;
+      }
+      case OP_COPY_CHANNELS: {
+        const runtime_tensor* source = &session->tensors[ins->a];
+        uint32_t batch = source->dims[0];
+        if (ins->d != NO_LAYER) {
+          status = check_tile_capacity(session, pc, &session->layers[ins->d], batch);
+          batch = session->layers[ins->d].active_count;
+        }
+        if (status == DYNRT_OK) dynrt_copy_channels(&session->tensors[ins->b], source, ins->c, batch);
+        break;
+      }
       case OP_DSTEP_APPLY:
         if (ins->b == DSTEP_SOURCE_TILES) status = check_tile_capacity(session, pc, layer, layer->tile_output_capacity);
         if (status == DYNRT_OK) dynrt_dstep_apply(layer, ins->b);
@@ -312,6 +339,8 @@ static void begin_frame(dynrt_session_t session, dynrt_frame_stats* stats) {
     layer->path = DYNRT_PATH_REUSE;
     layer->ties = 0;
     layer->gate_scored = 0;
+    layer->channel_groups_met = 0;
+    layer->channels_run = 0;
     layer->gathered_tiles_version = 0;
   }
   if (stats != NULL) {
@@ -334,16 +363,25 @@ static void finish_layer_stats(dynrt_session_t session, dynrt_frame_stats* stats
     out->total_blocks = (uint32_t)grid->block_count;
     out->path = layer->path;
     out->ties = layer->ties;
+    /* the convolution's MACs per position of the output channels it ran: all of them, or the
+     * D-STEP channel groups that had a compute channel (macs_per_position is per position
+     * over every output channel, a whole multiple of out_channels) */
+    const uint64_t run_macs_per_position =
+        layer->channel_groups_met && layer->out_channels > 0
+            ? layer->macs_per_position / layer->out_channels * layer->channels_run
+            : layer->macs_per_position;
     out->dense_macs = positions * layer->macs_per_position;
     if (layer->path == DYNRT_PATH_TILES) {
-      out->executed_macs = (uint64_t)layer->active_count * grid->block * grid->block * layer->macs_per_position;
+      out->executed_macs = (uint64_t)layer->active_count * grid->block * grid->block * run_macs_per_position;
     } else if (layer->path == DYNRT_PATH_DENSE) {
-      out->executed_macs = out->dense_macs;
+      out->executed_macs = positions * run_macs_per_position;
     } else {
       out->executed_macs = 0;
     }
     if (layer->kind == LAYER_SKIP_CONV && layer->gate_scored) {
       out->executed_macs += positions * layer->gate_macs_per_position;
+    } else if (layer->kind == LAYER_DSTEP && layer->gate_scored) {
+      out->executed_macs += layer->gate_macs_per_position; /* the policies' MACs per frame (format 2.2) */
     }
   }
 }

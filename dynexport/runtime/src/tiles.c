@@ -1,6 +1,6 @@
 /*
  * Block copies between NHWC maps and packed tiles: GATHER_TILES, STORE_REFERENCE,
- * SCATTER_TILES, COPY_BLOCKS and DSTEP_APPLY. Every copy is a run of whole pixels (all
+ * SCATTER_TILES, COPY_BLOCKS, DSTEP_APPLY and COPY_CHANNELS. Every copy is a run of whole pixels (all
  * channels are contiguous in NHWC), so each tile row is at most one memcpy of its
  * in-bounds part and memsets for the zero padding on either side. Where a tile lies in the
  * input (dynrt_tile_placement) is shared with SKIP_GATE, which reads tiles in place.
@@ -349,4 +349,21 @@ static void dstep_apply_values(runtime_layer* layer, uint32_t source) {
           (region.col_end - region.col_begin) * channels);
     }
   }
+}
+
+/* COPY_CHANNELS: a D-STEP channel group's output into its channels of the layer's assembled
+ * output. Compared first, pixel by pixel up to the first difference: a group whose results
+ * were reused (a still frame) leaves the destination at its version, so DSTEP_APPLY after it
+ * can be skipped too. */
+void dynrt_copy_channels(runtime_tensor* destination, const runtime_tensor* source, uint32_t first, uint32_t batch) {
+  const size_t pixels = (size_t)batch * source->dims[1] * source->dims[2];
+  const size_t source_channels = source->dims[3], destination_channels = destination->dims[3];
+  const size_t bytes = source_channels * sizeof(float);
+  const float* from = (const float*)source->data;
+  float* to = (float*)destination->data + first;
+  size_t p = 0;
+  while (p < pixels && memcmp(to + p * destination_channels, from + p * source_channels, bytes) == 0) ++p;
+  if (p == pixels) return;
+  for (; p < pixels; ++p) memcpy(to + p * destination_channels, from + p * source_channels, bytes);
+  tensor_written(destination);
 }
