@@ -56,15 +56,18 @@ def test_channel_policy_layer_is_split_into_output_channel_groups():
     are in gate_macs_per_position."""
     import torch
 
-    from dynexport.compiler.passes.lower_dstep import channel_groups
+    from dynexport.compiler.passes.lower_dstep import MIN_GROUP_DENSE_MACS, channel_groups
 
     assert channel_groups(8) == [(0, 8)]
     assert channel_groups(64) == [(0, 16), (16, 16), (32, 16), (48, 16)]
     assert channel_groups(40) == [(0, 14), (14, 14), (28, 12)]
     assert channel_groups(256) == [(0, 64), (64, 64), (128, 64), (192, 64)]  # at most MAX_CHANNEL_GROUPS
+    # groups worth a call each: a layer of fewer dense MACs gets fewer groups, at least one
+    assert channel_groups(64, dense_macs=2 * MIN_GROUP_DENSE_MACS) == [(0, 32), (32, 32)]
+    assert channel_groups(64, dense_macs=MIN_GROUP_DENSE_MACS - 1) == [(0, 64)]
     torch.manual_seed(0)
     conv = DStepConv2d(3, 32, 3, padding=1, patch=4)
-    compiled = compile_model(nn.Sequential(conv).eval(), (1, 3, 16, 16))
+    compiled = compile_model(nn.Sequential(conv).eval(), (1, 3, 64, 64))  # 3.5 M MACs: 2 groups
     program = compiled.program
     [layer] = program.layers
     assert [s.name for s in program.segments] == [
@@ -77,4 +80,4 @@ def test_channel_policy_layer_is_split_into_output_channel_groups():
         (16, layer.dense_output, 0, NO_LAYER), (16, layer.dense_output, 16, NO_LAYER)]
     second = compiled.segments["layer_0_dense_c16"].module
     assert torch.equal(second.weight, conv.conv.weight[16:]) and torch.equal(second.bias, conv.conv.bias[16:])
-    assert layer.gate_macs_per_position == conv.policy_macs((1, 3, 16, 16))
+    assert layer.gate_macs_per_position == conv.policy_macs((1, 3, 64, 64))

@@ -101,14 +101,23 @@ def _fuse_into_producer(builder: PlanBuilder, feature: int, policy, extra_inputs
 # of them (each group is one backend call per frame on its path).
 CHANNEL_GROUP_CHANNELS = 16
 MAX_CHANNEL_GROUPS = 4
+# A group's dense convolution must be worth a backend call: below this many MACs per group
+# (about 30 us at the ~50 GMAC/s XNNPACK reaches at 1 thread here, against a 10-20 us call)
+# the layer gets fewer groups. Measured on examples/dstep_action at 64x64 (every layer
+# 2.4 M MACs, almost every channel computes): 4 groups per layer took the plan from 0.85x to
+# 0.77x of dense; whole convolutions there keep it at 0.85x.
+MIN_GROUP_DENSE_MACS = 1_500_000
 
 
 def channel_groups(out_channels: int, group_channels: int | None = None,
-                   max_groups: int | None = None) -> list[tuple[int, int]]:
+                   max_groups: int | None = None, dense_macs: int | None = None) -> list[tuple[int, int]]:
     """The layer's output-channel groups as (first channel, count), in order, covering all
-    (the module's constants when not given, read at call time)."""
+    (the module's constants when not given, read at call time); ``dense_macs``, the layer's
+    MACs per frame on the dense path, bounds the count by ``MIN_GROUP_DENSE_MACS``."""
     group_channels = CHANNEL_GROUP_CHANNELS if group_channels is None else group_channels
     max_groups = MAX_CHANNEL_GROUPS if max_groups is None else max_groups
+    if dense_macs is not None:
+        max_groups = min(max_groups, dense_macs // MIN_GROUP_DENSE_MACS)
     count = max(1, min(max_groups, math.ceil(out_channels / max(1, group_channels))))
     size = math.ceil(out_channels / count)
     return [(c, min(size, out_channels - c)) for c in range(0, out_channels, size)]
@@ -196,7 +205,9 @@ def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
             kind=SegmentKind.POLICY),
             [layer.input, previous_pooled, layer.primed], policy_outputs)
         builder.emit(Op.RUN_SEGMENT, policy, NO_LAYER)
-    groups = channel_groups(conv.out_channels) if channel is not None and conv.groups == 1 else []
+    dense_macs = builder.layer_dense_macs[index]
+    groups = (channel_groups(conv.out_channels, dense_macs=dense_macs)
+              if channel is not None and conv.groups == 1 else [])
     if len(groups) > 1:
         grouped = add_group_segments(builder, conv, layer, groups)
         tiles = dense = None
