@@ -3,8 +3,8 @@ basic block is a DStepConv2d (spatial patch policy + per-channel skip/reuse/comp
 where the D-STEP paper found the best trade-off.
 
     python examples/dstep_action/train.py            # trains from scratch, writes model.pt
-    python examples/dstep_action/train.py --init examples/dstep_action/model.pt --steps 90 --batch 8 \
-        -o examples/dstep_action/model_budget.pt     # only the policy phases, on a trained classifier
+    # only the policy phases, on a trained classifier:
+    python examples/dstep_action/train.py --init examples/dstep_action/model.pt --steps 90 --batch 8 -o model_budget.pt
 
 model.pt is the previous recipe (one policy phase, plain MAC weight, policies at the
 backbone's lr): held-out accuracy 1.00, ideal (model) 1.14x on static_camera 64x64, 1.10x at
