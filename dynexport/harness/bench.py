@@ -165,7 +165,7 @@ def bench_clip(build: Build, clip: VerifyClip, model, backends: list[str] | None
             if dense is None:  # the dense export for this backend, which need not be a default of host
                 say(f"build the dense export (gates removed) for {backend}")
                 dense = build_dense(model, input_shape, Path(tmp) / backend, backend=backend,
-                                    progress=lambda m: say(f"dense export: {m}")).out
+                                    progress=lambda m, *count: say(f"dense export: {m}")).out
             say(f"{backend}: {len(clip.frames)} frames x {passes} passes, dense and dynamic interleaved")
             times = _run_side_by_side(build, dense, backend, clip, device, threads, passes)
             say(f"{backend}: a frame identical to the previous one")

@@ -129,18 +129,18 @@ def compare_clip(build: Build, model, baseline_path: Path, baseline, clip: Verif
             tmp = Path(tmp)
             say(f"{backend}: build the original's dense export")
             original_dense = build_dense(baseline, shape, tmp / "original-dense", backend=backend,
-                                         progress=lambda m: say(f"original dense: {m}")).out
+                                         progress=lambda m, *count: say(f"original dense: {m}")).out
             plans: list[tuple[str, str, Build, float | None]] = []  # label, what, build, dense MACs if dense
             if baseline_gated:
                 say(f"{backend}: build the original's dynamic plan")
                 built = build_model(baseline_path, tmp / "original-gated", target="host", backend=backend,
                                     input_shape=shape, allow_pickle=allow_pickle,
-                                    progress=lambda m: say(f"original gated: {m}"))
+                                    progress=lambda m, *count: say(f"original gated: {m}"))
                 plans.append(("original, gated", f"{baseline_path.name}, dynamic plan", open_build(built.out),
                               None))
             say(f"{backend}: build OUT's dense export")
             out_dense = build_dense(model, shape, tmp / "out-dense", backend=backend,
-                                    progress=lambda m: say(f"{out_name} dense: {m}")).out
+                                    progress=lambda m, *count: say(f"{out_name} dense: {m}")).out
             plans.append(("OUT, dense", f"{out_name}, gates removed", open_build(out_dense), out_dense_macs))
             if out_gated:
                 plans.append(("OUT, gated", f"{out_name}, dynamic plan", build, None))

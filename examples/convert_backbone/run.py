@@ -126,7 +126,7 @@ def main() -> None:
     builds = {}
     for name in ("gated", "pruned_gated"):
         builds[name] = build(out / f"{name}.pt", out / f"{name}-build", target="host", force=True,
-                             progress=lambda m, name=name: say(f"build {name}: {m}"))
+                             progress=lambda m, *count, name=name: say(f"build {name}: {m}"))
         for report in verify(builds[name].out, synthetic="static_camera", frames=args.bench_frames):
             say(f"verify {name} {report.backend}: {'passed' if report.passed else 'FAILED'} {report.failures or ''}")
     structured = builds["pruned_gated"].manifest["pruning"]["structured"]

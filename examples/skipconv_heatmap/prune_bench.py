@@ -61,7 +61,7 @@ def main() -> None:
     zeroed = getattr(dynexport.prune, args.method)(model, args.amount, input_shape=shape, round_to=args.round_to)
     dynexport.save_model(model, out / "pruned.pt", input_shape=shape)  # the masks applied, as plain weights
     built = build(out / "pruned.pt", out / "build", target="host", input_shape=shape, force=True,
-                  progress=lambda m: print(f"build: {m}", flush=True))
+                  progress=lambda m, *count: None if count else print(f"build: {m}", flush=True))
     structured = built.manifest["pruning"]["structured"]
     print(f"{zeroed} channels zeroed, {structured['removed_channels']} removed; compacted vs masked: "
           f"{structured['max_difference']:.2e}", flush=True)
