@@ -197,13 +197,14 @@ def _resize_dense_output(program):
 
 
 def _dstep_group_program():
-    """A compiled D-STEP layer of 32 output channels: two channel groups (lower_dstep)."""
+    """A compiled D-STEP layer of 32 output channels: two channel groups (lower_dstep; at
+    64x64 each group's dense convolution is worth its call: MIN_GROUP_DENSE_MACS)."""
     from torch import nn
 
     from dynexport.compiler.pipeline import compile_model
     from dynexport.nn import DStepConv2d
 
-    return compile_model(nn.Sequential(DStepConv2d(3, 32, 3, padding=1, patch=4)).eval(), (1, 3, 16, 16)).program
+    return compile_model(nn.Sequential(DStepConv2d(3, 32, 3, padding=1, patch=4)).eval(), (1, 3, 64, 64)).program
 
 
 def test_channel_group_instructions_round_trip_and_are_checked():

@@ -68,6 +68,9 @@ typedef struct dynrt_plan_info {
 #define DYNRT_MAX_BUFFER_ALIGNMENT 4096u
 #define DYNRT_MAX_BUFFER_TAIL_BYTES 4096u
 
+/* One task of the runtime's own work, run by parallel_for (below): task index < tasks. */
+typedef void (*dynrt_task_fn)(void* argument, uint32_t task);
+
 struct dynrt_backend {
   uint32_t api_version;  /* DYNRT_BACKEND_API_VERSION */
   const char* name;      /* "executorch", "callback", ...: matched against the plan's artifact table */
@@ -122,7 +125,7 @@ struct dynrt_backend {
    * parallel_threads. Called from dynrt_session_step only, on the session's thread, like
    * run_segment; sessions of one backend may call it at the same time. Must not fail (run
    * the tasks on the calling thread if the threads are gone). */
-  void (*parallel_for)(void* context, void (*task)(void* argument, uint32_t task), void* argument, uint32_t tasks);
+  void (*parallel_for)(void* context, dynrt_task_fn task, void* argument, uint32_t tasks);
   uint32_t parallel_threads;
 };
 

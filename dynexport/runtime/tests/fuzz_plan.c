@@ -48,7 +48,8 @@ static dynrt_status stub_run(void* context, void* session_state, uint32_t segmen
 
 /* a tail, so that the fuzzer also runs the arena layout with one */
 static struct dynrt_backend stub_backend = {
-    DYNRT_BACKEND_API_VERSION, "fuzz", NULL, NULL, 0, 0, 16, NULL, stub_prepare, stub_run, NULL, NULL};
+    DYNRT_BACKEND_API_VERSION, "fuzz", NULL, NULL, 0, 0, 16, NULL, stub_prepare, stub_run, NULL, NULL,
+    NULL, 0};
 
 /* A frame of an accepted plan may only fail the ways a plan can make it fail at run time
  * (a tile instruction with more active blocks than its batch holds); anything else, or a

@@ -390,6 +390,8 @@ dynrt_status dynrt_coreml_backend_create(const char* package_path, uint32_t comp
     backend->run_segment = run_segment;
     backend->release_session = release_session;
     backend->destroy = destroy;
+    backend->parallel_for = NULL; /* Core ML runs its own threads: the runtime's work stays serial */
+    backend->parallel_threads = 0;
     *backend_out = backend;
     return DYNRT_OK;
   }
