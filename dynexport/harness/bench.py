@@ -6,9 +6,8 @@ Per backend it reports per-frame medians over repeated passes: dense and dynamic
 the realized speedup (dense / dynamic), two ideals over the whole model (gate MACs included,
 the layers without a gate counted in both): *as run*, dense MACs / the MACs the runtime
 executed, and *model*, dense MACs / the MACs the PyTorch reference's own decisions need
-(``reference_macs``: D-STEP's skipped and reused channels saved, which a plan running every
-channel executes anyway; the runtime's stats count SkipConv gates but not D-STEP policies;
-for SkipConv the two agree up to the runtime's dense fallback, whole border tiles and settled
+(``reference_macs``: D-STEP's skipped and reused channels saved, of which a plan saves only
+whole output-channel groups without a compute channel; gate and policy MACs in both; for SkipConv the two agree up to the runtime's dense fallback, whole border tiles and settled
 gates), realized / ideal against the model's ideal (so it means the same for every gate
 kind; against the as-run one for a .pt2 reference, which cannot count),
 the share of the dynamic frame spent outside backend segments (gates, block lists,
