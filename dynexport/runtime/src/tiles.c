@@ -204,10 +204,15 @@ static void copy_block_one(const tile_job* job, uint32_t k) {
 }
 TILE_TASK(copy_block_task, copy_block_one)
 
-/* The change cells of the blocks just written, on the calling thread: neighbouring blocks
- * may share a cell. */
-static void mark_written_blocks(runtime_layer* layer) {
+/* Writes the active blocks of the layer's output with `task` (scatter or copy), then marks
+ * their change cells on the calling thread: neighbouring blocks may share a cell. */
+static void write_output_blocks(runtime_layer* layer, runtime_task task) {
+  const size_t b = (size_t)layer->grid.block;
+  tile_job job;
   uint32_t k;
+  region_write_begin(layer->tensor[SLOT_OUTPUT]);
+  job.from_tiles = 0;
+  run_tile_copies(layer, b * b * layer->out_channels * sizeof(float), task, &job);
   for (k = 0; k < layer->active_count; ++k) {
     const block_region region = region_of_block(&layer->grid, layer->active_blocks[k]);
     region_write_cells(layer->tensor[SLOT_OUTPUT], region.row_begin, region.row_end, region.col_begin,
@@ -215,23 +220,9 @@ static void mark_written_blocks(runtime_layer* layer) {
   }
 }
 
-void dynrt_scatter_tiles(runtime_layer* layer) {
-  const size_t b = (size_t)layer->grid.block;
-  tile_job job;
-  region_write_begin(layer->tensor[SLOT_OUTPUT]);
-  job.from_tiles = 0;
-  run_tile_copies(layer, b * b * layer->out_channels * sizeof(float), scatter_task, &job);
-  mark_written_blocks(layer);
-}
+void dynrt_scatter_tiles(runtime_layer* layer) { write_output_blocks(layer, scatter_task); }
 
-void dynrt_copy_blocks(runtime_layer* layer) {
-  const size_t b = (size_t)layer->grid.block;
-  tile_job job;
-  region_write_begin(layer->tensor[SLOT_OUTPUT]);
-  job.from_tiles = 0;
-  run_tile_copies(layer, b * b * layer->out_channels * sizeof(float), copy_block_task, &job);
-  mark_written_blocks(layer);
-}
+void dynrt_copy_blocks(runtime_layer* layer) { write_output_blocks(layer, copy_block_task); }
 
 /* What DSTEP_APPLY does to each value of a patch row this frame. keep and take hold the
  * channel decisions once per pixel of a whole patch row, so that a row is one flat loop. */
