@@ -15,7 +15,8 @@ _LAZY = {
     "load_model": "dynexport.loading",
     "save_model": "dynexport.loading",
     "export": "dynexport.exporting",
-    **{name: "dynexport.gating" for name in ("convert", "calibrate", "Conversion", "CalibrationReport")},
+    **{name: "dynexport.gating" for name in ("convert", "calibrate", "Conversion", "CalibrationReport",
+                                                   "order_dstep_channels")},
     "prune": "dynexport.pruning",
 }
 

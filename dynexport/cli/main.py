@@ -18,7 +18,7 @@ from dynexport import __version__
 from dynexport.cli import (
     bench_command, bench_layer_command, build_command, clip_command, inspect_command, tune_command, verify_command,
 )
-from dynexport.cli import gate_command
+from dynexport.cli import gate_command, order_channels_command
 
 app = typer.Typer(
     name="dynexport",
@@ -70,6 +70,7 @@ app.command("verify")(verify_command.verify)
 app.command("bench")(bench_command.bench)
 app.command("bench-layer")(bench_layer_command.bench_layer)
 app.command("gate")(gate_command.gate)
+app.command("order-channels")(order_channels_command.order_channels)
 
 
 class Terminated(SystemExit):
