@@ -6,14 +6,12 @@ that fails with anything but a CompileError is reported with every pass that ran
 from __future__ import annotations
 
 import dataclasses
-import operator
-
-import torch
 
 from dynexport.compiler.frontend import export_graph
 from dynexport.compiler.passes.check_supported_ops import check_supported_ops
 from dynexport.compiler.passes.fold_batchnorm import fold_batchnorm
 from dynexport.compiler.passes.fold_constants import fold_constants
+from dynexport.compiler.passes.fuse_pointwise_epilogue import fuse_pointwise_epilogue, is_pointwise
 from dynexport.compiler.passes.lower_dstep import lower_dstep
 from dynexport.compiler.passes.lower_skip_conv import lower_skip_conv
 from dynexport.compiler.passes.partition_at_gates import DenseStep, partition_at_gates
@@ -69,6 +67,7 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
     for graph_pass in GRAPH_PASSES:
         log.run(graph_pass, gm)
     partitioned = log.run(partition_at_gates, gm, changed=lambda result: True)
+    log.run(fuse_pointwise_epilogue, partitioned, changed=lambda fused: fused > 0)
     builder = PlanBuilder()
     frame = builder.tensor("input", input_shape, Role.INPUT)
     builder.bind_value(partitioned.input, frame, input_shape)
@@ -104,30 +103,13 @@ def _lower_dense_step(builder: PlanBuilder, step: DenseStep, partitioned) -> Non
     builder.emit(Op.RUN_SEGMENT, index, NO_LAYER)
 
 
-_aten = torch.ops.aten
-# ops that compute each output element from the same position of their operands (broadcast
-# constants aside): a segment of only these never mixes pixels
-POINTWISE_OPS = {
-    _aten.relu.default, _aten.relu_.default, _aten.hardtanh.default, _aten.hardswish.default,
-    _aten.hardsigmoid.default, _aten.sigmoid.default, _aten.tanh.default, _aten.gelu.default, _aten.silu.default,
-    _aten.leaky_relu.default, _aten.clamp.default, _aten.add.Tensor, _aten.sub.Tensor, _aten.mul.Tensor,
-    _aten.div.Tensor, _aten.add.Scalar, _aten.mul.Scalar, _aten.clone.default, _aten.alias.default,
-    _aten._native_batch_norm_legit_no_training.default, _aten.batch_norm.default, _aten.dropout.default,
-    operator.getitem,
-}
-
-
-def is_pointwise(module) -> bool:
-    """Whether a segment's module has only POINTWISE_OPS (see mark_pointwise_runs)."""
-    return all(node.target in POINTWISE_OPS for node in module.graph.nodes if node.op == "call_function")
-
-
 def mark_pointwise_runs(builder: PlanBuilder) -> None:
     """Sets RunFlag.POINTWISE on the runs of the ungated dense steps that are pointwise in
-    space: only POINTWISE_OPS, and every operand a float32 map [1, H, W, C] of one H and W.
-    The runtime then tracks which blocks of their outputs changed from which blocks of their
-    inputs did. Run once the plan is complete: lower_dstep appends policies to the dense step
-    before a D-STEP layer (SegmentKind.DENSE_POLICY), which then is no longer pointwise."""
+    space: only the POINTWISE_OPS of fuse_pointwise_epilogue, and every operand a float32 map
+    [1, H, W, C] of one H and W. The runtime then tracks which blocks of their outputs changed
+    from which blocks of their inputs did. Run once the plan is complete: lower_dstep appends
+    policies to the dense step before a D-STEP layer (SegmentKind.DENSE_POLICY), which then
+    is no longer pointwise."""
     program = builder.program
     for ins in program.instructions:
         if ins.op != Op.RUN_SEGMENT or ins.b != NO_LAYER:

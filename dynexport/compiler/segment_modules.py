@@ -19,16 +19,19 @@ from dynexport.nn.dstep import channel_logits, spatial_logits
 class ConvSegment(nn.Module):
     """``conv2d`` with fixed weights. As a tile segment (padding 0) it maps packed input
     tiles [K, C, th, tw] to their blocks' outputs [K, Co, b, b]; as a dense segment it is
-    the layer's convolution over the whole map."""
+    the layer's convolution over the whole map. ``epilogue``, a pointwise module returning a
+    1-tuple, is applied to the convolution's result (fuse_pointwise_epilogue)."""
 
-    def __init__(self, weight, bias, stride, padding, dilation, groups):
+    def __init__(self, weight, bias, stride, padding, dilation, groups, epilogue: nn.Module | None = None):
         super().__init__()
         self.register_buffer("weight", weight.detach().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
+        self.epilogue = epilogue
 
     def forward(self, x):
-        return (F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups),)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return (y,) if self.epilogue is None else (self.epilogue(y)[0],)
 
 
 class DStepPolicySegment(nn.Module):

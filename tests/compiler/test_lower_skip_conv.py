@@ -49,7 +49,7 @@ def test_several_gated_layers_each_get_their_own_block_machinery():
     program = compile_model(model, (1, 3, 32, 32)).program
     assert len(program.layers) == 2
     assert [Op(i.op) for i in program.instructions].count(Op.SKIP_GATE) == 2
-    assert len(program.segments) == 5  # tiles, dense, relu, tiles, dense
+    assert len(program.segments) == 4  # tiles, dense (the ReLU fused into both), tiles, dense
     assert program.state_bytes() == 4 * (2 * 32 * 32 * 4 + 16 * 10 * 10 * 3 + 16 * 10 * 10 * 4 + 2)
 
 

@@ -60,7 +60,8 @@ def test_a_failing_lowering_names_the_passes_and_lowerings_before_it(monkeypatch
     monkeypatch.setattr(pipeline, "lower_dstep", lower_dstep)
     model = nn.Sequential(SkipConv2d(3, 4, 3, padding=1), DStepConv2d(4, 4, 3, padding=1, patch=4)).eval()
     with pytest.raises(CompileError, match=r"pass lower_dstep failed \(after fold_constants, fold_batchnorm, "
-                                           r"check_supported_ops, partition_at_gates, lower_skip_conv\)"):
+                                           r"check_supported_ops, partition_at_gates, fuse_pointwise_epilogue, "
+                                           r"lower_skip_conv\)"):
         compile_model(model, SHAPE)
 
 

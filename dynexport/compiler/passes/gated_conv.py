@@ -27,6 +27,7 @@ class GatedConv:
     in_shape: tuple[int, ...]
     dense_cutoff: int  # above this many active blocks the dense segment runs
     max_batch: int  # the tile segment's batch bound: >= dense_cutoff (see tile_batch_bound)
+    epilogue: torch.nn.Module | None = None  # pointwise ops after the convolution (fuse_pointwise_epilogue)
 
     @property
     def in_channels(self) -> int:
@@ -89,7 +90,7 @@ def gated_conv(builder: PlanBuilder, step, gm, weight_node, bias_node, stride, p
     grid = make_grid(in_shape, weight.shape, stride, padding, dilation, block)
     cutoff = dense_cutoff_blocks(grid.num_blocks, dense_cutoff)
     return GatedConv(_layer_name(step.node, builder), weight, constant(gm, bias_node), grid, groups, in_shape,
-                     cutoff, tile_batch_bound(grid.num_blocks, cutoff))
+                     cutoff, tile_batch_bound(grid.num_blocks, cutoff), step.epilogue)
 
 
 def new_layer(builder: PlanBuilder, conv: GatedConv, step, **fields) -> Layer:
@@ -123,7 +124,7 @@ def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tu
     if conv.has_tile_path:
         tiles = builder.add_segment(SegmentArtifact(
             f"{conv.segment_prefix}_tiles",
-            ConvSegment(conv.weight, conv.bias, grid.stride, (0, 0), grid.dilation, conv.groups),
+            ConvSegment(conv.weight, conv.bias, grid.stride, (0, 0), grid.dilation, conv.groups, conv.epilogue),
             (example_tensor((conv.max_batch, conv.in_channels, *grid.tile_size)),), max_batch=conv.max_batch,
             kind=SegmentKind.TILES),
             [layer.tiles], [layer.tile_output])
@@ -131,7 +132,7 @@ def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tu
     if conv.has_dense_segment:
         dense = builder.add_segment(SegmentArtifact(
             f"{conv.segment_prefix}_dense",
-            ConvSegment(conv.weight, conv.bias, grid.stride, grid.padding, grid.dilation, conv.groups),
+            ConvSegment(conv.weight, conv.bias, grid.stride, grid.padding, grid.dilation, conv.groups, conv.epilogue),
             (example_tensor(conv.in_shape),), kind=SegmentKind.DENSE),
             [layer.input], [layer.dense_output])
     return tiles, dense

@@ -33,7 +33,8 @@ class DenseStep:
 class GateStep:
     node: fx.Node
     input: str  # value name of the gate's input frame/feature map
-    output: str  # value name of the gate's main output
+    output: str  # value name of the gate's main output (its epilogue's, once one is fused)
+    epilogue: fx.GraphModule | None = None  # a pointwise step fused after it (fuse_pointwise_epilogue)
 
 
 @dataclasses.dataclass
