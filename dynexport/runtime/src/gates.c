@@ -321,8 +321,10 @@ static void gumbel_values_for_output_row(const gate_pass* pass, const tile_place
   }
 }
 
-/* norm gates, step 1: the pixel sums (energies) and the row sums. */
-static void norm_residual(const gate_pass* pass, const tile_placement* placement, uint32_t block) {
+/* norm gates, step 1: the pixel sums (energies) and the row sums of tile rows
+ * [first_row, end_row). */
+static void norm_residual_rows(const gate_pass* pass, const tile_placement* placement, uint32_t block,
+                               size_t first_row, size_t end_row) {
   const runtime_layer* layer = pass->layer;
   const size_t channels = pass->channels, tile_w = pass->tile_w;
   const float* reference =
@@ -330,7 +332,7 @@ static void norm_residual(const gate_pass* pass, const tile_placement* placement
   const size_t left = placement->first_col, inside = placement->last_col - placement->first_col;
   const size_t right = tile_w - left - inside;
   size_t y;
-  for (y = 0; y < pass->tile_h; ++y) {
+  for (y = first_row; y < end_row; ++y) {
     const float* input = tile_input_row(placement, y);
     const float* ref = reference + y * tile_w * channels;
     float* row = pass->pixel_sums + y * tile_w;
@@ -342,7 +344,6 @@ static void norm_residual(const gate_pass* pass, const tile_placement* placement
                         pixel_energy_run(input, ref + left * channels, row + left, inside, channels) +
                         pixel_energy_run(NULL, ref + (left + inside) * channels, row + left + inside, right, channels);
   }
-  note_row_sums(pass);
 }
 
 /* norm gates, step 2: the energy under position (i, j)'s window. */
@@ -410,7 +411,22 @@ static double score_block(const gate_pass* pass, uint32_t block) {
     }
     gumbel_residual(pass, &placement, block);
   } else {
-    norm_residual(pass, &placement, block);
+    size_t rows_done = 0;
+    /* As for gumbel: a block computed last frame is scored on its first output row from the
+     * tile rows that row's windows read (kernel_h of tile_h); when the camera moves, most
+     * blocks end there. The frame check needs every row sum: not then. */
+    if (pass->layer->block_mask[block] && pass->row_sum_not_finite == NULL) {
+      rows_done = window_tile_row(pass, 0, pass->kernel_h - 1) + 1;
+      norm_residual_rows(pass, &placement, block, 0, rows_done);
+      for (j = 0; j < valid_cols; ++j) {
+        const float score = sqrtf(window_energy(pass, 0, j)) * pass->layer->norm_scale;
+        if (clearly_above(pass, score)) return score;
+        if (score > best) best = score;
+      }
+      i = 1; /* row 0 is scored exactly */
+    }
+    norm_residual_rows(pass, &placement, block, rows_done, pass->tile_h);
+    note_row_sums(pass);
   }
   for (; i < valid_rows; ++i) {
     if (pass->bounds_usable) {
