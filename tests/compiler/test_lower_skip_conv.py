@@ -62,3 +62,12 @@ def test_small_grid_uses_the_tile_path_for_every_count_and_one_block_only_the_de
     assert [s.name for s in single.segments] == ["layer_0_dense"]
     assert [Op(i.op) for i in single.instructions] == [
         Op.SKIP_GATE, Op.BRANCH_IF_NONE, Op.RUN_SEGMENT, Op.COPY_BLOCKS, Op.STORE_REFERENCE]
+
+
+def test_a_small_grid_whose_blocks_stick_out_of_the_map_keeps_its_dense_segment():
+    # 2 x 2 blocks of 8 over a 10x13 output: tiles of all four compute 256 positions for 130
+    program = compile_model(nn.Sequential(SkipConv2d(3, 4, 3, padding=1)).eval(), (1, 3, 10, 13)).program
+    assert [s.name for s in program.segments] == ["layer_0_tiles", "layer_0_dense"]
+    [layer] = program.layers
+    assert layer.grid.num_blocks == 4 and layer.dense_cutoff == 2 and program.segments[0].max_batch == 3
+    assert Op.BRANCH_IF_DENSE in [Op(i.op) for i in program.instructions]

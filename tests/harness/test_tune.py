@@ -32,7 +32,7 @@ def gated_model():
     return nn.Sequential(
         SkipConv2d(3, 8, 3, padding=1, threshold=0.2, block=4), nn.ReLU(),  # 4x5 = 20 blocks: tunable
         SkipConv2d(8, 8, 3, padding=1, threshold=0.1, block=8),  # 2x3 = 6 blocks: tunable
-        SkipConv2d(8, 4, 3, stride=2, padding=1, threshold=0.1, block=8),  # 1x2 blocks: tiles only
+        SkipConv2d(8, 4, 3, stride=2, padding=1, threshold=0.1, block=5),  # 2x2 blocks over 8x10: tiles only
     ).eval()
 
 
@@ -197,7 +197,7 @@ def test_not_a_build_folder_is_named(tmp_path):
 
 def test_folder_without_a_layer_to_tune_is_refused(folder):
     program = open_build(folder).program
-    assert len(tunable_layers(program)) == 2  # the 2-block layer has tiles only
+    assert len(tunable_layers(program)) == 2  # the 4-block layer has tiles only
     with pytest.raises(PlanError, match="nothing to tune"):
         tune(_only_small_grids(folder.parent), **FAST)
 

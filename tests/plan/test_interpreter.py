@@ -37,7 +37,7 @@ MODELS = {
         Residual(nn.Sequential(DStepConv2d(8, 8, 3, stride=2, padding=1, patch=4), nn.BatchNorm2d(8)),
                  nn.Conv2d(8, 8, 1, stride=2)),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)),
-    "grids_9_4_1_blocks": lambda: nn.Sequential(  # tile+dense, tiles only, dense only
+    "grids_9_4_1_blocks": lambda: nn.Sequential(  # tile+dense; 4 blocks over 10x12 (tile+dense: they stick out); dense only
         skip(3, 8, stride=2, padding=1), nn.ReLU(), skip(8, 8, stride=2, padding=1), nn.ReLU(),
         skip(8, 8, stride=2, padding=1)),
     "no_gates": lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, stride=2)),

@@ -56,16 +56,29 @@ class GatedConv:
         return "layer_" + "".join(c if c.isalnum() else "_" for c in self.name)
 
 
-# On a grid this small, tiles of every block compute exactly the dense output positions and
+# On a grid this small, tiles of every block compute about the dense output positions and
 # gather little more than the map itself: the tile segment serves as the dense path too,
-# which saves the backend a method (seconds of lowering each).
+# which saves the backend a method (seconds of lowering each)...
 SMALL_GRID_BLOCKS = 4
+# ...unless its blocks stick out of the map: 2 x 2 blocks of 8 over a 10x13 output (a
+# MobileNet's stride-16 stage at 150x200) compute 256 positions for 130, twice the dense MACs
+# on every busy frame. Above this many positions per output position a small grid keeps its
+# dense segment.
+SMALL_GRID_MAX_OVERCOMPUTE = 1.25
 
 
-def dense_cutoff_blocks(num_blocks: int, fraction: float) -> int:
-    if 1 < num_blocks <= SMALL_GRID_BLOCKS:
+def dense_cutoff_blocks(grid: BlockGrid, fraction: float) -> int:
+    num_blocks = grid.num_blocks
+    if 1 < num_blocks <= SMALL_GRID_BLOCKS and tile_overcompute(grid) <= SMALL_GRID_MAX_OVERCOMPUTE:
         return num_blocks  # never branch to a dense segment: there is none
     return max(0, min(num_blocks, math.floor(fraction * num_blocks)))
+
+
+def tile_overcompute(grid: BlockGrid) -> float:
+    """Output positions the tiles of every block compute, per position of the map."""
+    rows, cols = grid.blocks
+    out_h, out_w = grid.output_size
+    return rows * cols * grid.block * grid.block / (out_h * out_w)
 
 
 def tile_batch_bound(num_blocks: int, cutoff: int) -> int:
@@ -88,7 +101,7 @@ def gated_conv(builder: PlanBuilder, step, gm, weight_node, bias_node, stride, p
     weight = constant(gm, weight_node)
     in_shape = builder.value_shapes[step.input]
     grid = make_grid(in_shape, weight.shape, stride, padding, dilation, block)
-    cutoff = dense_cutoff_blocks(grid.num_blocks, dense_cutoff)
+    cutoff = dense_cutoff_blocks(grid, dense_cutoff)
     return GatedConv(_layer_name(step.node, builder), weight, constant(gm, bias_node), grid, groups, in_shape,
                      cutoff, tile_batch_bound(grid.num_blocks, cutoff), step.epilogue)
 
