@@ -216,6 +216,8 @@ typedef struct gate_pass {
   /* the session's scratch (session_internal.h) */
   float *values, *pixel_sums, *row_sums;
   uint8_t* value_rows;  /* gumbel: which tile rows `values` holds for the block being scored */
+  /* the reference's padding is zero (session_internal.h), so is the residual there */
+  int padding_zero;
   /* checking the frame for step.c: set when a row sum is not finite (NULL: not checking).
    * Every tile row is then summed in full, so every frame value is read. */
   int* row_sum_not_finite;
@@ -267,6 +269,16 @@ static void note_row_sums(const gate_pass* pass) {
   }
 }
 
+/* gumbel: |residual| of padding values (input 0), summed, and written to row_values unless NULL */
+static float padding_abs_residual(const gate_pass* pass, const float* reference, float* row_values, size_t count) {
+  if (pass->padding_zero) {
+    if (row_values != NULL) memset(row_values, 0, count * sizeof *row_values);
+    return 0.0f;
+  }
+  return row_values != NULL ? abs_residual_run(NULL, reference, row_values, count)
+                            : abs_residual_sum(NULL, reference, count);
+}
+
 /* gumbel: a tile row's residual, either summed (row_values NULL) or written to row_values
  * (|residual|) with its sum returned. The current input is read where it is (no tile copy);
  * padding columns and rows read zero. */
@@ -280,16 +292,16 @@ static float gumbel_tile_row(const gate_pass* pass, const tile_placement* placem
   const float* ref = reference_tile + y * values;
   float sum;
   if (row_values == NULL) {
-    if (input == NULL) return abs_residual_sum(NULL, ref, values);
+    if (input == NULL) return padding_abs_residual(pass, ref, NULL, values);
     sum = abs_residual_sum(input, ref + left, inside);
-    if (left > 0) sum += abs_residual_sum(NULL, ref, left);
-    if (right > 0) sum += abs_residual_sum(NULL, ref + left + inside, right);
+    if (left > 0) sum += padding_abs_residual(pass, ref, NULL, left);
+    if (right > 0) sum += padding_abs_residual(pass, ref + left + inside, NULL, right);
     return sum;
   }
-  if (input == NULL) return abs_residual_run(NULL, ref, row_values, values);
+  if (input == NULL) return padding_abs_residual(pass, ref, row_values, values);
   sum = abs_residual_run(input, ref + left, row_values + left, inside);
-  if (left > 0) sum += abs_residual_run(NULL, ref, row_values, left);
-  if (right > 0) sum += abs_residual_run(NULL, ref + left + inside, row_values + left + inside, right);
+  if (left > 0) sum += padding_abs_residual(pass, ref, row_values, left);
+  if (right > 0) sum += padding_abs_residual(pass, ref + left + inside, row_values + left + inside, right);
   return sum;
 }
 
@@ -321,6 +333,15 @@ static void gumbel_values_for_output_row(const gate_pass* pass, const tile_place
   }
 }
 
+/* norm gates: the energies of padding pixels, whose input is 0 */
+static float padding_energy_run(const gate_pass* pass, const float* reference, float* energy, size_t pixels) {
+  if (pass->padding_zero) {
+    memset(energy, 0, pixels * sizeof *energy);
+    return 0.0f;
+  }
+  return pixel_energy_run(NULL, reference, energy, pixels, pass->channels);
+}
+
 /* norm gates, step 1: the pixel sums (energies) and the row sums of tile rows
  * [first_row, end_row). */
 static void norm_residual_rows(const gate_pass* pass, const tile_placement* placement, uint32_t block,
@@ -337,12 +358,12 @@ static void norm_residual_rows(const gate_pass* pass, const tile_placement* plac
     const float* ref = reference + y * tile_w * channels;
     float* row = pass->pixel_sums + y * tile_w;
     if (input == NULL) {
-      pass->row_sums[y] = pixel_energy_run(NULL, ref, row, tile_w, channels);
+      pass->row_sums[y] = padding_energy_run(pass, ref, row, tile_w);
       continue;
     }
-    pass->row_sums[y] = pixel_energy_run(NULL, ref, row, left, channels) +
+    pass->row_sums[y] = padding_energy_run(pass, ref, row, left) +
                         pixel_energy_run(input, ref + left * channels, row + left, inside, channels) +
-                        pixel_energy_run(NULL, ref + (left + inside) * channels, row + left + inside, right, channels);
+                        padding_energy_run(pass, ref + (left + inside) * channels, row + left + inside, right);
   }
 }
 
@@ -474,6 +495,7 @@ static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer*
   pass.row_sums = session->gate_scratch[0].row_sums;
   pass.value_rows = session->gate_scratch[0].value_rows;
   pass.row_sum_not_finite = NULL;
+  pass.padding_zero = reference_padding_is_zero(layer);
   pass.largest_weight = 0.0;
   if (pass.gumbel) {
     const size_t weights = pass.kernel_h * pass.kernel_w * pass.channels;

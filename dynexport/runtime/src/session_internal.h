@@ -146,6 +146,12 @@ typedef struct runtime_layer {
   uint64_t settled_reference_version;  /* the reference's version once that decision's blocks were stored */
   int reference_store_due;             /* that decision computed blocks not stored in the reference yet */
   uint32_t gate_ties;                  /* ties of that decision */
+  /* The reference's version while its tiles' padding (the positions outside the input map)
+   * is known to be zero: at create (a zeroed arena, version 0) and after each STORE_REFERENCE,
+   * which never writes anything else there. Any other write bumps the version. While it holds,
+   * STORE_REFERENCE copies only the in-map part of a tile and a gate takes the padding's
+   * residual to be 0 without reading it: a wide layer on a small map is mostly padding. */
+  uint64_t reference_padding_zero_version;
 
   /* DSTEP_APPLY is idempotent: with its inputs (decisions, active list, computed values) and
    * its output at the versions right after its last run, running it again changes nothing */
@@ -267,8 +273,13 @@ static inline const float* tile_input_row(const tile_placement* placement, size_
   return placement->first_input + (y - placement->first_row) * placement->input_row_values;
 }
 
-/* The block copies; the batch capacity was checked by the caller. */
-void dynrt_copy_input_tile(const runtime_layer* layer, uint32_t block, float* destination);
+/* The block copies; the batch capacity was checked by the caller. dynrt_copy_input_tile
+ * writes the padding's zeros only when `write_padding` (the destination's may be zero already). */
+void dynrt_copy_input_tile(const runtime_layer* layer, uint32_t block, float* destination, int write_padding);
+static inline int reference_padding_is_zero(const runtime_layer* layer) {
+  return layer->tensor[SLOT_REFERENCE] != NULL &&
+         layer->tensor[SLOT_REFERENCE]->version == layer->reference_padding_zero_version;
+}
 void dynrt_gather_tiles(runtime_layer* layer);
 void dynrt_store_reference(runtime_layer* layer);
 void dynrt_scatter_tiles(runtime_layer* layer);

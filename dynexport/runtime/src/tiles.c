@@ -64,7 +64,7 @@ tile_placement dynrt_tile_placement(const runtime_layer* layer, uint32_t block) 
   return placement;
 }
 
-void dynrt_copy_input_tile(const runtime_layer* layer, uint32_t block, float* destination) {
+void dynrt_copy_input_tile(const runtime_layer* layer, uint32_t block, float* destination, int write_padding) {
   const tile_placement placement = dynrt_tile_placement(layer, block);
   const size_t tile_h = (size_t)layer->grid.tile_size[0], tile_w = (size_t)layer->grid.tile_size[1];
   const size_t channels = layer->in_channels, row_values = tile_w * channels;
@@ -74,13 +74,13 @@ void dynrt_copy_input_tile(const runtime_layer* layer, uint32_t block, float* de
     float* row = destination + y * row_values;
     const float* input = tile_input_row(&placement, y);
     if (input == NULL) {
-      memset(row, 0, row_values * sizeof(float));
+      if (write_padding) memset(row, 0, row_values * sizeof(float));
       continue;
     }
     /* interior tiles have no padding columns: no calls for nothing */
-    if (left_values > 0) memset(row, 0, left_values * sizeof(float));
+    if (left_values > 0 && write_padding) memset(row, 0, left_values * sizeof(float));
     memcpy(row + left_values, input, (row_values - left_values - right_values) * sizeof(float));
-    if (right_values > 0) memset(row + row_values - right_values, 0, right_values * sizeof(float));
+    if (right_values > 0 && write_padding) memset(row + row_values - right_values, 0, right_values * sizeof(float));
   }
 }
 
@@ -94,6 +94,7 @@ typedef struct tile_job {
   runtime_layer* layer;
   uint32_t tasks;
   int from_tiles; /* STORE_REFERENCE: copy the packed tiles */
+  int write_padding; /* STORE_REFERENCE from the input: the reference's padding may not be zero */
 } tile_job;
 
 static void run_tile_copies(runtime_layer* layer, uint64_t bytes_per_tile, runtime_task task, tile_job* job) {
@@ -114,7 +115,7 @@ static void run_tile_copies(runtime_layer* layer, uint64_t bytes_per_tile, runti
 static void gather_one(const tile_job* job, uint32_t k) {
   const runtime_layer* layer = job->layer;
   float* tile = (float*)layer->tensor[SLOT_TILES]->data + k * tile_values(layer);
-  dynrt_copy_input_tile(layer, layer->active_blocks[k], tile);
+  dynrt_copy_input_tile(layer, layer->active_blocks[k], tile, 1);
 }
 TILE_TASK(gather_task, gather_one)
 
@@ -144,7 +145,8 @@ void dynrt_gather_tiles(runtime_layer* layer) {
 
 /* The reference takes the active blocks' input tiles. Right after GATHER_TILES they are
  * already packed, in active-list order and still in cache: whole-tile copies from there
- * instead of a second gather with its padding logic. */
+ * instead of a second gather with its padding logic. Otherwise the padding is written only
+ * when it may not be zero (session_internal.h: reference_padding_zero_version). */
 static void store_reference_one(const tile_job* job, uint32_t k) {
   const runtime_layer* layer = job->layer;
   const size_t values = tile_values(layer);
@@ -153,7 +155,7 @@ static void store_reference_one(const tile_job* job, uint32_t k) {
   if (job->from_tiles) {
     memcpy(destination, (const float*)layer->tensor[SLOT_TILES]->data + k * values, values * sizeof(float));
   } else {
-    dynrt_copy_input_tile(layer, block, destination);
+    dynrt_copy_input_tile(layer, block, destination, job->write_padding);
   }
 }
 TILE_TASK(store_reference_task, store_reference_one)
@@ -164,8 +166,11 @@ void dynrt_store_reference(runtime_layer* layer) {
   tile_job job;
   job.from_tiles =
       tiles != NULL && layer->gathered_tiles_version != 0 && layer->gathered_tiles_version == tiles->version;
+  job.write_padding = !reference_padding_is_zero(layer);
   run_tile_copies(layer, tile_values(layer) * sizeof(float), store_reference_task, &job);
   tensor_written(reference);
+  /* zero still only if it was: a tile not stored keeps whatever padding it had */
+  if (!job.write_padding) layer->reference_padding_zero_version = reference->version;
   if (layer->reference_store_due) {
     layer->reference_store_due = 0;
     layer->settled_reference_version = reference->version;
