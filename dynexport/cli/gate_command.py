@@ -61,19 +61,10 @@ def gate(
     from rich.console import Console
 
     import dynexport
-    from dynexport.errors import ConversionError, FrameError
     from dynexport.harness.clips import load_clip, synthetic_clip
 
-    if output.exists() and not force:
-        raise ConversionError(f"output '{output}' exists; pass --force to replace it")
-    if (clip is None) == (synthetic is None):
-        raise FrameError("give the calibration frames with --clip FILE.npy or --synthetic PRESET (one of them)")
-    loaded = dynexport.load_model(model, allow_pickle=allow_pickle)
-    if not isinstance(loaded, torch.nn.Module):
-        raise ConversionError(f"model file '{model}' is a torch.export program; gating converts nn.Module layers: "
-                              "pass the torch.save'd module instead")
-    shape = _input_shape(input_shape, loaded, clip)
-    manifest = {"input": {"shape": list(shape), "normalization": {"scale": UINT8_SCALE, "offset": 0.0}}}
+    loaded, shape, manifest = calibration_inputs(model, output, force, clip, synthetic, allow_pickle, input_shape,
+                                                 "gating converts nn.Module layers")
     for path in (clip, holdout):
         if path is not None:
             _check_clip_shape(path, shape)
@@ -97,6 +88,29 @@ def gate(
                                "output": str(output)}))
         return
     _print_report(report, conversion, output, shape)
+
+
+def calibration_inputs(model, output, force: bool, clip, synthetic, allow_pickle: bool, input_shape,
+                       why_a_module: str):
+    """What a command that rewrites a model from calibration frames checks first: the output
+    may be written, exactly one frame source is given, the model file holds an nn.Module
+    (``why_a_module`` says why a torch.export program will not do). Returns the module, the
+    input shape and the manifest the clip readers normalize with (uint8 / 255)."""
+    import torch
+
+    import dynexport
+    from dynexport.errors import ConversionError, FrameError
+
+    if output.exists() and not force:
+        raise ConversionError(f"output '{output}' exists; pass --force to replace it")
+    if (clip is None) == (synthetic is None):
+        raise FrameError("give the calibration frames with --clip FILE.npy or --synthetic PRESET (one of them)")
+    loaded = dynexport.load_model(model, allow_pickle=allow_pickle)
+    if not isinstance(loaded, torch.nn.Module):
+        raise ConversionError(f"model file '{model}' is a torch.export program; {why_a_module}: "
+                              "pass the torch.save'd module instead")
+    shape = _input_shape(input_shape, loaded, clip)
+    return loaded, shape, {"input": {"shape": list(shape), "normalization": {"scale": UINT8_SCALE, "offset": 0.0}}}
 
 
 def _input_shape(text, model, clip) -> tuple[int, ...]:

@@ -52,25 +52,15 @@ def order_channels(
       dynexport build ordered.pt --target host --input-shape 1x3x150x200 -o out && dynexport bench out
     """
     import numpy as np
-    import torch
     from rich.console import Console
 
     import dynexport
-    from dynexport.cli.gate_command import UINT8_SCALE, _check_clip_shape, _input_shape
-    from dynexport.errors import ConversionError, FrameError
+    from dynexport.cli.gate_command import _check_clip_shape, calibration_inputs
     from dynexport.gating.regroup_channels import order_dstep_channels
     from dynexport.harness.clips import load_clip, synthetic_clip
 
-    if output.exists() and not force:
-        raise ConversionError(f"output '{output}' exists; pass --force to replace it")
-    if (clip is None) == (synthetic is None):
-        raise FrameError("give the calibration frames with --clip FILE.npy or --synthetic PRESET (one of them)")
-    loaded = dynexport.load_model(model, allow_pickle=allow_pickle)
-    if not isinstance(loaded, torch.nn.Module):
-        raise ConversionError(f"model file '{model}' is a torch.export program; reordering changes nn.Module "
-                              "parameters: pass the torch.save'd module instead")
-    shape = _input_shape(input_shape, loaded, clip)
-    manifest = {"input": {"shape": list(shape), "normalization": {"scale": UINT8_SCALE, "offset": 0.0}}}
+    loaded, shape, manifest = calibration_inputs(model, output, force, clip, synthetic, allow_pickle, input_shape,
+                                                 "reordering changes nn.Module parameters")
     if clip is not None:
         _check_clip_shape(clip, shape)
     calibration = load_clip(clip, manifest, frames) if clip is not None else synthetic_clip(
