@@ -165,8 +165,9 @@ def test_an_unchanged_frame_runs_no_segment_whose_inputs_did_not_change(host_bui
         np.testing.assert_array_equal(again, first)
         stats = session.last_stats
         if key == "depthwise_chain":  # every layer reuses its output: nothing downstream changed
+            # (its ReLUs run fused into the gated layers' segments: no segment is even reached)
             assert all(layer["path"] == LayerPath.REUSE for layer in stats["layers"])
-            assert calls == [] and stats["segments_reused"] > 0 and not any(stats["segment_ns"])
+            assert calls == [] and not any(stats["segment_ns"])
             # and the gates after the first see an unchanged input: settled without scoring
             assert [layer["executed_macs"] for layer in stats["layers"][1:]] == [0] * (len(stats["layers"]) - 1)
             assert stats["layers"][0]["executed_macs"] > 0, "the first gate reads the frame: it scores"
