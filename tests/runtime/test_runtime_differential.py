@@ -230,3 +230,53 @@ def test_dstep_channel_groups_run_only_groups_with_a_compute_channel(host_build)
     assert active_frames > 2
     assert summary["channels_run"] <= 16 * active_frames + 16 * 2
     assert summary["channels_run"] >= 16 * active_frames
+
+
+class _PaddedTiles(torch.nn.Module):
+    """The 10x10 tiles of the four 8x8 blocks of a 16x16 frame, padding filled with `value`
+    instead of zeros: what a plan could write into a reference other than by STORE_REFERENCE."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, frame):
+        padded = torch.nn.functional.pad(frame, (1, 1, 1, 1), value=self.value)
+        tiles = [padded[:, :, r:r + 10, c:c + 10] for r in (0, 8) for c in (0, 8)]
+        return (torch.cat(tiles).contiguous(memory_format=torch.channels_last),)
+
+
+def test_a_reference_written_by_another_instruction_is_read_in_full(host_build):
+    """The runtime skips the zero padding of reference tiles only while nothing but
+    STORE_REFERENCE has written the reference (session_internal.h:
+    reference_padding_zero_version). Here a segment rewrites the reference after every
+    frame: the frame's own tiles, so the residual inside is 0 on a still frame, and 5.0 in
+    the padding. The interpreter scores that padding, and every block is border, so every
+    block is active; a runtime that took the padding for zero would find none."""
+    from dynexport.compiler.pipeline import compile_model
+    from dynexport.compiler.plan_builder import SegmentArtifact, example_tensor
+    from dynexport.plan.frame_program import NO_LAYER
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(dynexport.nn.SkipConv2d(4, 4, 3, padding=1, threshold=0.5)).eval()
+    compiled = compile_model(model, (1, 4, 16, 16))
+    program = compiled.program
+    [layer] = program.layers
+    assert program.tensors[layer.reference].shape == (4, 10, 10, 4)
+    compiled.segments["poison_reference"] = SegmentArtifact("poison_reference", _PaddedTiles(5.0),
+                                                            (example_tensor((1, 4, 16, 16)),))
+    segment = program.add_segment("poison_reference", [program.inputs[0]], [layer.reference])
+    program.emit(Op.RUN_SEGMENT, segment, NO_LAYER)
+    program.validate()
+
+    frame = torch.rand(1, 4, 16, 16) * 0.01  # a still frame: inside every tile, no residual
+    interpreter = FrameProgramInterpreter(program, TorchSegments(compiled.segments))
+    interpreter.reset()
+    with NativeSession(plan_bytes(compiled), torch_callback_backend(program, compiled.segments)) as session:
+        for t in range(3):
+            want = interpreter.step(frame)
+            got = session.step(to_nhwc(frame))
+            np.testing.assert_allclose(from_physical(got).numpy(), want.numpy(), rtol=0, atol=1e-6)
+            assert session.layer_decisions(0)[0].tolist() == [1, 1, 1, 1], f"frame {t}"
+            assert interpreter.layer_decisions()[0] == [0, 1, 2, 3]
+
