@@ -68,7 +68,7 @@ def fuse_pointwise_epilogue(partitioned: PartitionedGraph) -> int:
 
 def _fusible(partitioned: PartitionedGraph, position: int) -> bool:
     gate, after = partitioned.steps[position], partitioned.steps[position + 1]
-    if gate.node.target != SKIP_CONV or gate.epilogue is not None:
+    if gate.node.target != SKIP_CONV:
         return False
     if after.inputs != [gate.output] or len(after.outputs) != 1:
         return False
