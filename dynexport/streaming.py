@@ -12,7 +12,9 @@ itself); it takes frames of the one shape it was exported at.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -96,8 +98,56 @@ def _input_channels(model: nn.Module) -> int | None:
     return None
 
 
-def step(model: nn.Module, frame) -> Tensor:
+def fallback_count(fraction: float, blocks: int) -> int:
+    """Active blocks of the first gated layer above which a frame falls back to dense (the
+    dense cut-off's rounding; the compiler's add_dense_fallback uses this very count)."""
+    return max(0, min(blocks, math.floor(fraction * blocks)))
+
+
+@contextlib.contextmanager
+def _dense_fallback(layers: list, busy_above):
+    """The dense fallback's semantics, for one frame: once the first gated layer to run has
+    computed more than ``busy_above(blocks)`` blocks, every other gated layer is unprimed
+    before it runs (it computes densely: all blocks) and again after the frame (its state is
+    not kept: the next frame computes it densely too)."""
+    from dynexport.nn import SkipConv2d
+
+    if not all(isinstance(layer, SkipConv2d) for layer in layers):
+        raise FrameError("dense fallback: every gated layer must be a SkipConv2d (a D-STEP layer is not dense when "
+                         "unprimed, and a .pt2 program's gates cannot be unprimed)")
+    fell_back, handles = [], []
+
+    def after_first_layer(layer, inputs, output):
+        for handle in handles:
+            handle.remove()
+        handles.clear()
+        mask = layer.last_decisions
+        if mask.shape[0] != 1:
+            raise FrameError(f"dense fallback: streams of batch 1 only, got a batch of {mask.shape[0]}")
+        if int(mask.sum()) > busy_above(mask.shape[1]):
+            fell_back.append(layer)
+            for other in layers:
+                if other is not layer:
+                    other.unprime()
+
+    handles.extend(layer.register_forward_hook(after_first_layer) for layer in layers)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+    for other in layers:
+        if fell_back and other is not fell_back[0]:
+            other.unprime()
+
+
+def step(model: nn.Module, frame, dense_fallback: float | None = None, *, _fallback_count=None) -> Tensor:
     """Run one frame ([C,H,W] or [N,C,H,W], float32) through the model in eval semantics.
+
+    ``dense_fallback``: when the first gated layer to run computes more than this fraction of
+    its blocks (``fallback_count``), every other gated layer computes densely and keeps no
+    state (its next frame is dense too): what a plan built with ``--dense-fallback`` does.
+    ``_fallback_count`` gives that count directly (a plan's, for the harness).
 
     On any error the state of every gated layer is restored before the error propagates.
     """
@@ -106,8 +156,14 @@ def step(model: nn.Module, frame) -> Tensor:
     layers = _named_gated_layers(model)
     snapshots = [layer.state_snapshot() for layer in layers]
     stats = [(layer.last_stats, layer.last_decisions) for layer in layers]
+    if dense_fallback is not None and _fallback_count is None:
+        if not 0.0 <= dense_fallback < 1.0:
+            raise ValueError(f"dense_fallback must be a fraction in [0, 1), got {dense_fallback}")
+        busy_above = lambda blocks: fallback_count(dense_fallback, blocks)  # noqa: E731
+    else:
+        busy_above = None if _fallback_count is None else (lambda blocks: _fallback_count)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), (_dense_fallback(layers, busy_above) if busy_above else contextlib.nullcontext()):
             return model(frame)
     except BaseException:
         for layer, snapshot, last in zip(layers, snapshots, stats):
@@ -116,9 +172,11 @@ def step(model: nn.Module, frame) -> Tensor:
         raise
 
 
-def stream(model: nn.Module, clip: Tensor | np.ndarray | Iterable, with_stats: bool = False) -> Iterator:
+def stream(model: nn.Module, clip: Tensor | np.ndarray | Iterable, with_stats: bool = False,
+           dense_fallback: float | None = None) -> Iterator:
     """Yield the model's output for each frame of ``clip`` ([T,C,H,W] or an iterable of frames),
-    starting from a reset. With ``with_stats`` yields ``(output, FrameStats)`` pairs.
+    starting from a reset. With ``with_stats`` yields ``(output, FrameStats)`` pairs;
+    ``dense_fallback`` as in ``step``.
 
     The model is put in eval mode: streaming is the reference semantics, not training. A
     ``torch.export.ExportedProgram`` is run as an ``ExportedModel``.
@@ -132,5 +190,5 @@ def stream(model: nn.Module, clip: Tensor | np.ndarray | Iterable, with_stats: b
     model.eval()
     reset(model)
     for frame in clip:
-        output = step(model, frame)
+        output = step(model, frame, dense_fallback)
         yield (output, frame_stats(model)) if with_stats else output

@@ -25,6 +25,11 @@ def build(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is an earlier dynexport build (nothing else is ever deleted).")] = False,
     dense_cutoff: Annotated[Optional[float], typer.Option(
         "--dense-cutoff", help="Fraction of active blocks above which a gated layer runs densely.", show_default="0.5")] = None,
+    dense_fallback: Annotated[Optional[float], typer.Option(
+        "--dense-fallback", help="For a moving camera: when the first gated layer computes more than this fraction "
+                                 "of its blocks, run the rest of the network as one dense segment (every later gated "
+                                 "layer then recomputes densely on the next frame). Skip-conv models only; verify and "
+                                 "bench follow the plan.", show_default="off")] = None,
     allow_pickle: AllowPickle = False,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", help="Compute precision of backends that offer one (coreml): fp32 or fp16; inputs and "
@@ -55,6 +60,8 @@ def build(
       dynexport build model.pt --target host --input-shape 1x3x128x128 -o out --force
 
       dynexport build examples/skipconv_heatmap/model.pt -o out --tune
+
+      dynexport build examples/mobilenet_deep/model.pt --target host -o deep --dense-fallback 0.25
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -70,7 +77,8 @@ def build(
             progress.update(task, description=f"building: {message}", total=total, completed=done or 0)
 
         result = run_build(model, output, target=target, backend=backend, input_shape=input_shape, force=force,
-                           allow_pickle=allow_pickle, dense_cutoff=dense_cutoff, precision=precision, progress=show)
+                           allow_pickle=allow_pickle, dense_cutoff=dense_cutoff, precision=precision, progress=show,
+                           dense_fallback=dense_fallback)
     manifest = result.manifest
     typer.echo(
         f"built {result.out} in {result.seconds:.1f} s: {len(manifest['layers'])} gated layers, "

@@ -9,6 +9,7 @@ import dataclasses
 
 from dynexport.compiler.frontend import export_graph
 from dynexport.compiler.passes.check_supported_ops import check_supported_ops
+from dynexport.compiler.passes.dense_fallback import add_dense_fallback, first_gate
 from dynexport.compiler.passes.fold_batchnorm import fold_batchnorm
 from dynexport.compiler.passes.fold_constants import fold_constants
 from dynexport.compiler.passes.fuse_pointwise_epilogue import fuse_pointwise_epilogue, is_pointwise
@@ -19,6 +20,7 @@ from dynexport.compiler.graph import DSTEP, SKIP_CONV
 from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
 from dynexport.errors import CompileError
 from dynexport.plan.frame_program import NO_LAYER, DType, FrameProgram, Layout, Op, Role, RunFlag
+from dynexport.streaming import fallback_count  # the reference's rounding of the fraction
 
 GRAPH_PASSES = (fold_constants, fold_batchnorm, check_supported_ops)
 DEFAULT_DENSE_CUTOFF = 0.5
@@ -59,9 +61,15 @@ class PassLog:
         return result
 
 
-def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_CUTOFF) -> CompiledModel:
+def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_CUTOFF,
+                  dense_fallback: float | None = None) -> CompiledModel:
+    """``dense_fallback``: a fraction of the first gated layer's blocks above which the rest of
+    the frame runs as one dense segment (passes/dense_fallback.py); None: never."""
     if not 0.0 <= dense_cutoff <= 1.0:
         raise CompileError(f"dense cut-off must be a fraction of blocks in [0, 1], got {dense_cutoff}")
+    if dense_fallback is not None and not 0.0 <= dense_fallback < 1.0:
+        raise CompileError(f"dense fallback must be a fraction of the first gated layer's blocks in [0, 1), "
+                           f"got {dense_fallback}")
     gm, input_shape = export_graph(model, input_shape)
     log = PassLog()
     for graph_pass in GRAPH_PASSES:
@@ -73,16 +81,23 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
     builder.bind_value(partitioned.input, frame, input_shape)
     builder.program.inputs = [frame]
     lowerings = {SKIP_CONV: lower_skip_conv, DSTEP: lower_dstep}
-    for step in partitioned.steps:
+    first = first_gate(partitioned) if dense_fallback is not None else None
+    busy_branch = None
+    for i, step in enumerate(partitioned.steps):
         if isinstance(step, DenseStep):
             _lower_dense_step(builder, step, partitioned)
         else:
             # a lowering pass returns the index of the layer it added: it changed the plan
             log.run(lowerings[step.node.target], builder, step, gm, dense_cutoff, changed=lambda index: True)
+        if i == first:
+            count = fallback_count(dense_fallback, builder.program.layers[0].grid.num_blocks)
+            busy_branch = builder.emit(Op.BRANCH_IF_BUSY, 0, 0, count)
     output = builder.value_tensors[partitioned.output]
     if builder.program.tensors[output].role == Role.SCRATCH:
         builder.program.tensors[output].role = Role.OUTPUT
     builder.program.outputs = [output]
+    if busy_branch is not None:
+        log.run(add_dense_fallback, builder, partitioned, first, busy_branch, changed=lambda result: True)
     mark_pointwise_runs(builder)
     builder.program.validate()
     return CompiledModel(builder.program, builder.segments, input_shape, partitioned.shapes[partitioned.output],

@@ -34,6 +34,32 @@ class ConvSegment(nn.Module):
         return (y,) if self.epilogue is None else (self.epilogue(y)[0],)
 
 
+class DenseTail(nn.Module):
+    """The steps of a partitioned graph after its first gate, run densely: dense steps as they
+    are, each gate as its plain convolution (``convs``: gate output value -> a dense
+    ``ConvSegment``). Maps ``inputs`` (value names, what the steps read from before) to the
+    model output ``output`` (add_dense_fallback)."""
+
+    def __init__(self, steps, convs: dict[str, nn.Module], inputs: list[str], output: str):
+        super().__init__()
+        self.plan = []  # (module name, values read, values written) per step, in order
+        for i, step in enumerate(steps):
+            name = f"step_{i}"
+            if hasattr(step, "module"):
+                self.add_module(name, step.module)
+                self.plan.append((name, list(step.inputs), list(step.outputs)))
+            else:
+                self.add_module(name, convs[step.output])
+                self.plan.append((name, [step.input], [step.output]))
+        self.inputs, self.output = list(inputs), output
+
+    def forward(self, *values):
+        env = dict(zip(self.inputs, values))
+        for name, reads, writes in self.plan:
+            env.update(zip(writes, getattr(self, name)(*(env[v] for v in reads))))
+        return (env[self.output],)
+
+
 class DStepPolicySegment(nn.Module):
     """D-STEP's policies for one frame, computed as the reference (``dynexport.nn.dstep``)
     computes them: (spatial logits [1,2,rows,cols])?, (channel logits [1,Co,3])?, pooled

@@ -52,6 +52,11 @@ class GatedLayer(nn.Module):
         self.last_stats = None
         self.last_decisions = None
 
+    def unprime(self) -> None:
+        """Forget the past as ``reset_state`` does, but keep this frame's stats and decisions
+        (the dense fallback unprimes layers it computed densely, after they ran)."""
+        self._set_buffer("primed", torch.zeros((), dtype=torch.bool, device=self.primed.device))
+
     def state_snapshot(self) -> dict[str, Tensor | None]:
         names = ("primed",) + self.STATE_BUFFERS
         return {name: self._buffers.get(name) for name in names}

@@ -36,8 +36,9 @@ from typing import ClassVar
 MAGIC = b"DXFP"
 # 2.0: per-layer MACs, artifact table; 2.1: RUN_SEGMENT flags (c), RUN_POINTWISE;
 # 2.2: D-STEP channel groups (BRANCH_IF_GROUP_IDLE, COPY_CHANNELS), a D-STEP layer's
-# gate_macs_per_position holds its policies' MACs per frame
-VERSION = (2, 2)
+# gate_macs_per_position holds its policies' MACs per frame; 2.3: the dense fallback
+# (BRANCH_IF_BUSY, FORGET_LAYERS)
+VERSION = (2, 3)
 HEADER = struct.Struct("<4sHHII")
 
 
@@ -95,6 +96,12 @@ class Op(enum.IntEnum):
     # a=src tensor [N, H, W, Cs], b=dst tensor [N, H, W, Cd] (float32 NHWC), c=first channel,
     # d=layer whose active count is the batch, or NO_LAYER (all N): dst[:n, ..., c:c + Cs] = src[:n] (2.2)
     COPY_CHANNELS = 13
+    # a=layer, b=target pc, c=count: jump when the layer's active count is above c (2.3)
+    BRANCH_IF_BUSY = 14
+    # a=first layer, b=layer count: skip-conv layers [a, a + b) were computed outside their
+    # instructions (the dense fallback segment): every block counts as computed this frame and
+    # the layer is unprimed, as its state was not kept: its next frame is computed densely (2.3)
+    FORGET_LAYERS = 15
 
 
 class RunFlag(enum.IntFlag):
@@ -419,6 +426,11 @@ class FrameProgram:
                     raise PlanFormatError(f"plan: instruction {pc} jumps to {ins.a}, past the end")
             elif op == Op.COPY_CHANNELS:
                 self._check_copy_channels(pc, ins)
+            elif op == Op.FORGET_LAYERS:
+                if ins.b < 1 or ins.a + ins.b > n_layers or any(
+                        self.layers[i].kind != LayerKind.SKIP_CONV for i in range(ins.a, ins.a + ins.b)):
+                    raise PlanFormatError(f"plan: instruction {pc} (FORGET_LAYERS) covers layers [{ins.a}, "
+                                          f"{ins.a + ins.b}), expected one or more skip-conv layers of the {n_layers}")
             elif op == Op.COPY_TENSOR:
                 check_tensor(ins.a, f"instruction {pc}")
                 check_tensor(ins.b, f"instruction {pc}")
@@ -427,7 +439,8 @@ class FrameProgram:
             else:
                 if ins.a >= n_layers:
                     raise PlanFormatError(f"plan: instruction {pc} ({op.name}) refers to layer {ins.a}")
-                if op in (Op.BRANCH_IF_NONE, Op.BRANCH_IF_DENSE, Op.BRANCH_IF_GROUP_IDLE) and ins.b > n_pc:
+                if op in (Op.BRANCH_IF_NONE, Op.BRANCH_IF_DENSE, Op.BRANCH_IF_GROUP_IDLE, Op.BRANCH_IF_BUSY) \
+                        and ins.b > n_pc:
                     raise PlanFormatError(f"plan: instruction {pc} branches to {ins.b}, past the end")
                 if op == Op.BRANCH_IF_GROUP_IDLE:
                     layer = self.layers[ins.a]
@@ -438,6 +451,14 @@ class FrameProgram:
         for t in self.inputs + self.outputs:
             check_tensor(t, "plan inputs/outputs")
 
+
+    def dense_fallback(self) -> tuple[int, int] | None:
+        """(layer, count) of the plan's BRANCH_IF_BUSY, or None: above ``count`` active blocks
+        of ``layer`` the rest of the frame runs as the dense fallback segment."""
+        for ins in self.instructions:
+            if ins.op == Op.BRANCH_IF_BUSY:
+                return ins.a, ins.c
+        return None
 
     def _check_copy_channels(self, pc: int, ins: Instruction) -> None:
         n = len(self.tensors)

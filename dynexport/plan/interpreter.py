@@ -98,6 +98,14 @@ class FrameProgramInterpreter:
             elif op == Op.BRANCH_IF_DENSE:
                 if self.counts[ins.a] > self.program.layers[ins.a].dense_cutoff:
                     pc = ins.b
+            elif op == Op.BRANCH_IF_BUSY:
+                if self.counts[ins.a] > ins.c:
+                    pc = ins.b
+            elif op == Op.FORGET_LAYERS:
+                for index in range(ins.a, ins.a + ins.b):
+                    layer = self.program.layers[index]
+                    self._set_active(index, layer, torch.arange(layer.grid.num_blocks))
+                    self.buffers[layer.primed].zero_()
             elif op == Op.RUN_SEGMENT:
                 # ins.c holds RunFlag hints (e.g. POINTWISE) for the runtime's change tracking:
                 # they change nothing that is computed

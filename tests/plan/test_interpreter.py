@@ -76,11 +76,11 @@ def reference_decisions(model):
     return result
 
 
-def compare(model, compiled, runner, frames, tolerance):
+def compare(model, compiled, runner, frames, tolerance, dense_fallback=None):
     interpreter = FrameProgramInterpreter(compiled.program, runner)
     interpreter.reset()
     skipped = 0
-    for t, (frame, expected) in enumerate(zip(frames, dynexport.stream(model, frames))):
+    for t, (frame, expected) in enumerate(zip(frames, dynexport.stream(model, frames, dense_fallback=dense_fallback))):
         got = interpreter.step(frame[None])
         error = (got - expected).abs().max().item()
         assert error <= tolerance, f"frame {t}: max abs error {error:.3g} > {tolerance}"
@@ -102,6 +102,31 @@ def test_interpreter_with_torch_segments_matches_reference(name):
     skipped = compare(model, compiled, TorchSegments(compiled.segments), frames, TORCH_TOLERANCE)
     if compiled.program.layers and compiled.program.layers[0].kind == 0:
         assert skipped > 0, "the clip must exercise skipped blocks"
+
+
+MODELS["residual_norm"] = lambda: nn.Sequential(  # a fallback segment of two inputs' worth of steps
+    skip(3, 8, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+    Residual(nn.Sequential(skip(8, 8, padding=1, groups=8), nn.ReLU(), skip(8, 8, padding=1))), nn.Conv2d(8, 2, 1))
+
+
+@pytest.mark.parametrize("name", ["depthwise_chain", "residual_norm"])
+def test_dense_fallback_matches_the_reference_on_busy_and_calm_frames(name):
+    """Above 30 % of the first layer's blocks the rest of the frame runs as one dense segment
+    and the later layers forget their state; the reference (``stream(..., dense_fallback)``)
+    does the same. The clip must take both paths, and calm frames right after busy ones."""
+    model = make_model(name)
+    frames = clip()
+    compiled = compile_model(model, (1, 3, 37, 45), dense_fallback=0.3)
+    program = compiled.program
+    assert program.dense_fallback() == (0, int(0.3 * program.layers[0].grid.num_blocks))
+    assert "add_dense_fallback" in compiled.passes
+    compare(model, compiled, TorchSegments(compiled.segments), frames, TORCH_TOLERANCE, dense_fallback=0.3)
+    busy = []
+    for _ in dynexport.stream(model, frames, dense_fallback=0.3):
+        first = dynexport.nn.gated_layers(model)[0][1]
+        busy.append(int(first.last_decisions.sum()) > program.dense_fallback()[1])
+    assert any(busy) and not all(busy[1:]), busy
+    assert any(a and not b for a, b in zip(busy[:-1], busy[1:])), "no calm frame follows a busy one"
 
 
 @pytest.mark.slow

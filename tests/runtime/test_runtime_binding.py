@@ -320,6 +320,37 @@ def test_tampered_channel_groups_are_refused_with_a_reason(host_build, change, w
         assert word in error.value.message, error.value.message
 
 
+@pytest.mark.parametrize("change,words", [
+    # BRANCH_IF_BUSY (format 2.3): a target past the end, and backwards
+    (lambda p, op: setattr(_grouped(p, op.BRANCH_IF_BUSY), "b", len(p.instructions) + 1), ["BRANCH_IF_BUSY", "past the end"]),
+    (lambda p, op: setattr(_grouped(p, op.BRANCH_IF_BUSY), "b", 0), ["BRANCH_IF_BUSY", "jumps back"]),
+    (lambda p, op: setattr(_grouped(p, op.BRANCH_IF_BUSY), "a", 9), ["BRANCH_IF_BUSY", "layer"]),
+    # FORGET_LAYERS (2.3): no layer, past the last one, a first layer out of range
+    (lambda p, op: setattr(_grouped(p, op.FORGET_LAYERS), "b", 0), ["FORGET_LAYERS", "skip-conv layers"]),
+    (lambda p, op: setattr(_grouped(p, op.FORGET_LAYERS), "b", len(p.layers)), ["FORGET_LAYERS", "skip-conv layers"]),
+    (lambda p, op: setattr(_grouped(p, op.FORGET_LAYERS), "a", 2 ** 32 - 1), ["FORGET_LAYERS"]),
+])
+def test_tampered_dense_fallback_is_refused_with_a_reason(host_build, change, words):
+    """As for the channel groups: what FrameProgram.validate refuses in the dense fallback's
+    instructions, the C validator refuses with a reason."""
+    import copy
+
+    from dynexport.plan.frame_program import Op, PlanFormatError
+
+    program = copy.deepcopy(compiled_small("depthwise_chain_dense_fallback")[1].program)
+    change(program, Op)
+    program.validate = lambda: None
+    with pytest.raises(RuntimeStatusError) as error:
+        NativeSession(program.to_bytes(), CallbackBackend(lambda *args: None))
+    assert error.value.status == Status.PLAN_INVALID, error.value.message
+    for word in words:
+        assert word in error.value.message, error.value.message
+    del program.validate
+    if "jumps back" not in words:  # the Python reader does not order jumps (the runtime does)
+        with pytest.raises(PlanFormatError):
+            program.validate()
+
+
 def test_the_native_validator_is_at_least_as_strict_as_the_python_reader(host_build):
     """Random single-byte changes (checksum resealed): whatever FrameProgram.from_bytes
     refuses, the runtime refuses too; the runtime may refuse more (its C-only checks)."""

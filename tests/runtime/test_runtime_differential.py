@@ -56,6 +56,10 @@ def run_differential(model, compiled, frames: torch.Tensor, cuts=(), label=""):
     backend = torch_callback_backend(program, compiled.segments)
     summary = {"frames": 0, "ties": 0, "skipped_blocks": 0, "settled_gates": 0, "paths": set(), "worst_interpreter": 0.0,
                "worst_reference": 0.0, "channels_run": 0, "channels": 0}
+    fallback = program.dense_fallback()
+    fallback_count = None if fallback is None else fallback[1]
+    summary["fell_back"] = 0
+    gated = [module for _, module in dynexport.nn.gated_layers(model)]  # plan order in these models
     with NativeSession(plan_bytes(compiled), backend) as session:
         info = session.describe()
         assert info["state_bytes"] == program.state_bytes()
@@ -70,8 +74,10 @@ def run_differential(model, compiled, frames: torch.Tensor, cuts=(), label=""):
                 dynexport.reset(model)
                 session.reset()
             want = interpreter.step(frame[None])
-            expected = dynexport.step(model, frame[None])
+            expected = dynexport.step(model, frame[None], _fallback_count=fallback_count)
             decisions = interpreter.layer_decisions()
+            if fallback is not None and len(decisions[0]) > fallback_count:
+                summary["fell_back"] += 1
             for index, (layer, decision) in enumerate(zip(program.layers, decisions)):
                 mask = np.zeros(layer.grid.num_blocks, dtype=np.uint8)
                 mask[_active_blocks(decision)] = 1
@@ -123,7 +129,8 @@ def run_differential(model, compiled, frames: torch.Tensor, cuts=(), label=""):
                     summary["channels"] += layer.out_channels if native else 0
                 else:
                     gate = positions * layer.gate_macs_per_position
-                    scored = t not in cuts and t > 0
+                    # not after a reset, nor where the dense fallback computed the layer or unprimed it
+                    scored = gated[index].last_stats.gate_macs > 0
                 if scored and not native and layer_stats["executed_macs"] == conv and layer.kind == LayerKind.SKIP_CONV:
                     summary["settled_gates"] += 1  # input and reference unchanged: nothing to score
                 else:
@@ -144,6 +151,8 @@ def test_native_matches_interpreter_and_reference_small_models(host_build, key):
     print(f"{key}: {summary}")
     if any(layer.kind == LayerKind.SKIP_CONV for layer in compiled.program.layers):
         assert summary["skipped_blocks"] > 0, "the clip must exercise skipped blocks"
+    if compiled.program.dense_fallback() is not None:
+        assert 0 < summary["fell_back"] < summary["frames"], "the clip must take the fallback and leave it"
 
 
 # the example networks are slow in torch: short clips, with the scene cut moved early

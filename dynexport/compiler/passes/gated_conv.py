@@ -51,6 +51,11 @@ class GatedConv:
     def has_dense_segment(self) -> bool:
         return self.dense_cutoff < self.grid.num_blocks
 
+    def dense_module(self) -> ConvSegment:
+        """The layer's convolution over the whole map, with its padding and epilogue."""
+        grid = self.grid
+        return ConvSegment(self.weight, self.bias, grid.stride, grid.padding, grid.dilation, self.groups, self.epilogue)
+
     @property
     def segment_prefix(self) -> str:
         return "layer_" + "".join(c if c.isalnum() else "_" for c in self.name)
@@ -102,8 +107,10 @@ def gated_conv(builder: PlanBuilder, step, gm, weight_node, bias_node, stride, p
     in_shape = builder.value_shapes[step.input]
     grid = make_grid(in_shape, weight.shape, stride, padding, dilation, block)
     cutoff = dense_cutoff_blocks(grid, dense_cutoff)
-    return GatedConv(_layer_name(step.node, builder), weight, constant(gm, bias_node), grid, groups, in_shape,
+    conv = GatedConv(_layer_name(step.node, builder), weight, constant(gm, bias_node), grid, groups, in_shape,
                      cutoff, tile_batch_bound(grid.num_blocks, cutoff), step.epilogue)
+    builder.dense_forms[step.output] = conv.dense_module()
+    return conv
 
 
 def new_layer(builder: PlanBuilder, conv: GatedConv, step, **fields) -> Layer:
@@ -144,9 +151,7 @@ def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tu
     dense = None
     if conv.has_dense_segment:
         dense = builder.add_segment(SegmentArtifact(
-            f"{conv.segment_prefix}_dense",
-            ConvSegment(conv.weight, conv.bias, grid.stride, grid.padding, grid.dilation, conv.groups, conv.epilogue),
-            (example_tensor(conv.in_shape),), kind=SegmentKind.DENSE),
+            f"{conv.segment_prefix}_dense", conv.dense_module(), (example_tensor(conv.in_shape),), kind=SegmentKind.DENSE),
             [layer.input], [layer.dense_output])
     return tiles, dense
 

@@ -662,6 +662,15 @@ dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   return DYNRT_OK;
 }
 
+void dynrt_forget_layer(runtime_layer* layer) {
+  runtime_tensor* primed = layer->tensor[SLOT_PRIMED];
+  memset(layer->block_mask, 1, (size_t)layer->grid.block_count);
+  publish_active_blocks(layer);
+  layer->path = DYNRT_PATH_DENSE;
+  ((float*)primed->data)[0] = 0.0f;
+  tensor_written(primed);
+}
+
 /* torch.argmax: the first NaN if there is one, else the first maximum. */
 static uint32_t argmax_like_torch(const float* values, uint32_t count) {
   uint32_t i, best = 0;

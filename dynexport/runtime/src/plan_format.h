@@ -59,7 +59,13 @@ enum opcode {
   /* a = source [N, H, W, Cs], b = destination [N, H, W, Cd], c = first channel, d = layer
    * whose active count is the batch or NO_LAYER (all N): dst[:n, ..., c:c+Cs] = src[:n] (2.2) */
   OP_COPY_CHANNELS = 13,
-  OP_COUNT = 14
+  /* a = layer, b = target, c = count: jump when the layer's active count is above c (2.3) */
+  OP_BRANCH_IF_BUSY = 14,
+  /* a = first layer, b = layer count: skip-conv layers [a, a + b) were computed outside their
+   * instructions (the dense fallback segment): every block counts as computed this frame and
+   * each layer is unprimed, its state not kept (2.3) */
+  OP_FORGET_LAYERS = 15,
+  OP_COUNT = 16
 };
 
 /* RUN_SEGMENT's c: flags (frame_program.RunFlag). RUN_POINTWISE: the segment is pointwise

@@ -12,7 +12,7 @@
 static const char* const OPCODE_NAMES[OP_COUNT] = {
     "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
     "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR",
-    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS"};
+    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS"};
 
 static const char* const SLOT_NAMES[LAYER_TENSOR_SLOTS] = {
     "input", "output", "reference", "tiles", "tile_output", "dense_output",
@@ -320,7 +320,25 @@ static dynrt_status validate_layer_instruction(const plan_view* plan, uint32_t p
   switch (ins->op) {
     case OP_BRANCH_IF_NONE:
     case OP_BRANCH_IF_DENSE:
+    case OP_BRANCH_IF_BUSY:
       return check_target(plan, pc, ins->op, ins->b, error);
+    case OP_FORGET_LAYERS: {
+      uint32_t i;
+      int skip_convs = ins->b >= 1 && ins->b <= plan->layer_count - ins->a;
+      for (i = 0; skip_convs && i < ins->b; ++i) {
+        plan_layer forgotten;
+        dynrt_plan_layer(plan, ins->a + i, &forgotten);
+        skip_convs = forgotten.kind == LAYER_SKIP_CONV;
+      }
+      if (!skip_convs) {
+        return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                          "plan: instruction %lu (FORGET_LAYERS) covers layers [%lu, %llu), expected one or more "
+                          "skip-conv layers of the %lu",
+                          (unsigned long)pc, (unsigned long)ins->a, (unsigned long long)ins->a + ins->b,
+                          (unsigned long)plan->layer_count);
+      }
+      return DYNRT_OK;
+    }
     case OP_BRANCH_IF_GROUP_IDLE:
       status = check_target(plan, pc, ins->op, ins->b, error);
       if (status != DYNRT_OK) return status;

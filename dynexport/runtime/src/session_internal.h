@@ -254,6 +254,9 @@ void dynrt_reset_primed(dynrt_session_t session);
  * the frame for step.c (frame_check_deferred) and found a NaN or Inf; else DYNRT_OK. */
 dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer);
 void dynrt_dstep_decide(runtime_layer* layer);
+/* FORGET_LAYERS: the layer was computed outside its instructions (the dense fallback): every
+ * block counts as computed, and it is unprimed (its state was not kept). */
+void dynrt_forget_layer(runtime_layer* layer);
 
 /* tiles.c */
 

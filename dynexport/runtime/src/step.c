@@ -11,7 +11,7 @@
 static const char* const OPCODE_NAMES[OP_COUNT] = {
     "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
     "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR",
-    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS"};
+    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS"};
 
 static error_sink session_errors(dynrt_session_t session) {
   error_sink sink;
@@ -263,6 +263,14 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
           next = ins->b;
         }
         break;
+      case OP_BRANCH_IF_BUSY:
+        if (layer->active_count > ins->c) next = ins->b;
+        break;
+      case OP_FORGET_LAYERS: {
+        uint32_t i;
+        for (i = ins->a; i < ins->a + ins->b; ++i) dynrt_forget_layer(&session->layers[i]);
+        break;
+      }
       case OP_JUMP:
         next = ins->a;
         break;

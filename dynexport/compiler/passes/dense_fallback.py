@@ -1,0 +1,76 @@
+"""add_dense_fallback: when the first gated layer computes most of its blocks (the camera
+moves), run the rest of the frame as one dense segment instead of layer by layer.
+
+Emits, after the first gated layer F's instructions and after the end of the plan::
+
+        ...F's block...
+        BRANCH_IF_BUSY F count -> fallback    more than `count` of F's blocks active
+        ...every later instruction...
+        JUMP end
+    fallback:
+        RUN_SEGMENT dense_fallback            F's output (and whatever else the rest reads) ->
+                                              the model output, every later gate a plain conv
+        FORGET_LAYERS 1 n-1                   later layers: all blocks computed, unprimed
+    end:
+
+On a busy frame that costs one backend call for the whole network after F, and none of the
+per-layer work (scores, gathers, copies, reference tiles): that work would save nothing,
+as most blocks change. Its price is the next frame: the later layers kept no state, so it
+computes them densely (layer by layer, storing their state again).
+
+Before: every step lowered; the steps after F are skip-conv gates and dense steps (a D-STEP
+layer is not dense when unprimed: its policies still decide). After: the reference semantics
+are those of ``dynexport.streaming.step(..., dense_fallback=fraction)``: above the count,
+every later gated layer computes densely this frame and is then unprimed, so the outputs equal
+the reference's up to float rounding of the convolutions, and so do the block decisions.
+"""
+
+from __future__ import annotations
+
+from dynexport.compiler.graph import SKIP_CONV
+from dynexport.compiler.passes.partition_at_gates import DenseStep, GateStep
+from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
+from dynexport.compiler.segment_modules import DenseTail
+from dynexport.errors import CompileError
+from dynexport.plan.frame_program import NO_LAYER, Op
+
+SEGMENT_NAME = "dense_fallback"
+
+
+def first_gate(partitioned) -> int:
+    """Index in ``partitioned.steps`` of the first gate step, after checking that the dense
+    fallback can cover what follows it."""
+    gates = [i for i, step in enumerate(partitioned.steps) if isinstance(step, GateStep)]
+    if len(gates) < 2:
+        raise CompileError(f"--dense-fallback needs two or more gated layers (the first one decides, the dense "
+                           f"segment runs the others); this model has {len(gates)}")
+    for i in gates:
+        node = partitioned.steps[i].node
+        if node.target != SKIP_CONV:
+            raise CompileError(f"--dense-fallback needs skip-conv layers only: a D-STEP layer ({node.name}) is not "
+                               f"dense when unprimed (its policies decide even on a reset frame); build without it")
+    return gates[0]
+
+
+def add_dense_fallback(builder: PlanBuilder, partitioned, first: int, branch_pc: int) -> None:
+    """Append the fallback block and point ``branch_pc`` (F's BRANCH_IF_BUSY) at it."""
+    tail = partitioned.steps[first + 1:]
+    produced, inputs = set(), []
+    for step in tail:
+        reads = step.inputs if isinstance(step, DenseStep) else [step.input]
+        inputs.extend(v for v in reads if v not in produced and v not in inputs)
+        produced.update(step.outputs if isinstance(step, DenseStep) else [step.output])
+    if partitioned.output not in produced:
+        raise CompileError("--dense-fallback: the model's output is computed before its first gated layer ends, so "
+                           "there is nothing to run densely after it; build without it")
+    convs = {step.output: builder.dense_forms[step.output] for step in tail if isinstance(step, GateStep)}
+    module = DenseTail(tail, convs, inputs, partitioned.output)
+    examples = tuple(example_tensor(builder.value_shapes[v]) for v in inputs)
+    segment = builder.add_segment(SegmentArtifact(SEGMENT_NAME, module, examples, kind=SegmentKind.DENSE),
+                                  [builder.value_tensors[v] for v in inputs],
+                                  [builder.value_tensors[partitioned.output]])
+    to_end = builder.emit(Op.JUMP)
+    builder.patch_target(branch_pc, builder.pc)
+    builder.emit(Op.RUN_SEGMENT, segment, NO_LAYER)
+    builder.emit(Op.FORGET_LAYERS, 1, len(builder.program.layers) - 1)
+    builder.patch_target(to_end, builder.pc)
