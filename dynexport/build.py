@@ -52,8 +52,9 @@ class BuildResult:
 def build(model_path, out, target: str = "android", backend: str | None = None, input_shape=None,
           force: bool = False, allow_pickle: bool = False, dense_cutoff: float | None = None,
           input_scale: float = 1.0 / 255.0, progress: Callable[..., None] | None = None,
-          precision: str | None = None, dense_fallback: float | None = None) -> BuildResult:
-    """``dense_fallback``: see ``compile_model``. ``progress`` is called with a message, and with (message, done, total) while a step
+          precision: str | None = None, dense_fallback: float | None = None,
+          dense_fallback_hold: int = 0) -> BuildResult:
+    """``dense_fallback``, ``dense_fallback_hold``: see ``compile_model``. ``progress`` is called with a message, and with (message, done, total) while a step
     that counts its work runs (the ExecuTorch lowering)."""
     from dynexport.compiler.frontend import parse_input_shape
     from dynexport.loading import load_model
@@ -77,11 +78,11 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
         prepared = {b.name: {**stack.enter_context(_prepare(b, model)), **options.get(b.name, {})} for b in backends}
         reference = {"source": Path(model_path), "allow_pickle": allow_pickle, "build_options": options}
         return _build(model, out, target, backends, emitters, prepared, input_shape, dense_cutoff, input_scale, say,
-                      start, reference, dense_fallback)
+                      start, reference, (dense_fallback, dense_fallback_hold))
 
 
 def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared, input_shape, dense_cutoff,
-           input_scale, say, start, reference, dense_fallback=None) -> BuildResult:
+           input_scale, say, start, reference, dense_fallback=(None, 0)) -> BuildResult:
     from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
 
     if input_shape is None:
@@ -91,7 +92,7 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
     model, pruning = realize_pruning(model, input_shape, say)
     say("export and lower gates")
     compiled = compile_model(model, input_shape, DEFAULT_DENSE_CUTOFF if dense_cutoff is None else dense_cutoff,
-                             dense_fallback)
+                             *dense_fallback)
     if target == "android":  # before the artifacts, the slow part, are emitted
         _check_phone_state(compiled.program.state_bytes(), compiled.input_shape, "the state kept between frames")
 

@@ -56,6 +56,8 @@ def reset(model: nn.Module) -> None:
     """Start a new stream (scene cut, new clip): the next frame is computed densely."""
     for layer in _named_gated_layers(model):
         layer.reset_state()
+    if hasattr(model, HOLD_ATTRIBUTE):
+        setattr(model, HOLD_ATTRIBUTE, 0)
 
 
 def frame_stats(model: nn.Module) -> FrameStats:
@@ -104,18 +106,44 @@ def fallback_count(fraction: float, blocks: int) -> int:
     return max(0, min(blocks, math.floor(fraction * blocks)))
 
 
+@dataclasses.dataclass(frozen=True)
+class DenseFallback:
+    """When a frame falls back to dense: the first gated layer to run computes more than
+    ``fraction`` of its blocks (or more than ``count`` blocks, a plan's own number), or one of
+    the ``hold`` frames before it did so (a shaking camera calms for a frame or two: leaving the
+    fallback costs a dense frame of every layer, which holding it saves)."""
+
+    fraction: float | None = None
+    hold: int = 0
+    count: int | None = None
+
+    def __post_init__(self):
+        if self.count is None and (self.fraction is None or not 0.0 <= self.fraction < 1.0):
+            raise ValueError(f"dense fallback: fraction must be in [0, 1), got {self.fraction}")
+        if self.hold < 0:
+            raise ValueError(f"dense fallback: hold must be >= 0 frames, got {self.hold}")
+
+    def busy_above(self, blocks: int) -> int:
+        return self.count if self.count is not None else fallback_count(self.fraction, blocks)
+
+
+HOLD_ATTRIBUTE = "_dynexport_fallback_hold"  # on the model: frames that still fall back after a busy one
+
+
 @contextlib.contextmanager
-def _dense_fallback(layers: list, busy_above):
+def _dense_fallback(model: nn.Module, layers: list, fallback: DenseFallback):
     """The dense fallback's semantics, for one frame: once the first gated layer to run has
-    computed more than ``busy_above(blocks)`` blocks, every other gated layer is unprimed
-    before it runs (it computes densely: all blocks) and again after the frame (its state is
-    not kept: the next frame computes it densely too)."""
+    computed more than ``fallback.busy_above(blocks)`` blocks, or is within ``fallback.hold``
+    frames of a frame that did, every other gated layer is unprimed before it runs (it computes
+    densely: all blocks) and again after the frame (its state is not kept: the next frame
+    computes it densely too)."""
     from dynexport.nn import SkipConv2d
 
     if not all(isinstance(layer, SkipConv2d) for layer in layers):
         raise FrameError("dense fallback: every gated layer must be a SkipConv2d (a D-STEP layer is not dense when "
                          "unprimed, and a .pt2 program's gates cannot be unprimed)")
     fell_back, handles = [], []
+    held = getattr(model, HOLD_ATTRIBUTE, 0)
 
     def after_first_layer(layer, inputs, output):
         for handle in handles:
@@ -124,8 +152,9 @@ def _dense_fallback(layers: list, busy_above):
         mask = layer.last_decisions
         if mask.shape[0] != 1:
             raise FrameError(f"dense fallback: streams of batch 1 only, got a batch of {mask.shape[0]}")
-        if int(mask.sum()) > busy_above(mask.shape[1]):
-            fell_back.append(layer)
+        busy = int(mask.sum()) > fallback.busy_above(mask.shape[1])
+        if busy or held > 0:
+            fell_back.append((layer, fallback.hold if busy else held - 1))
             for other in layers:
                 if other is not layer:
                     other.unprime()
@@ -136,18 +165,21 @@ def _dense_fallback(layers: list, busy_above):
     finally:
         for handle in handles:
             handle.remove()
-    for other in layers:
-        if fell_back and other is not fell_back[0]:
-            other.unprime()
+    if fell_back:
+        first, left = fell_back[0]
+        for other in layers:
+            if other is not first:
+                other.unprime()
+        setattr(model, HOLD_ATTRIBUTE, left)
 
 
-def step(model: nn.Module, frame, dense_fallback: float | None = None, *, _fallback_count=None) -> Tensor:
+def step(model: nn.Module, frame, dense_fallback: float | DenseFallback | None = None) -> Tensor:
     """Run one frame ([C,H,W] or [N,C,H,W], float32) through the model in eval semantics.
 
-    ``dense_fallback``: when the first gated layer to run computes more than this fraction of
-    its blocks (``fallback_count``), every other gated layer computes densely and keeps no
-    state (its next frame is dense too): what a plan built with ``--dense-fallback`` does.
-    ``_fallback_count`` gives that count directly (a plan's, for the harness).
+    ``dense_fallback`` (a fraction, or a ``DenseFallback``): when the first gated layer to run
+    computes more than that fraction of its blocks (``fallback_count``), every other gated layer
+    computes densely and keeps no state (its next frame is dense too): what a plan built with
+    ``--dense-fallback`` does.
 
     On any error the state of every gated layer is restored before the error propagates.
     """
@@ -156,24 +188,24 @@ def step(model: nn.Module, frame, dense_fallback: float | None = None, *, _fallb
     layers = _named_gated_layers(model)
     snapshots = [layer.state_snapshot() for layer in layers]
     stats = [(layer.last_stats, layer.last_decisions) for layer in layers]
-    if dense_fallback is not None and _fallback_count is None:
-        if not 0.0 <= dense_fallback < 1.0:
-            raise ValueError(f"dense_fallback must be a fraction in [0, 1), got {dense_fallback}")
-        busy_above = lambda blocks: fallback_count(dense_fallback, blocks)  # noqa: E731
-    else:
-        busy_above = None if _fallback_count is None else (lambda blocks: _fallback_count)
+    held = getattr(model, HOLD_ATTRIBUTE, 0)
+    if dense_fallback is not None and not isinstance(dense_fallback, DenseFallback):
+        dense_fallback = DenseFallback(float(dense_fallback))
     try:
-        with torch.no_grad(), (_dense_fallback(layers, busy_above) if busy_above else contextlib.nullcontext()):
+        with torch.no_grad(), (_dense_fallback(model, layers, dense_fallback) if dense_fallback is not None
+                               else contextlib.nullcontext()):
             return model(frame)
     except BaseException:
         for layer, snapshot, last in zip(layers, snapshots, stats):
             layer.restore_state(snapshot)
             layer.last_stats, layer.last_decisions = last
+        if hasattr(model, HOLD_ATTRIBUTE):
+            setattr(model, HOLD_ATTRIBUTE, held)
         raise
 
 
 def stream(model: nn.Module, clip: Tensor | np.ndarray | Iterable, with_stats: bool = False,
-           dense_fallback: float | None = None) -> Iterator:
+           dense_fallback: float | DenseFallback | None = None) -> Iterator:
     """Yield the model's output for each frame of ``clip`` ([T,C,H,W] or an iterable of frames),
     starting from a reset. With ``with_stats`` yields ``(output, FrameStats)`` pairs;
     ``dense_fallback`` as in ``step``.

@@ -83,3 +83,37 @@ def test_reset_makes_the_next_frame_dense():
     dynexport.reset(model)
     dynexport.step(model, clip[1])
     assert all(v == 1.0 for v in dynexport.frame_stats(model).active_fraction.values())
+
+
+def test_dense_fallback_holds_for_its_frames_and_a_bad_frame_changes_nothing():
+    """A busy first layer (every block of a new scene) makes the second layer compute densely
+    and forget; with hold 2 the two calm frames after it fall back too, the third does not. A
+    rejected frame in between leaves the hold where it was. Bad settings are refused."""
+    from dynexport.streaming import DenseFallback
+
+    model = two_layer_model()
+    second = model[2].body[0]
+    calm = torch.zeros(3, 16, 16)
+    busy = torch.rand(3, 16, 16)
+    fallback = DenseFallback(0.5, hold=2)
+    dynexport.reset(model)
+    dynexport.step(model, calm, fallback)  # a first frame: every block, so it falls back
+    dynexport.step(model, calm, fallback)  # held 1
+    assert not bool(second.primed) and bool(second.last_decisions.all())
+    dynexport.step(model, calm, fallback)  # held 2
+    assert not bool(second.primed)
+    dynexport.step(model, calm, fallback)  # calm, no hold left: the second layer keeps its state
+    assert bool(second.primed)
+    dynexport.step(model, busy, fallback)
+    assert not bool(second.primed)
+    with pytest.raises(FrameError):
+        dynexport.step(model, torch.full((3, 16, 16), float("nan")), fallback)
+    for _ in range(2):  # still two held frames
+        dynexport.step(model, busy, fallback)  # the same frame again: calm
+        assert not bool(second.primed)
+    dynexport.step(model, busy, fallback)
+    assert bool(second.primed)
+    with pytest.raises(ValueError, match="fraction"):
+        DenseFallback(1.0)
+    with pytest.raises(ValueError, match="hold"):
+        DenseFallback(0.5, hold=-1)

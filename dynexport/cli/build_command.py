@@ -30,6 +30,10 @@ def build(
                                  "of its blocks, run the rest of the network as one dense segment (every later gated "
                                  "layer then recomputes densely on the next frame). Skip-conv models only; verify and "
                                  "bench follow the plan.", show_default="off")] = None,
+    dense_fallback_hold: Annotated[int, typer.Option(
+        "--dense-fallback-hold", min=0, help="With --dense-fallback: this many frames after a busy one fall back "
+                                             "too (a shaking camera calms for a frame or two, and leaving the "
+                                             "fallback recomputes every layer densely).")] = 0,
     allow_pickle: AllowPickle = False,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", help="Compute precision of backends that offer one (coreml): fp32 or fp16; inputs and "
@@ -61,7 +65,7 @@ def build(
 
       dynexport build examples/skipconv_heatmap/model.pt -o out --tune
 
-      dynexport build examples/mobilenet_deep/model.pt --target host -o deep --dense-fallback 0.25
+      dynexport build examples/mobilenet_deep/model.pt --target host -o deep --dense-fallback 0.25 --dense-fallback-hold 3
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -78,7 +82,7 @@ def build(
 
         result = run_build(model, output, target=target, backend=backend, input_shape=input_shape, force=force,
                            allow_pickle=allow_pickle, dense_cutoff=dense_cutoff, precision=precision, progress=show,
-                           dense_fallback=dense_fallback)
+                           dense_fallback=dense_fallback, dense_fallback_hold=dense_fallback_hold)
     manifest = result.manifest
     typer.echo(
         f"built {result.out} in {result.seconds:.1f} s: {len(manifest['layers'])} gated layers, "

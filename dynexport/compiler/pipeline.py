@@ -62,14 +62,17 @@ class PassLog:
 
 
 def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_CUTOFF,
-                  dense_fallback: float | None = None) -> CompiledModel:
+                  dense_fallback: float | None = None, dense_fallback_hold: int = 0) -> CompiledModel:
     """``dense_fallback``: a fraction of the first gated layer's blocks above which the rest of
-    the frame runs as one dense segment (passes/dense_fallback.py); None: never."""
+    the frame runs as one dense segment (passes/dense_fallback.py), and ``dense_fallback_hold``
+    frames after; None: never."""
     if not 0.0 <= dense_cutoff <= 1.0:
         raise CompileError(f"dense cut-off must be a fraction of blocks in [0, 1], got {dense_cutoff}")
     if dense_fallback is not None and not 0.0 <= dense_fallback < 1.0:
         raise CompileError(f"dense fallback must be a fraction of the first gated layer's blocks in [0, 1), "
                            f"got {dense_fallback}")
+    if dense_fallback_hold < 0:
+        raise CompileError(f"dense fallback hold must be a number of frames >= 0, got {dense_fallback_hold}")
     gm, input_shape = export_graph(model, input_shape)
     log = PassLog()
     for graph_pass in GRAPH_PASSES:
@@ -91,7 +94,7 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
             log.run(lowerings[step.node.target], builder, step, gm, dense_cutoff, changed=lambda index: True)
         if i == first:
             count = fallback_count(dense_fallback, builder.program.layers[0].grid.num_blocks)
-            busy_branch = builder.emit(Op.BRANCH_IF_BUSY, 0, 0, count)
+            busy_branch = builder.emit(Op.BRANCH_IF_BUSY, 0, 0, count, dense_fallback_hold)
     output = builder.value_tensors[partitioned.output]
     if builder.program.tensors[output].role == Role.SCRATCH:
         builder.program.tensors[output].role = Role.OUTPUT

@@ -69,14 +69,15 @@ def run_reference(model, program: FrameProgram, frames: np.ndarray, resets) -> S
 
     layers = _reference_layers(model, program)
     sizes = layer_sizes(program)
-    fallback = program.dense_fallback()  # the plan's (layer, count): the reference falls back as it does
+    fallback = program.dense_fallback()  # the plan's: the reference falls back as it does
+    if fallback is not None:
+        fallback = streaming.DenseFallback(count=fallback[1], hold=fallback[2])
     outputs, masks, tie_masks, channels, macs = [], [], [], [], []
     with torch.no_grad():
         for t, frame in enumerate(frames):
             if t in resets:
                 streaming.reset(model)
-            outputs.append(_physical(streaming.step(model, torch.from_numpy(frame[None]),
-                                                    _fallback_count=None if fallback is None else fallback[1])))
+            outputs.append(_physical(streaming.step(model, torch.from_numpy(frame[None]), fallback)))
             frame_masks, frame_ties, frame_channels = [], [], []
             for layer, (blocks, out_channels) in zip(layers, sizes):
                 decisions = layer.last_decisions

@@ -96,7 +96,8 @@ class Op(enum.IntEnum):
     # a=src tensor [N, H, W, Cs], b=dst tensor [N, H, W, Cd] (float32 NHWC), c=first channel,
     # d=layer whose active count is the batch, or NO_LAYER (all N): dst[:n, ..., c:c + Cs] = src[:n] (2.2)
     COPY_CHANNELS = 13
-    # a=layer, b=target pc, c=count: jump when the layer's active count is above c (2.3)
+    # a=layer, b=target pc, c=count, d=hold: jump when the layer's active count is above c, or
+    # when this jump was taken on one of the last d frames for that reason (2.3)
     BRANCH_IF_BUSY = 14
     # a=first layer, b=layer count: skip-conv layers [a, a + b) were computed outside their
     # instructions (the dense fallback segment): every block counts as computed this frame and
@@ -452,12 +453,13 @@ class FrameProgram:
             check_tensor(t, "plan inputs/outputs")
 
 
-    def dense_fallback(self) -> tuple[int, int] | None:
-        """(layer, count) of the plan's BRANCH_IF_BUSY, or None: above ``count`` active blocks
-        of ``layer`` the rest of the frame runs as the dense fallback segment."""
+    def dense_fallback(self) -> tuple[int, int, int] | None:
+        """(layer, count, hold) of the plan's BRANCH_IF_BUSY, or None: above ``count`` active
+        blocks of ``layer``, and for ``hold`` frames after, the rest of the frame runs as the
+        dense fallback segment."""
         for ins in self.instructions:
             if ins.op == Op.BRANCH_IF_BUSY:
-                return ins.a, ins.c
+                return ins.a, ins.c, ins.d
         return None
 
     def _check_copy_channels(self, pc: int, ins: Instruction) -> None:

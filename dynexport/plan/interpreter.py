@@ -52,12 +52,14 @@ class FrameProgramInterpreter:
             for t in program.tensors
         ]
         self.counts = [0] * len(program.layers)
+        self.fallback_hold = 0  # frames that still take BRANCH_IF_BUSY after a busy one
 
     # -- public -------------------------------------------------------------------------
     def reset(self) -> None:
         """Scene cut / keyframe: the next frame is computed densely."""
         for layer in self.program.layers:
             self.buffers[layer.primed].zero_()
+        self.fallback_hold = 0
 
     def step(self, frame: torch.Tensor) -> torch.Tensor:
         """One frame, NCHW float32 [1, C, H, W] -> the model output (NCHW for 4-D)."""
@@ -100,7 +102,9 @@ class FrameProgramInterpreter:
                     pc = ins.b
             elif op == Op.BRANCH_IF_BUSY:
                 if self.counts[ins.a] > ins.c:
-                    pc = ins.b
+                    self.fallback_hold, pc = ins.d, ins.b
+                elif self.fallback_hold > 0:
+                    self.fallback_hold, pc = self.fallback_hold - 1, ins.b
             elif op == Op.FORGET_LAYERS:
                 for index in range(ins.a, ins.a + ins.b):
                     layer = self.program.layers[index]

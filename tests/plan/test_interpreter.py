@@ -109,24 +109,32 @@ MODELS["residual_norm"] = lambda: nn.Sequential(  # a fallback segment of two in
     Residual(nn.Sequential(skip(8, 8, padding=1, groups=8), nn.ReLU(), skip(8, 8, padding=1))), nn.Conv2d(8, 2, 1))
 
 
-@pytest.mark.parametrize("name", ["depthwise_chain", "residual_norm"])
-def test_dense_fallback_matches_the_reference_on_busy_and_calm_frames(name):
-    """Above 30 % of the first layer's blocks the rest of the frame runs as one dense segment
-    and the later layers forget their state; the reference (``stream(..., dense_fallback)``)
-    does the same. The clip must take both paths, and calm frames right after busy ones."""
+@pytest.mark.parametrize("name,hold", [("depthwise_chain", 0), ("residual_norm", 2)])
+def test_dense_fallback_matches_the_reference_on_busy_and_calm_frames(name, hold):
+    """Above 30 % of the first layer's blocks (and ``hold`` frames after) the rest of the frame
+    runs as one dense segment and the later layers forget their state; the reference
+    (``stream(..., dense_fallback)``) does the same. The clip must take both paths, and calm
+    frames right after busy ones."""
+    from dynexport.streaming import DenseFallback
+
     model = make_model(name)
     frames = clip()
-    compiled = compile_model(model, (1, 3, 37, 45), dense_fallback=0.3)
+    compiled = compile_model(model, (1, 3, 37, 45), dense_fallback=0.3, dense_fallback_hold=hold)
     program = compiled.program
-    assert program.dense_fallback() == (0, int(0.3 * program.layers[0].grid.num_blocks))
+    count = int(0.3 * program.layers[0].grid.num_blocks)
+    assert program.dense_fallback() == (0, count, hold)
     assert "add_dense_fallback" in compiled.passes
-    compare(model, compiled, TorchSegments(compiled.segments), frames, TORCH_TOLERANCE, dense_fallback=0.3)
-    busy = []
-    for _ in dynexport.stream(model, frames, dense_fallback=0.3):
-        first = dynexport.nn.gated_layers(model)[0][1]
-        busy.append(int(first.last_decisions.sum()) > program.dense_fallback()[1])
+    fallback = DenseFallback(0.3, hold)
+    compare(model, compiled, TorchSegments(compiled.segments), frames, TORCH_TOLERANCE, dense_fallback=fallback)
+    busy, fell_back = [], []
+    for _ in dynexport.stream(model, frames, dense_fallback=fallback):
+        layers = [layer for _, layer in dynexport.nn.gated_layers(model)]
+        busy.append(int(layers[0].last_decisions.sum()) > count)
+        fell_back.append(not bool(layers[1].primed))  # unprimed after the frame: it fell back
     assert any(busy) and not all(busy[1:]), busy
     assert any(a and not b for a, b in zip(busy[:-1], busy[1:])), "no calm frame follows a busy one"
+    held = [f and not b for f, b in zip(fell_back, busy)]
+    assert any(held) == (hold > 0), (busy, fell_back)
 
 
 @pytest.mark.slow

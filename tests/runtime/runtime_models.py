@@ -64,14 +64,14 @@ EXTRA_MODELS = {
     "dstep_channel_groups": dstep_forced_channels,  # forced policies (make_model leaves them)
 }
 
-# name -> (model name, dense cut-off[, dense fallback]): cut-off 0 leaves only the dense path, 1 only tiles
+# name -> (model name, dense cut-off[, dense fallback, hold]): cut-off 0 leaves only the dense path, 1 only tiles
 SMALL_MODELS = {name: (name, DEFAULT_DENSE_CUTOFF) for name in [*interpreter_tests.MODELS, *EXTRA_MODELS]}
 SMALL_MODELS["depthwise_chain_dense_only"] = ("depthwise_chain", 0.0)
 SMALL_MODELS["residual_gumbel_tiles_only"] = ("residual_gumbel", 1.0)
-# (model name, dense cut-off, dense fallback): above 30 % of the first layer's blocks
+# (model name, dense cut-off, dense fallback, its hold): above 30 % of the first layer's blocks
 DENSE_FALLBACK = 0.3
-SMALL_MODELS["depthwise_chain_dense_fallback"] = ("depthwise_chain", DEFAULT_DENSE_CUTOFF, DENSE_FALLBACK)
-SMALL_MODELS["residual_norm_dense_fallback"] = ("residual_norm", DEFAULT_DENSE_CUTOFF, DENSE_FALLBACK)
+SMALL_MODELS["depthwise_chain_dense_fallback"] = ("depthwise_chain", DEFAULT_DENSE_CUTOFF, DENSE_FALLBACK, 0)
+SMALL_MODELS["residual_norm_dense_fallback_hold"] = ("residual_norm", DEFAULT_DENSE_CUTOFF, DENSE_FALLBACK, 2)
 
 EXAMPLES = ("skipconv_heatmap", "dstep_action")
 
@@ -100,9 +100,10 @@ def make_model(name: str) -> nn.Module:
 @functools.lru_cache(maxsize=None)
 def compiled_small(key: str):
     """(model, CompiledModel) of SMALL_MODELS[key]; compiled once per session."""
-    name, cutoff, *fallback = SMALL_MODELS[key]
+    name, cutoff, fallback, hold = (*SMALL_MODELS[key], None, 0)[:4]
     model = make_model(name)
-    return model, compile_model(model, SMALL_INPUT, dense_cutoff=cutoff, dense_fallback=(fallback or [None])[0])
+    return model, compile_model(model, SMALL_INPUT, dense_cutoff=cutoff, dense_fallback=fallback,
+                                dense_fallback_hold=hold)
 
 
 @functools.lru_cache(maxsize=None)

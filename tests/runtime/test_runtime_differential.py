@@ -56,8 +56,10 @@ def run_differential(model, compiled, frames: torch.Tensor, cuts=(), label=""):
     backend = torch_callback_backend(program, compiled.segments)
     summary = {"frames": 0, "ties": 0, "skipped_blocks": 0, "settled_gates": 0, "paths": set(), "worst_interpreter": 0.0,
                "worst_reference": 0.0, "channels_run": 0, "channels": 0}
+    from dynexport.streaming import DenseFallback
+
     fallback = program.dense_fallback()
-    fallback_count = None if fallback is None else fallback[1]
+    reference_fallback = None if fallback is None else DenseFallback(count=fallback[1], hold=fallback[2])
     summary["fell_back"] = 0
     gated = [module for _, module in dynexport.nn.gated_layers(model)]  # plan order in these models
     with NativeSession(plan_bytes(compiled), backend) as session:
@@ -74,9 +76,9 @@ def run_differential(model, compiled, frames: torch.Tensor, cuts=(), label=""):
                 dynexport.reset(model)
                 session.reset()
             want = interpreter.step(frame[None])
-            expected = dynexport.step(model, frame[None], _fallback_count=fallback_count)
+            expected = dynexport.step(model, frame[None], reference_fallback)
             decisions = interpreter.layer_decisions()
-            if fallback is not None and len(decisions[0]) > fallback_count:
+            if fallback is not None and not bool(gated[1].primed):  # unprimed after the frame: it fell back
                 summary["fell_back"] += 1
             for index, (layer, decision) in enumerate(zip(program.layers, decisions)):
                 mask = np.zeros(layer.grid.num_blocks, dtype=np.uint8)

@@ -59,7 +59,8 @@ enum opcode {
   /* a = source [N, H, W, Cs], b = destination [N, H, W, Cd], c = first channel, d = layer
    * whose active count is the batch or NO_LAYER (all N): dst[:n, ..., c:c+Cs] = src[:n] (2.2) */
   OP_COPY_CHANNELS = 13,
-  /* a = layer, b = target, c = count: jump when the layer's active count is above c (2.3) */
+  /* a = layer, b = target, c = count, d = hold: jump when the layer's active count is above c,
+   * or when it was on one of the last d frames (2.3) */
   OP_BRANCH_IF_BUSY = 14,
   /* a = first layer, b = layer count: skip-conv layers [a, a + b) were computed outside their
    * instructions (the dense fallback segment): every block counts as computed this frame and

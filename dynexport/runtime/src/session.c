@@ -512,6 +512,7 @@ void dynrt_reset_primed(dynrt_session_t session) {
     tensor_written(primed);
   }
   for (i = 0; i < session->segment_count; ++i) session->segments[i].results_valid = 0;
+  session->fallback_hold = 0;
 }
 
 dynrt_status dynrt_session_reset(dynrt_session_t session) {

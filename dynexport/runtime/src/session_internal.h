@@ -222,6 +222,9 @@ struct dynrt_session {
   uint32_t frame_checking_layer;
   int frame_check_deferred;
   runtime_tensor* output;      /* the plan's result */
+  /* BRANCH_IF_BUSY: frames that still take the dense fallback after a busy one (its d);
+   * 0 after create and reset */
+  uint32_t fallback_hold;
   /* [cell_rows * cell_cols] of the input tensor when it is a tracked map, else NULL: then
    * each frame is diffed against the input tensor (the previous frame) cell by cell and
    * only the changed cells are checked for NaN/Inf, copied in and marked (step.c), so the
@@ -246,8 +249,8 @@ struct dynrt_session {
 uint32_t dynrt_task_count(dynrt_const_session_t session, uint32_t count, uint64_t item_bytes);
 void dynrt_run_tasks(dynrt_session_t session, uint32_t tasks, runtime_task task, void* argument);
 
-/* session.c: primed = 0 in every layer (the next frame is computed densely), and no
- * segment result is reused. */
+/* session.c: primed = 0 in every layer (the next frame is computed densely), no segment
+ * result is reused, and no dense fallback is held. */
 void dynrt_reset_primed(dynrt_session_t session);
 
 /* gates.c. SKIP_GATE returns DYNRT_NONFINITE_INPUT, having changed nothing, when it checked

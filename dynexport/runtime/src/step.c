@@ -264,7 +264,13 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
         }
         break;
       case OP_BRANCH_IF_BUSY:
-        if (layer->active_count > ins->c) next = ins->b;
+        if (layer->active_count > ins->c) {
+          session->fallback_hold = ins->d;
+          next = ins->b;
+        } else if (session->fallback_hold > 0) {
+          session->fallback_hold -= 1;
+          next = ins->b;
+        }
         break;
       case OP_FORGET_LAYERS: {
         uint32_t i;

@@ -1,0 +1,72 @@
+"""add_dense_fallback: where the busy branch and the fallback block go, what the fallback
+segment computes (the model densely, from the first layer's output on), and the models it
+refuses."""
+
+import pytest
+import torch
+from torch import nn
+
+from dynexport.compiler.passes.dense_fallback import SEGMENT_NAME
+from dynexport.compiler.pipeline import compile_model
+from dynexport.errors import CompileError
+from dynexport.nn import DStepConv2d, Residual, SkipConv2d
+from dynexport.plan.frame_program import NO_LAYER, Op
+
+SHAPE = (1, 3, 32, 32)
+
+
+def three_layers():
+    torch.manual_seed(0)
+    return nn.Sequential(SkipConv2d(3, 8, 3, padding=1), nn.ReLU(),
+                         Residual(nn.Sequential(SkipConv2d(8, 8, 3, padding=1), nn.ReLU(), SkipConv2d(8, 8, 3, padding=1))),
+                         nn.Conv2d(8, 2, 1)).eval()
+
+
+def test_the_busy_branch_follows_the_first_layer_and_jumps_to_one_dense_segment():
+    compiled = compile_model(three_layers(), SHAPE, dense_fallback=0.25, dense_fallback_hold=2)
+    program = compiled.program
+    ops = [Op(i.op) for i in program.instructions]
+    busy = ops.index(Op.BRANCH_IF_BUSY)
+    # everything before it is the first layer's (its gate and block instructions)
+    assert all(i.op == Op.SKIP_GATE or i.a == 0 or i.op in (Op.RUN_SEGMENT, Op.JUMP)
+               for i in program.instructions[:busy])
+    assert all(i.a != 1 or i.op in (Op.RUN_SEGMENT, Op.JUMP) for i in program.instructions[:busy])
+    branch = program.instructions[busy]
+    blocks = program.layers[0].grid.num_blocks
+    assert (branch.a, branch.c, branch.d) == (0, int(0.25 * blocks), 2)
+    # the fallback block closes the plan: the normal path jumps over it
+    assert ops[-3:] == [Op.JUMP, Op.RUN_SEGMENT, Op.FORGET_LAYERS] and branch.b == len(ops) - 2
+    assert program.instructions[-3].a == len(ops)
+    run, forget = program.instructions[-2:]
+    assert program.segments[run.a].name == SEGMENT_NAME and run.b == NO_LAYER
+    assert (forget.a, forget.b) == (1, len(program.layers) - 1)
+    segment = program.segments[run.a]
+    assert program.segment_outputs(segment) == program.outputs
+    assert program.layers[0].output in program.segment_inputs(segment)
+
+
+def test_the_fallback_segment_computes_the_dense_model_from_the_first_layers_output():
+    import dynexport
+
+    model = three_layers()
+    compiled = compile_model(model, SHAPE, dense_fallback=0.25)
+    artifact = compiled.segments[SEGMENT_NAME]
+    assert len(artifact.example_inputs) == 1  # the first layer's output, after its fused ReLU
+    frame = torch.rand(SHAPE)
+    with torch.no_grad():
+        got = artifact.module(torch.relu(model[0].conv(frame)))[0]
+    dynexport.reset(model)
+    dense = dynexport.step(model, frame)  # a first frame computes every block
+    assert torch.allclose(got, dense, atol=1e-5)
+
+
+def test_models_the_fallback_cannot_cover_are_refused_with_a_reason():
+    with pytest.raises(CompileError, match="two or more gated layers"):
+        compile_model(nn.Sequential(SkipConv2d(3, 8, 3, padding=1)).eval(), SHAPE, dense_fallback=0.5)
+    dstep = nn.Sequential(SkipConv2d(3, 8, 3, padding=1), DStepConv2d(8, 8, 3, padding=1, patch=4)).eval()
+    with pytest.raises(CompileError, match="D-STEP"):
+        compile_model(dstep, SHAPE, dense_fallback=0.5)
+    with pytest.raises(CompileError, match="fraction"):
+        compile_model(three_layers(), SHAPE, dense_fallback=1.5)
+    with pytest.raises(CompileError, match="hold"):
+        compile_model(three_layers(), SHAPE, dense_fallback=0.5, dense_fallback_hold=-1)
