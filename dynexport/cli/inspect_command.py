@@ -55,6 +55,12 @@ def inspect(out: OutDir) -> None:
                       f"{tuning.get('threads', '?')} thread(s), {len(tuning.get('layers', []))} layer(s)")
     elif any(0 < layer.dense_cutoff < layer.grid.num_blocks for layer in program.layers):
         console.print("dense cut-offs: the build's default (half the blocks); 'dynexport tune' measures them")
+    fallback = program.dense_fallback()
+    if fallback is not None:
+        layer, count, hold = fallback
+        console.print(f"dense fallback: above {count} of the {program.layers[layer].grid.num_blocks} blocks of "
+                      f"layer {program.layers[layer].name}, and for {hold} frame(s) after, the rest of the frame "
+                      f"runs as one dense segment", markup=False)
 
     structured = manifest.get("pruning", {}).get("structured", {})
     if isinstance(structured, str):  # the step did not apply, and says why ("not realized: ...")
