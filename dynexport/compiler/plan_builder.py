@@ -57,8 +57,8 @@ class PlanBuilder:
     value_tensors: dict[str, int] = dataclasses.field(default_factory=dict)
     value_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # NCHW logical
     layer_dense_macs: list[int] = dataclasses.field(default_factory=list)  # per gated layer, plan order
-    # gate output value -> the gate as a plain convolution over the whole map (the dense fallback)
-    dense_forms: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
+    # gate output value -> its layer's convolution (passes/gated_conv.GatedConv), for the dense fallback
+    gated_convs: dict = dataclasses.field(default_factory=dict)
 
     def add_layer(self, layer, weight: torch.Tensor) -> int:
         """Append a gated layer; its MACs come from its (folded) kernel. Skip-conv gates score

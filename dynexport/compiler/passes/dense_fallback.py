@@ -63,7 +63,7 @@ def add_dense_fallback(builder: PlanBuilder, partitioned, first: int, branch_pc:
     if partitioned.output not in produced:
         raise CompileError("--dense-fallback: the model's output is computed before its first gated layer ends, so "
                            "there is nothing to run densely after it; build without it")
-    convs = {step.output: builder.dense_forms[step.output] for step in tail if isinstance(step, GateStep)}
+    convs = {step.output: builder.gated_convs[step.output].dense_module() for step in tail if isinstance(step, GateStep)}
     module = DenseTail(tail, convs, inputs, partitioned.output)
     examples = tuple(example_tensor(builder.value_shapes[v]) for v in inputs)
     segment = builder.add_segment(SegmentArtifact(SEGMENT_NAME, module, examples, kind=SegmentKind.DENSE),

@@ -109,7 +109,7 @@ def gated_conv(builder: PlanBuilder, step, gm, weight_node, bias_node, stride, p
     cutoff = dense_cutoff_blocks(grid, dense_cutoff)
     conv = GatedConv(_layer_name(step.node, builder), weight, constant(gm, bias_node), grid, groups, in_shape,
                      cutoff, tile_batch_bound(grid.num_blocks, cutoff), step.epilogue)
-    builder.dense_forms[step.output] = conv.dense_module()
+    builder.gated_convs[step.output] = conv
     return conv
 
 
