@@ -111,11 +111,18 @@ class DenseFallback:
     """When a frame falls back to dense: the first gated layer to run computes more than
     ``fraction`` of its blocks (or more than ``count`` blocks, a plan's own number), or one of
     the ``hold`` frames before it did so (a shaking camera calms for a frame or two: leaving the
-    fallback costs a dense frame of every layer, which holding it saves)."""
+    fallback costs a dense frame of every layer, which holding it saves).
+
+    ``hold_skips_gate`` (plans 2.4 on): a held frame computes the first gated layer densely
+    too, without scoring it (as on its first frame: it stores the whole input as its
+    reference), so it is a dense frame through and through, and the hold counts down without
+    looking at the frame. False is a 2.3 plan's hold: the first layer scores as on any frame,
+    and a busy held frame starts the hold again."""
 
     fraction: float | None = None
     hold: int = 0
     count: int | None = None
+    hold_skips_gate: bool = True
 
     def __post_init__(self):
         if self.count is None and (self.fraction is None or not 0.0 <= self.fraction < 1.0):
@@ -136,7 +143,8 @@ def _dense_fallback(model: nn.Module, layers: list, fallback: DenseFallback):
     computed more than ``fallback.busy_above(blocks)`` blocks, or is within ``fallback.hold``
     frames of a frame that did, every other gated layer is unprimed before it runs (it computes
     densely: all blocks) and again after the frame (its state is not kept: the next frame
-    computes it densely too)."""
+    computes it densely too). A held frame with ``hold_skips_gate`` unprimes the first layer
+    too, before the frame: it computes all of its blocks and keeps them as its state."""
     from dynexport.nn import SkipConv2d
 
     if not all(isinstance(layer, SkipConv2d) for layer in layers):
@@ -144,6 +152,10 @@ def _dense_fallback(model: nn.Module, layers: list, fallback: DenseFallback):
                          "unprimed, and a .pt2 program's gates cannot be unprimed)")
     fell_back, handles = [], []
     held = getattr(model, HOLD_ATTRIBUTE, 0)
+    skips_gate = held > 0 and fallback.hold_skips_gate
+    if skips_gate:  # whichever layer runs first computes all of its blocks, unscored
+        for layer in layers:
+            layer.unprime()
 
     def after_first_layer(layer, inputs, output):
         for handle in handles:
@@ -152,7 +164,7 @@ def _dense_fallback(model: nn.Module, layers: list, fallback: DenseFallback):
         mask = layer.last_decisions
         if mask.shape[0] != 1:
             raise FrameError(f"dense fallback: streams of batch 1 only, got a batch of {mask.shape[0]}")
-        busy = int(mask.sum()) > fallback.busy_above(mask.shape[1])
+        busy = not skips_gate and int(mask.sum()) > fallback.busy_above(mask.shape[1])
         if busy or held > 0:
             fell_back.append((layer, fallback.hold if busy else held - 1))
             for other in layers:

@@ -117,3 +117,24 @@ def test_dense_fallback_holds_for_its_frames_and_a_bad_frame_changes_nothing():
         DenseFallback(1.0)
     with pytest.raises(ValueError, match="hold"):
         DenseFallback(0.5, hold=-1)
+
+
+@pytest.mark.parametrize("skips_gate", [True, False])
+def test_a_held_frame_computes_the_first_layer_unscored_and_counts_down_without_looking(skips_gate):
+    """2.4 (hold_skips_gate): a held frame is dense through and through, the first layer
+    included (every block, no gate MACs), and a busy held frame does not start the hold
+    again. A 2.3 plan's hold scores the first layer: the busy held frame restarts the hold."""
+    from dynexport.streaming import DenseFallback
+
+    model = two_layer_model()
+    first, second = model[0], model[2].body[0]
+    fallback = DenseFallback(0.5, hold=1, hold_skips_gate=skips_gate)
+    scene = torch.rand(3, 16, 16)
+    dynexport.reset(model)
+    dynexport.step(model, torch.zeros(3, 16, 16), fallback)  # a first frame: busy, holds 1
+    dynexport.step(model, scene, fallback)  # held, and busy
+    assert bool(first.last_decisions.all())
+    assert (first.last_stats.gate_macs == 0) == skips_gate
+    dynexport.step(model, scene, fallback)  # calm: falls back only if the busy held frame restarted the hold
+    assert bool(second.primed) == skips_gate
+    assert int(first.last_decisions.sum()) == 0

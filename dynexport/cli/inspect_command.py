@@ -57,10 +57,12 @@ def inspect(out: OutDir) -> None:
         console.print("dense cut-offs: the build's default (half the blocks); 'dynexport tune' measures them")
     fallback = program.dense_fallback()
     if fallback is not None:
-        layer, count, hold = fallback
+        layer, count, hold, hold_skips_gate = fallback
+        held = ("" if not hold else f"; the {hold} frame(s) after run densely as a whole, that layer unscored"
+                if hold_skips_gate else f", and so it does for the {hold} frame(s) after")
         console.print(f"dense fallback: above {count} of the {program.layers[layer].grid.num_blocks} blocks of "
-                      f"layer {program.layers[layer].name}, and for {hold} frame(s) after, the rest of the frame "
-                      f"runs as one dense segment", markup=False)
+                      f"layer {program.layers[layer].name}, the rest of the frame runs as one dense segment{held}",
+                      markup=False)
 
     structured = manifest.get("pruning", {}).get("structured", {})
     if isinstance(structured, str):  # the step did not apply, and says why ("not realized: ...")

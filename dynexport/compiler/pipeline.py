@@ -85,8 +85,10 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
     builder.program.inputs = [frame]
     lowerings = {SKIP_CONV: lower_skip_conv, DSTEP: lower_dstep}
     first = first_gate(partitioned) if dense_fallback is not None else None
-    busy_branch = None
+    busy_branch = holding_branch = None
     for i, step in enumerate(partitioned.steps):
+        if i == first and dense_fallback_hold > 0:
+            holding_branch = builder.emit(Op.BRANCH_IF_HOLDING, len(builder.program.layers))
         if isinstance(step, DenseStep):
             _lower_dense_step(builder, step, partitioned)
         else:
@@ -100,7 +102,8 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
         builder.program.tensors[output].role = Role.OUTPUT
     builder.program.outputs = [output]
     if busy_branch is not None:
-        log.run(add_dense_fallback, builder, partitioned, first, busy_branch, changed=lambda result: True)
+        log.run(add_dense_fallback, builder, partitioned, first, busy_branch, holding_branch,
+                changed=lambda result: True)
     mark_pointwise_runs(builder)
     builder.program.validate()
     return CompiledModel(builder.program, builder.segments, input_shape, partitioned.shapes[partitioned.output],

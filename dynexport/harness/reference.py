@@ -71,7 +71,8 @@ def run_reference(model, program: FrameProgram, frames: np.ndarray, resets) -> S
     sizes = layer_sizes(program)
     fallback = program.dense_fallback()  # the plan's: the reference falls back as it does
     if fallback is not None:
-        fallback = streaming.DenseFallback(count=fallback[1], hold=fallback[2])
+        _layer, count, hold, hold_skips_gate = fallback
+        fallback = streaming.DenseFallback(count=count, hold=hold, hold_skips_gate=hold_skips_gate)
     outputs, masks, tie_masks, channels, macs = [], [], [], [], []
     with torch.no_grad():
         for t, frame in enumerate(frames):

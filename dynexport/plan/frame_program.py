@@ -37,8 +37,8 @@ MAGIC = b"DXFP"
 # 2.0: per-layer MACs, artifact table; 2.1: RUN_SEGMENT flags (c), RUN_POINTWISE;
 # 2.2: D-STEP channel groups (BRANCH_IF_GROUP_IDLE, COPY_CHANNELS), a D-STEP layer's
 # gate_macs_per_position holds its policies' MACs per frame; 2.3: the dense fallback
-# (BRANCH_IF_BUSY, FORGET_LAYERS)
-VERSION = (2, 3)
+# (BRANCH_IF_BUSY, FORGET_LAYERS); 2.4: a held fallback skips the first gate (BRANCH_IF_HOLDING)
+VERSION = (2, 4)
 HEADER = struct.Struct("<4sHHII")
 
 
@@ -103,6 +103,10 @@ class Op(enum.IntEnum):
     # instructions (the dense fallback segment): every block counts as computed this frame and
     # the layer is unprimed, as its state was not kept: its next frame is computed densely (2.3)
     FORGET_LAYERS = 15
+    # a=skip-conv layer, b=target pc: while BRANCH_IF_BUSY's hold has frames left, takes one
+    # off, counts every block of the layer active without scoring it (computed and stored as
+    # on an unprimed layer: its first frame) and jumps (2.4)
+    BRANCH_IF_HOLDING = 16
 
 
 class RunFlag(enum.IntFlag):
@@ -440,9 +444,11 @@ class FrameProgram:
             else:
                 if ins.a >= n_layers:
                     raise PlanFormatError(f"plan: instruction {pc} ({op.name}) refers to layer {ins.a}")
-                if op in (Op.BRANCH_IF_NONE, Op.BRANCH_IF_DENSE, Op.BRANCH_IF_GROUP_IDLE, Op.BRANCH_IF_BUSY) \
-                        and ins.b > n_pc:
+                if op in (Op.BRANCH_IF_NONE, Op.BRANCH_IF_DENSE, Op.BRANCH_IF_GROUP_IDLE, Op.BRANCH_IF_BUSY,
+                          Op.BRANCH_IF_HOLDING) and ins.b > n_pc:
                     raise PlanFormatError(f"plan: instruction {pc} branches to {ins.b}, past the end")
+                if op in (Op.SKIP_GATE, Op.BRANCH_IF_HOLDING) and self.layers[ins.a].kind != LayerKind.SKIP_CONV:
+                    raise PlanFormatError(f"plan: instruction {pc} ({op.name}) on D-STEP layer {self.layers[ins.a].name}")
                 if op == Op.BRANCH_IF_GROUP_IDLE:
                     layer = self.layers[ins.a]
                     if layer.kind != LayerKind.DSTEP or layer.decisions == NO_TENSOR or ins.d < 1 or ins.c + ins.d > layer.out_channels:
@@ -453,14 +459,16 @@ class FrameProgram:
             check_tensor(t, "plan inputs/outputs")
 
 
-    def dense_fallback(self) -> tuple[int, int, int] | None:
-        """(layer, count, hold) of the plan's BRANCH_IF_BUSY, or None: above ``count`` active
-        blocks of ``layer``, and for ``hold`` frames after, the rest of the frame runs as the
-        dense fallback segment."""
-        for ins in self.instructions:
-            if ins.op == Op.BRANCH_IF_BUSY:
-                return ins.a, ins.c, ins.d
-        return None
+    def dense_fallback(self) -> tuple[int, int, int, bool] | None:
+        """(layer, count, hold, hold_skips_gate) of the plan's BRANCH_IF_BUSY, or None: above
+        ``count`` active blocks of ``layer``, and for ``hold`` frames after, the rest of the
+        frame runs as the dense fallback segment; ``hold_skips_gate`` (a BRANCH_IF_HOLDING,
+        2.4): on those held frames ``layer`` computes every block without scoring."""
+        busy = [ins for ins in self.instructions if ins.op == Op.BRANCH_IF_BUSY]
+        if not busy:
+            return None
+        holding = any(ins.op == Op.BRANCH_IF_HOLDING for ins in self.instructions)
+        return busy[0].a, busy[0].c, busy[0].d, holding
 
     def _check_copy_channels(self, pc: int, ins: Instruction) -> None:
         n = len(self.tensors)

@@ -105,6 +105,12 @@ class FrameProgramInterpreter:
                     self.fallback_hold, pc = ins.d, ins.b
                 elif self.fallback_hold > 0:
                     self.fallback_hold, pc = self.fallback_hold - 1, ins.b
+            elif op == Op.BRANCH_IF_HOLDING:
+                if self.fallback_hold > 0:
+                    layer = self.program.layers[ins.a]
+                    self.fallback_hold, pc = self.fallback_hold - 1, ins.b
+                    self._set_active(ins.a, layer, torch.arange(layer.grid.num_blocks))
+                    self.buffers[layer.primed].fill_(1.0)
             elif op == Op.FORGET_LAYERS:
                 for index in range(ins.a, ins.a + ins.b):
                     layer = self.program.layers[index]

@@ -109,32 +109,45 @@ MODELS["residual_norm"] = lambda: nn.Sequential(  # a fallback segment of two in
     Residual(nn.Sequential(skip(8, 8, padding=1, groups=8), nn.ReLU(), skip(8, 8, padding=1))), nn.Conv2d(8, 2, 1))
 
 
-@pytest.mark.parametrize("name,hold", [("depthwise_chain", 0), ("residual_norm", 2)])
-def test_dense_fallback_matches_the_reference_on_busy_and_calm_frames(name, hold):
+@pytest.mark.parametrize("name,hold,skips_gate", [("depthwise_chain", 0, True), ("residual_norm", 2, True),
+                                                  ("residual_norm", 2, False)])
+def test_dense_fallback_matches_the_reference_on_busy_and_calm_frames(name, hold, skips_gate):
     """Above 30 % of the first layer's blocks (and ``hold`` frames after) the rest of the frame
     runs as one dense segment and the later layers forget their state; the reference
-    (``stream(..., dense_fallback)``) does the same. The clip must take both paths, and calm
-    frames right after busy ones."""
-    from dynexport.streaming import DenseFallback
+    (``stream(..., dense_fallback)``) does the same. A held frame (2.4) computes the first
+    layer densely too, unscored; a 2.3 plan's hold (no BRANCH_IF_HOLDING: here replaced by a
+    jump to the next instruction) scores it. The clip must take both paths, and calm frames
+    right after busy ones."""
+    from dynexport.plan.frame_program import Instruction, Op
+    from dynexport.streaming import HOLD_ATTRIBUTE, DenseFallback
 
     model = make_model(name)
     frames = clip()
     compiled = compile_model(model, (1, 3, 37, 45), dense_fallback=0.3, dense_fallback_hold=hold)
     program = compiled.program
+    if not skips_gate:
+        program.instructions[0] = Instruction(int(Op.JUMP), 1, 0, 0, 0)
     count = int(0.3 * program.layers[0].grid.num_blocks)
-    assert program.dense_fallback() == (0, count, hold)
+    assert program.dense_fallback() == (0, count, hold, skips_gate and hold > 0)
     assert "add_dense_fallback" in compiled.passes
-    fallback = DenseFallback(0.3, hold)
+    fallback = DenseFallback(0.3, hold, hold_skips_gate=skips_gate)
     compare(model, compiled, TorchSegments(compiled.segments), frames, TORCH_TOLERANCE, dense_fallback=fallback)
-    busy, fell_back = [], []
-    for _ in dynexport.stream(model, frames, dense_fallback=fallback):
+    busy, held, fell_back = [], [], []
+    dynexport.reset(model)
+    for frame in frames:
+        holding = getattr(model, HOLD_ATTRIBUTE, 0) > 0
+        dynexport.step(model, frame, fallback)
         layers = [layer for _, layer in dynexport.nn.gated_layers(model)]
-        busy.append(int(layers[0].last_decisions.sum()) > count)
+        computed = int(layers[0].last_decisions.sum())
+        held.append(holding)
+        busy.append(not (holding and skips_gate) and computed > count)
         fell_back.append(not bool(layers[1].primed))  # unprimed after the frame: it fell back
+        if holding and skips_gate:  # the first layer computed every block, unscored
+            assert computed == program.layers[0].grid.num_blocks and layers[0].last_stats.gate_macs == 0
     assert any(busy) and not all(busy[1:]), busy
     assert any(a and not b for a, b in zip(busy[:-1], busy[1:])), "no calm frame follows a busy one"
-    held = [f and not b for f, b in zip(fell_back, busy)]
-    assert any(held) == (hold > 0), (busy, fell_back)
+    assert fell_back == [b or h for b, h in zip(busy, held)]
+    assert any(h and not b for h, b in zip(held, busy)) == (hold > 0), (busy, held)
 
 
 @pytest.mark.slow

@@ -346,6 +346,18 @@ def test_tampered_dense_fallback_is_refused_with_a_reason(host_build, change, wo
                                    python_too="jumps back" not in words)
 
 
+@pytest.mark.parametrize("change,words", [
+    # BRANCH_IF_HOLDING (format 2.4): a target past the end, backwards, a layer out of range
+    (lambda p, op: setattr(_grouped(p, op.BRANCH_IF_HOLDING), "b", len(p.instructions) + 1),
+     ["BRANCH_IF_HOLDING", "past the end"]),
+    (lambda p, op: setattr(_grouped(p, op.BRANCH_IF_HOLDING), "b", 0), ["BRANCH_IF_HOLDING", "jumps back"]),
+    (lambda p, op: setattr(_grouped(p, op.BRANCH_IF_HOLDING), "a", 9), ["BRANCH_IF_HOLDING", "layer"]),
+])
+def test_tampered_dense_fallback_hold_is_refused_with_a_reason(host_build, change, words):
+    _assert_both_validators_refuse("residual_norm_dense_fallback_hold", change, words,
+                                   python_too="jumps back" not in words)
+
+
 def test_the_native_validator_is_at_least_as_strict_as_the_python_reader(host_build):
     """Random single-byte changes (checksum resealed): whatever FrameProgram.from_bytes
     refuses, the runtime refuses too; the runtime may refuse more (its C-only checks)."""

@@ -602,6 +602,17 @@ static void score_blocks_task(void* argument, uint32_t task) {
   job->ties[task] = ties;
 }
 
+/* The layer's decisions for this frame are in block_mask: publish them, and note what the
+ * next frame's scoring and reference store compare against. */
+static void finish_gate(runtime_layer* layer) {
+  mark_primed(layer);
+  publish_active_blocks(layer);
+  layer->gate_input_version = layer->tensor[SLOT_INPUT]->version;
+  layer->gate_ties = layer->ties;
+  layer->reference_store_due = layer->active_count > 0;
+  layer->settled_reference_version = layer->tensor[SLOT_REFERENCE]->version;
+}
+
 dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   float* primed = (float*)layer->tensor[SLOT_PRIMED]->data;
   const uint32_t blocks = (uint32_t)layer->grid.block_count;
@@ -653,13 +664,13 @@ dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
       memcpy(layer->block_mask, decisions, blocks);
     }
   }
-  mark_primed(layer);
-  publish_active_blocks(layer);
-  layer->gate_input_version = layer->tensor[SLOT_INPUT]->version;
-  layer->gate_ties = layer->ties;
-  layer->reference_store_due = layer->active_count > 0;
-  layer->settled_reference_version = layer->tensor[SLOT_REFERENCE]->version;
+  finish_gate(layer);
   return DYNRT_OK;
+}
+
+void dynrt_gate_every_block(runtime_layer* layer) {
+  memset(layer->block_mask, 1, (size_t)layer->grid.block_count);
+  finish_gate(layer);
 }
 
 void dynrt_forget_layer(runtime_layer* layer) {

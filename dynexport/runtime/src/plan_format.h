@@ -66,7 +66,11 @@ enum opcode {
    * instructions (the dense fallback segment): every block counts as computed this frame and
    * each layer is unprimed, its state not kept (2.3) */
   OP_FORGET_LAYERS = 15,
-  OP_COUNT = 16
+  /* a = skip-conv layer, b = target: while BRANCH_IF_BUSY's hold has frames left, take one
+   * off, count every block of the layer active without scoring (computed and stored as on
+   * an unprimed layer) and jump (2.4) */
+  OP_BRANCH_IF_HOLDING = 16,
+  OP_COUNT = 17
 };
 
 /* RUN_SEGMENT's c: flags (frame_program.RunFlag). RUN_POINTWISE: the segment is pointwise

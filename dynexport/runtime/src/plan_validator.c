@@ -12,7 +12,7 @@
 static const char* const OPCODE_NAMES[OP_COUNT] = {
     "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
     "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR",
-    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS"};
+    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS", "BRANCH_IF_HOLDING"};
 
 static const char* const SLOT_NAMES[LAYER_TENSOR_SLOTS] = {
     "input", "output", "reference", "tiles", "tile_output", "dense_output",
@@ -351,10 +351,15 @@ static dynrt_status validate_layer_instruction(const plan_view* plan, uint32_t p
                           name_at(plan, layer.name), (unsigned long)layer.out_channels);
       }
       return DYNRT_OK;
+    case OP_BRANCH_IF_HOLDING: /* stands in for the layer's SKIP_GATE on a held frame */
     case OP_SKIP_GATE:
+      if (ins->op == OP_BRANCH_IF_HOLDING) {
+        status = check_target(plan, pc, ins->op, ins->b, error);
+        if (status != DYNRT_OK) return status;
+      }
       if (layer.kind != LAYER_SKIP_CONV) {
-        return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: instruction %lu (SKIP_GATE) on D-STEP layer %s",
-                          (unsigned long)pc, name_at(plan, layer.name));
+        return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: instruction %lu (%s) on D-STEP layer %s",
+                          (unsigned long)pc, OPCODE_NAMES[ins->op], name_at(plan, layer.name));
       }
       return require_slot(plan, pc, ins->op, &layer, SLOT_REFERENCE, error);
     case OP_GATHER_TILES:

@@ -281,6 +281,9 @@ static int tiles_cover_input(const block_grid* grid) {
 static void find_frame_checking_layer(dynrt_session_t session) {
   const plan_instruction* first = session->instruction_count > 0 ? &session->instructions[0] : NULL;
   session->frame_checking_layer = NO_LAYER;
+  /* a dense fallback's hold branch goes before the first gate (step.c defers no check on a
+   * held frame, which skips the gate) */
+  if (first != NULL && first->op == OP_BRANCH_IF_HOLDING && session->instruction_count > 1) ++first;
   if (first == NULL || first->op != OP_SKIP_GATE || !session->frame_read_in_place) return;
   if (session->layers[first->a].tensor[SLOT_INPUT] != session->input) return;
   if (!tiles_cover_input(&session->layers[first->a].grid)) return;

@@ -216,7 +216,8 @@ struct dynrt_session {
   /* no layer tensor other than a layer's input is the plan input, so reading the caller's
    * frame in place is the same as reading the input tensor (else every frame is copied) */
   int frame_read_in_place;
-  /* The layer whose SKIP_GATE is the program's first instruction, reads the frame and has
+  /* The layer whose SKIP_GATE is the program's first instruction (or second, after a
+   * BRANCH_IF_HOLDING, and then on frames without a hold), reads the frame and has
    * tiles covering all of it, or NO_LAYER. Its scoring pass reads every frame value, so it
    * checks them for NaN/Inf instead of a separate scan (frame_check_deferred this step). */
   uint32_t frame_checking_layer;
@@ -260,6 +261,9 @@ void dynrt_dstep_decide(runtime_layer* layer);
 /* FORGET_LAYERS: the layer was computed outside its instructions (the dense fallback): every
  * block counts as computed, and it is unprimed (its state was not kept). */
 void dynrt_forget_layer(runtime_layer* layer);
+/* gates.c: BRANCH_IF_HOLDING's decisions: every block of a skip-conv layer is computed this
+ * frame, without scoring (as on its first frame), and the layer is primed. */
+void dynrt_gate_every_block(runtime_layer* layer);
 
 /* tiles.c */
 

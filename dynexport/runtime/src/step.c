@@ -11,7 +11,7 @@
 static const char* const OPCODE_NAMES[OP_COUNT] = {
     "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
     "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR",
-    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS"};
+    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS", "BRANCH_IF_HOLDING"};
 
 static error_sink session_errors(dynrt_session_t session) {
   error_sink sink;
@@ -272,6 +272,13 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
           next = ins->b;
         }
         break;
+      case OP_BRANCH_IF_HOLDING:
+        if (session->fallback_hold > 0) {
+          session->fallback_hold -= 1;
+          dynrt_gate_every_block(layer);
+          next = ins->b;
+        }
+        break;
       case OP_FORGET_LAYERS: {
         uint32_t i;
         for (i = ins->a; i < ins->a + ins->b; ++i) dynrt_forget_layer(&session->layers[i]);
@@ -455,8 +462,9 @@ dynrt_status dynrt_session_step(dynrt_session_t session, const float* input, siz
    * pass when it reads the whole frame anyway (one pass over the frame instead of two),
    * else by a scan here. */
   in_place = (uintptr_t)input % sizeof(float) == 0 && session->frame_read_in_place; /* float reads need alignment */
+  /* a held dense fallback (BRANCH_IF_HOLDING) does not score the first gate */
   session->frame_check_deferred =
-      in_place && session->frame_checking_layer != NO_LAYER &&
+      in_place && session->frame_checking_layer != NO_LAYER && session->fallback_hold == 0 &&
       ((const float*)session->layers[session->frame_checking_layer].tensor[SLOT_PRIMED]->data)[0] != 0.0f;
   if (!session->frame_check_deferred) {
     status = reject_nonfinite_frame(session, input, input_bytes / sizeof(float));
