@@ -128,9 +128,7 @@ def mark_pointwise_runs(builder: PlanBuilder) -> None:
     """Sets RunFlag.POINTWISE on the runs of the ungated dense steps that are pointwise in
     space: only the POINTWISE_OPS of fuse_pointwise_epilogue, and every operand a float32 map
     [1, H, W, C] of one H and W. The runtime then tracks which blocks of their outputs changed
-    from which blocks of their inputs did. Run once the plan is complete: lower_dstep appends
-    policies to the dense step before a D-STEP layer (SegmentKind.DENSE_POLICY), which then
-    is no longer pointwise."""
+    from which blocks of their inputs did. Run once the plan is complete."""
     program = builder.program
     for ins in program.instructions:
         if ins.op != Op.RUN_SEGMENT or ins.b != NO_LAYER:

@@ -18,8 +18,6 @@ class SegmentKind(str, enum.Enum):
 
     DENSE = "dense"  # a layer's convolution, or the ungated ops between gates, over the whole map
     TILES = "tiles"  # a gated convolution over a packed batch of active tiles (batch 1..max_batch)
-    POLICY = "policy"  # a D-STEP layer's policies (lower_dstep), on their own
-    DENSE_POLICY = "dense+policy"  # a dense segment with the next D-STEP layer's policies appended (lower_dstep)
 
 
 @dataclasses.dataclass

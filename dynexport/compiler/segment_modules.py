@@ -8,12 +8,9 @@ which); the substitute keeps the inputs, outputs and numbers."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynexport.nn.block_grid import BlockGrid
-from dynexport.nn.dstep import channel_logits, spatial_logits
 
 
 class ConvSegment(nn.Module):
@@ -60,42 +57,3 @@ class DenseTail(nn.Module):
         return (env[self.output],)
 
 
-class DStepPolicySegment(nn.Module):
-    """D-STEP's policies for one frame, computed as the reference (``dynexport.nn.dstep``)
-    computes them: (spatial logits [1,2,rows,cols])?, (channel logits [1,Co,3])?, pooled
-    input [1,C]. ``primed`` [1] is 0 on the first frame after a reset, where the previous
-    pooled input is taken to be the current one, and 1 otherwise.
-
-    ``spatial`` is (weight [2,2,3,3], bias [2]) or None; ``channel`` is (w1, b1, w2, b2) or
-    None; ``spatial_parameters`` / ``channel_parameters`` give them back (for a backend's
-    substitute)."""
-
-    def __init__(self, grid: BlockGrid, spatial, channel, in_channels: int):
-        super().__init__()
-        self.grid = grid
-        self.in_channels = in_channels
-        self.has_spatial = spatial is not None
-        self.has_channel = channel is not None
-        if spatial is not None:
-            self.register_buffer("spatial_weight", spatial[0].detach().clone())
-            self.register_buffer("spatial_bias", spatial[1].detach().clone())
-        if channel is not None:
-            for name, value in zip(("w1", "b1", "w2", "b2"), channel):
-                self.register_buffer(f"channel_{name}", value.detach().clone())
-
-    def spatial_parameters(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return (self.spatial_weight, self.spatial_bias) if self.has_spatial else None
-
-    def channel_parameters(self) -> tuple[torch.Tensor, ...] | None:
-        return (self.channel_w1, self.channel_b1, self.channel_w2, self.channel_b2) if self.has_channel else None
-
-    def forward(self, x, previous_pooled, primed):
-        pooled = x.mean((2, 3))
-        outputs = []
-        if self.has_spatial:
-            outputs.append(spatial_logits(x, self.grid, self.spatial_weight, self.spatial_bias))
-        if self.has_channel:
-            previous = torch.where(primed > 0, previous_pooled, pooled)
-            outputs.append(channel_logits(pooled, previous, *self.channel_parameters()))
-        outputs.append(pooled)
-        return tuple(outputs)

@@ -37,7 +37,8 @@ MAGIC = b"DXFP"
 # 2.0: per-layer MACs, artifact table; 2.1: RUN_SEGMENT flags (c), RUN_POINTWISE;
 # 2.2: D-STEP channel groups (BRANCH_IF_GROUP_IDLE, COPY_CHANNELS), a D-STEP layer's
 # gate_macs_per_position holds its policies' MACs per frame; 2.3: the dense fallback
-# (BRANCH_IF_BUSY, FORGET_LAYERS); 2.4: a held fallback skips the first gate (BRANCH_IF_HOLDING)
+# (BRANCH_IF_BUSY, FORGET_LAYERS); 2.4: a held fallback skips the first gate (BRANCH_IF_HOLDING),
+# D-STEP policies computed by the runtime (DSTEP_POLICY, weights in constants: plan/dstep_policy.py)
 VERSION = (2, 4)
 HEADER = struct.Struct("<4sHHII")
 
@@ -107,6 +108,10 @@ class Op(enum.IntEnum):
     # off, counts every block of the layer active without scoring it (computed and stored as
     # on an unprimed layer: its first frame) and jumps (2.4)
     BRANCH_IF_HOLDING = 16
+    # a=D-STEP layer, b=pooled tensor [1, Cin] (written), c=previous pooled [1, Cin] (read):
+    # the layer's policies on layer.input -> its spatial / channel logits and the pooled
+    # input, weights at layer.gate_weight (plan/dstep_policy.py) (2.4)
+    DSTEP_POLICY = 17
 
 
 class RunFlag(enum.IntFlag):
@@ -431,6 +436,8 @@ class FrameProgram:
                     raise PlanFormatError(f"plan: instruction {pc} jumps to {ins.a}, past the end")
             elif op == Op.COPY_CHANNELS:
                 self._check_copy_channels(pc, ins)
+            elif op == Op.DSTEP_POLICY:
+                self._check_dstep_policy(pc, ins)
             elif op == Op.FORGET_LAYERS:
                 if ins.b < 1 or ins.a + ins.b > n_layers or any(
                         self.layers[i].kind != LayerKind.SKIP_CONV for i in range(ins.a, ins.a + ins.b)):
@@ -469,6 +476,23 @@ class FrameProgram:
             return None
         holding = any(ins.op == Op.BRANCH_IF_HOLDING for ins in self.instructions)
         return busy[0].a, busy[0].c, busy[0].d, holding
+
+    def _check_dstep_policy(self, pc: int, ins: Instruction) -> None:
+        from dynexport.plan.dstep_policy import policy_hidden
+
+        if ins.a >= len(self.layers) or self.layers[ins.a].kind != LayerKind.DSTEP:
+            raise PlanFormatError(f"plan: instruction {pc} (DSTEP_POLICY) refers to layer {ins.a}, expected a D-STEP layer")
+        layer = self.layers[ins.a]
+        for operand in (ins.b, ins.c):
+            if not 0 <= operand < len(self.tensors) or self.tensors[operand].shape != (1, layer.in_channels) \
+                    or self.tensors[operand].dtype != DType.FLOAT32:
+                raise PlanFormatError(f"plan: instruction {pc} (DSTEP_POLICY) pooled tensor {operand}: expected "
+                                      f"float32 [1, {layer.in_channels}]")
+        spatial, channel = layer.spatial_logits != NO_TENSOR, layer.channel_logits != NO_TENSOR
+        if not (spatial or channel) or policy_hidden(layer.gate_weight_count, spatial, channel, layer.in_channels,
+                                                     layer.out_channels) is None:
+            raise PlanFormatError(f"plan: instruction {pc} (DSTEP_POLICY): layer {layer.name} has "
+                                  f"{layer.gate_weight_count} policy weights, which fit no policy of its logits")
 
     def _check_copy_channels(self, pc: int, ins: Instruction) -> None:
         n = len(self.tensors)

@@ -128,6 +128,8 @@ class FrameProgramInterpreter:
                 decisions = self.buffers[self.program.layers[ins.a].decisions][ins.c:ins.c + ins.d]
                 if not bool((decisions == COMPUTE).any()):
                     pc = ins.b
+            elif op == Op.DSTEP_POLICY:
+                self._dstep_policy(self.program.layers[ins.a], ins.b, ins.c)
             elif op == Op.COPY_CHANNELS:
                 source, destination = self.buffers[ins.a], self.buffers[ins.b]
                 n = source.shape[0] if ins.d == NO_LAYER else self.counts[ins.d]
@@ -223,6 +225,22 @@ class FrameProgramInterpreter:
     def _store_reference(self, index: int, layer: Layer, _unused: int) -> None:
         blocks = self._active_blocks(index, layer)
         self.buffers[layer.reference][blocks] = self._all_tiles(layer)[blocks]
+
+    def _dstep_policy(self, layer: Layer, pooled_tensor: int, previous_tensor: int) -> None:
+        """The reference's policies (dynexport.nn.dstep) on the layer's input."""
+        from dynexport.nn.dstep import channel_logits, spatial_logits
+        from dynexport.plan.dstep_policy import unpack_policies
+
+        has_spatial, has_channel = layer.spatial_logits != NO_TENSOR, layer.channel_logits != NO_TENSOR
+        spatial, channel = unpack_policies(self.program.constants, layer, has_spatial, has_channel)
+        x = _logical(self.buffers[layer.input])
+        pooled = x.mean((2, 3))
+        if spatial is not None:
+            _logical(self.buffers[layer.spatial_logits]).copy_(spatial_logits(x, layer.grid, *spatial))
+        if channel is not None:
+            previous = pooled if self.buffers[layer.primed][0] == 0 else self.buffers[previous_tensor]
+            self.buffers[layer.channel_logits].copy_(channel_logits(pooled, previous, *channel))
+        self.buffers[pooled_tensor].copy_(pooled)
 
     def _dstep_decide(self, index: int, layer: Layer, _unused: int) -> None:
         grid = layer.grid

@@ -25,22 +25,19 @@ from typing import Callable
 import torch
 from torch.export import Dim
 
-from dynexport.compiler.plan_builder import SegmentKind
 from dynexport.errors import CompileError
-from targets.segment_forms.xnnpack_policies import with_xnnpack_policies
 
 PARALLEL_FROM = 6  # fewer segments than this lower in-process (a worker costs a torch import)
 
 
 def export_segment(artifact) -> torch.export.ExportedProgram:
-    """The segment as a torch.export program, in the forms XNNPACK runs whole (D-STEP policies:
-    ``targets/segment_forms/xnnpack_policies.py``)."""
+    """The segment as a torch.export program (tile segments: a bounded dynamic batch)."""
     dynamic_shapes = None
     if artifact.max_batch > 1:
         batch = Dim(f"tiles_{artifact.name}", min=1, max=artifact.max_batch)
         dynamic_shapes = ({0: batch},) + tuple(None for _ in artifact.example_inputs[1:])
     try:
-        return torch.export.export(with_xnnpack_policies(artifact.module), artifact.example_inputs,
+        return torch.export.export(artifact.module, artifact.example_inputs,
                                    dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as exc:
         raise CompileError(f"segment {artifact.name}: torch.export failed: {exc}") from exc
@@ -279,8 +276,6 @@ def lowering_cost(artifact) -> float:
     plus a little per graph node."""
     graph = getattr(artifact.module, "graph", None)
     nodes = len(graph.nodes) if graph is not None else 1
-    if artifact.kind == SegmentKind.DENSE_POLICY:
-        nodes += 12
     return 2.0 + 0.15 * nodes
 
 

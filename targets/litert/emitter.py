@@ -3,10 +3,8 @@
 Each segment is converted by litert-torch inside ``NhwcBoundary``
 (``targets/segment_forms/nhwc.py``): 4-D inputs and outputs are NHWC, the plan's physical layout, so the runtime binds
 its buffers as they are; litert-torch's layout pass folds the boundary permutes into the
-NHWC TFLite kernels (measured: a conv segment is one CONV_2D, no TRANSPOSE). D-STEP policy
-segments are converted in the XNNPACK-friendly form the ExecuTorch emitter uses
-(``targets/segment_forms/xnnpack_policies.py``, plain torch): LiteRT's CPU path is XNNPACK too,
-and it leaves 1 MEAN and 2 small TRANSPOSEs where the neutral form has 3 and 3.
+NHWC TFLite kernels (measured: a conv segment is one CONV_2D, no TRANSPOSE). D-STEP
+policies are no segments: the runtime computes them (DSTEP_POLICY).
 
 Tile segments get a bounded dynamic batch (``tiles_<segment>``, 1..max_batch) on input 0,
 exported with an example *at* the bound. The model stores the batch as -1 (no bound): the C
@@ -57,10 +55,9 @@ def _signature_args(artifact):
     import torch
 
     from targets.segment_forms.nhwc import NhwcBoundary, nhwc_examples_and_dynamic_shapes
-    from targets.segment_forms.xnnpack_policies import with_xnnpack_policies
 
     examples, dynamic_shapes = nhwc_examples_and_dynamic_shapes(artifact)
-    module = NhwcBoundary(with_xnnpack_policies(artifact.module)).eval()
+    module = NhwcBoundary(artifact.module).eval()
     with torch.no_grad():
         module.requires_grad_(False)
     return module, examples, dynamic_shapes

@@ -11,7 +11,6 @@ from torch.nn.utils import prune
 import dynexport.compiler.pipeline as pipeline
 from dynexport.compiler.pipeline import compile_model
 from dynexport.compiler.plan_builder import SegmentArtifact, SegmentKind, example_tensor
-from dynexport.compiler.segment_modules import DStepPolicySegment
 from dynexport.errors import CompileError
 from dynexport.nn import DStepConv2d, SkipConv2d
 
@@ -79,17 +78,10 @@ def test_segment_kinds_are_the_documented_ones():
                           DStepConv2d(6, 6, 3, padding=1, patch=4)).eval()
     kinds = {name: artifact.kind for name, artifact in compile_model(model, SHAPE).segments.items()}
     assert set(kinds.values()) <= set(SegmentKind)
-    assert kinds == {"segment_0": SegmentKind.DENSE_POLICY, "layer_1_tiles": SegmentKind.TILES,
-                     "layer_1_dense": SegmentKind.DENSE, "layer_2_policy": SegmentKind.POLICY,
-                     "layer_2_tiles": SegmentKind.TILES, "layer_2_dense": SegmentKind.DENSE}
-    assert kinds["segment_0"] == "dense+policy"  # a str: what is written is what is compared
+    # D-STEP policies are no segment: the runtime computes them (DSTEP_POLICY)
+    assert kinds == {"segment_0": SegmentKind.DENSE, "layer_1_tiles": SegmentKind.TILES,
+                     "layer_1_dense": SegmentKind.DENSE, "layer_2_tiles": SegmentKind.TILES,
+                     "layer_2_dense": SegmentKind.DENSE}
+    assert kinds["layer_1_tiles"] == "tiles"  # a str: what is written is what is compared
     with pytest.raises(ValueError):
         SegmentArtifact("bad", nn.Identity(), (example_tensor((1, 3)),), kind="sparse")
-
-
-def test_policies_are_handed_to_backends_in_the_reference_form():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), DStepConv2d(4, 6, 3, padding=1, patch=4),
-                          DStepConv2d(6, 6, 3, padding=1, patch=4)).eval()
-    segments = compile_model(model, SHAPE).segments
-    assert type(segments["layer_2_policy"].module) is DStepPolicySegment
-    assert type(segments["segment_0"].module.policy) is DStepPolicySegment

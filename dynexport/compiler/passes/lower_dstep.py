@@ -3,9 +3,9 @@ decisions, and the same block machinery as skip conv with zero-fill instead of r
 
 Emits, for D-STEP layer L with input X and output state Y::
 
-        RUN_SEGMENT L_policy         (X, previous pooled, primed) -> logits, pooled; when X
-                                     comes from the dense segment just run, the policy is
-                                     appended to that segment instead (one call fewer)
+        DSTEP_POLICY L pooled previous   the policies, computed by the runtime from X (one
+                                     pass; weights in the plan's constants, layout:
+                                     plan/dstep_policy.py) -> logits, pooled
         DSTEP_DECIDE L               argmax per patch and per channel -> active patches,
                                      channel decisions (first frame: reuse -> compute)
         COPY_TENSOR pooled -> previous pooled
@@ -46,54 +46,15 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
 
 from dynexport.compiler.graph import constant
 from dynexport.compiler.passes.gated_conv import add_conv_segments, gated_conv, new_layer
 from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
-from dynexport.compiler.segment_modules import ConvSegment, DStepPolicySegment
+from dynexport.compiler.segment_modules import ConvSegment
+from dynexport.plan.dstep_policy import pack_policies
 from dynexport.plan.frame_program import (
     DSTEP_SOURCE_DENSE, DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, NO_LAYER, NO_TENSOR, DType, GateKind, LayerKind, Op, Role,
 )
-
-
-class PolicyAfterSegment(nn.Module):
-    """A dense segment followed by a D-STEP policy on one of its outputs, in one call."""
-
-    def __init__(self, producer: nn.Module, policy: nn.Module, feature_index: int, producer_inputs: int):
-        super().__init__()
-        self.producer, self.policy = producer, policy
-        self.feature_index, self.producer_inputs = feature_index, producer_inputs
-
-    def forward(self, *args):
-        outputs = tuple(self.producer(*args[: self.producer_inputs]))
-        return outputs + tuple(self.policy(outputs[self.feature_index], *args[self.producer_inputs:]))
-
-
-def _fuse_into_producer(builder: PlanBuilder, feature: int, policy, extra_inputs, extra_outputs) -> bool:
-    """Append the policy to the dense segment that just produced ``feature`` (the last
-    instruction, run every frame): one backend call and one method fewer."""
-    program = builder.program
-    if not program.instructions or program.instructions[-1].op != Op.RUN_SEGMENT:
-        return False
-    last = program.instructions[-1]
-    segment = program.segments[last.a]
-    artifact = builder.segments[segment.name]
-    outputs = program.segment_outputs(segment)
-    if last.b != NO_LAYER or artifact.kind != SegmentKind.DENSE or feature not in outputs:
-        return False
-    inputs = program.segment_inputs(segment)
-    artifact.module = PolicyAfterSegment(artifact.module, policy, outputs.index(feature), len(inputs))
-    artifact.example_inputs = artifact.example_inputs + (
-        example_tensor(program.tensors[extra_inputs[0]].shape), example_tensor((1,)).abs())
-    artifact.kind = SegmentKind.DENSE_POLICY
-    segment.input_begin = len(program.operands)
-    program.operands.extend(inputs + list(extra_inputs))
-    segment.input_count = len(inputs) + len(extra_inputs)
-    segment.output_begin = len(program.operands)
-    program.operands.extend(outputs + list(extra_outputs))
-    segment.output_count = len(outputs) + len(extra_outputs)
-    return True
 
 
 # Output channels per group: a layer of more channels than this is split into
@@ -195,16 +156,9 @@ def lower_dstep(builder: PlanBuilder, step, gm, dense_cutoff: float) -> int:
     # D-STEP: the policies' MACs per frame (frame_program.Layer.gate_macs_per_position)
     layer.gate_macs_per_position = policy_macs(conv.in_shape, grid, spatial, channel)
 
-    policy_outputs = [t for t in (layer.spatial_logits, layer.channel_logits) if t != NO_TENSOR] + [pooled]
-    policy_module = DStepPolicySegment(grid, spatial, channel, conv.in_channels)
-    fused = _fuse_into_producer(builder, layer.input, policy_module, [previous_pooled, layer.primed], policy_outputs)
-    if not fused:
-        policy = builder.add_segment(SegmentArtifact(
-            f"{conv.segment_prefix}_policy", policy_module,
-            (example_tensor(conv.in_shape), example_tensor((1, conv.in_channels)), example_tensor((1,)).abs()),
-            kind=SegmentKind.POLICY),
-            [layer.input, previous_pooled, layer.primed], policy_outputs)
-        builder.emit(Op.RUN_SEGMENT, policy, NO_LAYER)
+    layer.gate_weight = builder.program.add_constants(pack_policies(spatial, channel))
+    layer.gate_weight_count = len(builder.program.constants) - layer.gate_weight
+    builder.emit(Op.DSTEP_POLICY, index, pooled, previous_pooled)
     dense_macs = builder.layer_dense_macs[index]
     groups = (channel_groups(conv.out_channels, dense_macs=dense_macs)
               if channel is not None and conv.groups == 1 else [])

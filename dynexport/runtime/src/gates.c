@@ -735,3 +735,197 @@ void dynrt_dstep_decide(runtime_layer* layer) {
   if (!any_compute) memset(layer->block_mask, 0, patches);
   publish_active_blocks(layer);
 }
+
+/* ---- DSTEP_POLICY ------------------------------------------------------------------------
+ *
+ * The reference (dynexport/nn/dstep.py) in one pass over the input:
+ *   spatial  features = adaptive average pools, over the patch grid, of the per-pixel channel
+ *            mean and channel mean of squares; logits = 3x3 convolution (padding 1) of them
+ *   channel  pooled = the input's mean per channel; logits = w2 relu(w1 [pooled, previous] +
+ *            b1) + b2 (previous = pooled on the first frame after a reset)
+ * Sums of pixels run in float per pixel (as torch's channel mean does), in double beyond.
+ * Weights: layer->gate_weights, laid out as dynexport/plan/dstep_policy.py says. */
+
+/* Adaptive average pooling of `size` positions into `regions`: region i spans
+ * [floor(i * size / regions), ceil((i + 1) * size / regions)) (torch's). The regions that
+ * contain position p are first..last. */
+static void regions_containing(uint64_t p, uint64_t size, uint64_t regions, uint64_t* first, uint64_t* last) {
+  const uint64_t upper = ((p + 1) * regions + size - 1) / size;
+  *first = p * regions / size;
+  *last = upper > regions ? regions - 1 : upper - 1;
+}
+
+static uint64_t region_extent(uint64_t i, uint64_t size, uint64_t regions) {
+  return ((i + 1) * size + regions - 1) / regions - i * size / regions;
+}
+
+#define POLICY_CHANNEL_BLOCK 16u
+
+/* Sums over pixels [begin, end) of a pixel row, channels [first, first + count) (count <=
+ * POLICY_CHANNEL_BLOCK): of x into sum, of x * x into energy. The block's sums stay in
+ * registers (count is a constant in the common case): no store per pixel. */
+static void add_channel_block(const float* row, size_t channels, size_t first, size_t count, size_t begin, size_t end,
+                              float* sum, float* energy) {
+  size_t x, k;
+  if (count == POLICY_CHANNEL_BLOCK) {
+    /* local copies: sum and energy may alias the row as far as the compiler knows, which
+     * would keep every partial sum in memory */
+    float s[POLICY_CHANNEL_BLOCK], e[POLICY_CHANNEL_BLOCK];
+    memcpy(s, sum, sizeof s);
+    memcpy(e, energy, sizeof e);
+    for (x = begin; x < end; ++x) {
+      const float* p = row + x * channels + first;
+      for (k = 0; k < POLICY_CHANNEL_BLOCK; ++k) {
+        s[k] += p[k];
+        e[k] += p[k] * p[k];
+      }
+    }
+    memcpy(sum, s, sizeof s);
+    memcpy(energy, e, sizeof e);
+    return;
+  }
+  for (x = begin; x < end; ++x) {
+    const float* p = row + x * channels + first;
+    for (k = 0; k < count; ++k) {
+      sum[k] += p[k];
+      energy[k] += p[k] * p[k];
+    }
+  }
+}
+
+static void policy_sums(runtime_layer* layer) {
+  const runtime_tensor* input = layer->tensor[SLOT_INPUT];
+  const size_t height = input->dims[1], width = input->dims[2], channels = input->dims[3];
+  const uint64_t rows = layer->grid.blocks[0], cols = layer->grid.blocks[1];
+  const int spatial = layer->tensor[SLOT_SPATIAL_LOGITS] != NULL;
+  double* region = layer->policy_sums;              /* [rows * cols * 2]: (mean, energy) */
+  double* channel_sum = region + 2 * rows * cols;   /* [channels] */
+  float* row_sum = layer->policy_values;            /* [channels] */
+  const uint64_t column_regions = spatial ? cols : 1; /* without a spatial policy: the row, one region */
+  size_t y, c;
+  memset(region, 0, 2 * rows * cols * sizeof(double));
+  memset(channel_sum, 0, channels * sizeof(double));
+  for (y = 0; y < height; ++y) {
+    const float* pixels = layer->input_pixels + y * width * channels;
+    uint64_t r_first, r_last, r, q;
+    regions_containing(y, height, rows, &r_first, &r_last);
+    memset(row_sum, 0, channels * sizeof(float));
+    /* per column region, channel block by channel block: the channel mean's and energy's
+     * sums over the region (one pass, sums in registers), and each pixel's values once into
+     * row_sum (the pooled input) up to the next region's first column, where the overlap
+     * of adaptive regions begins */
+    for (q = 0; q < column_regions; ++q) {
+      const size_t begin = spatial ? q * width / cols : 0;
+      const size_t end = spatial ? ((q + 1) * width + cols - 1) / cols : width;
+      const size_t own = spatial && q + 1 < cols ? (q + 1) * width / cols : end;
+      double mean = 0.0, energy = 0.0;
+      for (c = 0; c < channels; c += POLICY_CHANNEL_BLOCK) {
+        const size_t count = channels - c < POLICY_CHANNEL_BLOCK ? channels - c : POLICY_CHANNEL_BLOCK;
+        float sum[POLICY_CHANNEL_BLOCK] = {0}, squares[POLICY_CHANNEL_BLOCK] = {0};
+        size_t k;
+        add_channel_block(pixels, channels, c, count, begin, own, sum, squares);
+        for (k = 0; k < count; ++k) row_sum[c + k] += sum[k];
+        add_channel_block(pixels, channels, c, count, own, end, sum, squares);
+        for (k = 0; k < count; ++k) {
+          mean += sum[k];
+          energy += squares[k];
+        }
+      }
+      if (!spatial) continue;
+      for (r = r_first; r <= r_last; ++r) {
+        region[2 * (r * cols + q)] += mean / (double)channels;
+        region[2 * (r * cols + q) + 1] += energy / (double)channels;
+      }
+    }
+    for (c = 0; c < channels; ++c) channel_sum[c] += row_sum[c];
+  }
+}
+
+static void spatial_policy(runtime_layer* layer) {
+  const runtime_tensor* input = layer->tensor[SLOT_INPUT];
+  const uint64_t rows = layer->grid.blocks[0], cols = layer->grid.blocks[1];
+  const float* weight = layer->gate_weights; /* [2 out, 2 in, 3, 3], then bias [2] */
+  double* region = layer->policy_sums;
+  float* logits = (float*)layer->tensor[SLOT_SPATIAL_LOGITS]->data; /* [rows, cols, 2] */
+  uint64_t r, q;
+  int o, k, dy, dx;
+  for (r = 0; r < rows; ++r) { /* the sums -> the pooled features, in place */
+    for (q = 0; q < cols; ++q) {
+      const double pixels = (double)(region_extent(r, input->dims[1], rows) * region_extent(q, input->dims[2], cols));
+      region[2 * (r * cols + q)] /= pixels;
+      region[2 * (r * cols + q) + 1] /= pixels;
+    }
+  }
+  for (r = 0; r < rows; ++r) {
+    for (q = 0; q < cols; ++q) {
+      for (o = 0; o < 2; ++o) {
+        double sum = weight[36 + o];
+        for (k = 0; k < 2; ++k) {
+          for (dy = 0; dy < 3; ++dy) {
+            const int64_t rr = (int64_t)r + dy - 1;
+            if (rr < 0 || rr >= (int64_t)rows) continue;
+            for (dx = 0; dx < 3; ++dx) {
+              const int64_t qq = (int64_t)q + dx - 1;
+              if (qq < 0 || qq >= (int64_t)cols) continue;
+              sum += (double)weight[((o * 2 + k) * 3 + dy) * 3 + dx] * region[2 * (rr * (int64_t)cols + qq) + k];
+            }
+          }
+        }
+        logits[2 * (r * cols + q) + o] = (float)sum;
+      }
+    }
+  }
+  tensor_written(layer->tensor[SLOT_SPATIAL_LOGITS]);
+}
+
+static void channel_policy(runtime_layer* layer, const float* pooled, const float* previous) {
+  const uint32_t in = layer->in_channels, out = 3 * layer->out_channels, hidden = layer->policy_hidden;
+  const float* w1 = layer->gate_weights + (layer->tensor[SLOT_SPATIAL_LOGITS] != NULL ? 38 : 0);
+  const float* b1 = w1 + (size_t)hidden * 2 * in;
+  const float* w2 = b1 + hidden;
+  const float* b2 = w2 + (size_t)out * hidden;
+  float* activation = layer->policy_values + in; /* [hidden] */
+  float* logits = (float*)layer->tensor[SLOT_CHANNEL_LOGITS]->data; /* [Co, 3] = [3 Co] */
+  uint32_t j, i;
+  for (j = 0; j < hidden; ++j) {
+    const float* row = w1 + (size_t)j * 2 * in;
+    float sum = b1[j];
+    for (i = 0; i < in; ++i) sum += row[i] * pooled[i] + row[in + i] * previous[i];
+    activation[j] = sum > 0.0f ? sum : 0.0f;
+  }
+  for (j = 0; j < out; ++j) {
+    const float* row = w2 + (size_t)j * hidden;
+    float sum = b2[j];
+    for (i = 0; i < hidden; ++i) sum += row[i] * activation[i];
+    logits[j] = sum;
+  }
+  tensor_written(layer->tensor[SLOT_CHANNEL_LOGITS]);
+}
+
+void dynrt_dstep_policy(runtime_layer* layer, runtime_tensor* pooled_tensor, const runtime_tensor* previous_pooled) {
+  runtime_tensor* const outputs[3] = {pooled_tensor, layer->tensor[SLOT_SPATIAL_LOGITS],
+                                      layer->tensor[SLOT_CHANNEL_LOGITS]};
+  const runtime_tensor* input = layer->tensor[SLOT_INPUT];
+  const uint64_t read[3] = {input->version, previous_pooled->version, layer->tensor[SLOT_PRIMED]->version};
+  const float primed = ((const float*)layer->tensor[SLOT_PRIMED]->data)[0];
+  float* pooled = (float*)pooled_tensor->data;
+  const double pixels = (double)input->dims[1] * input->dims[2];
+  const double* channel_sum = layer->policy_sums + 2 * layer->grid.blocks[0] * layer->grid.blocks[1];
+  /* the caller's frame, not copied in yet, has no version of its own */
+  int k, current = layer->policy_valid && layer->input_pixels == (const float*)input->data;
+  uint32_t c;
+  /* a still input (same versions in, outputs untouched since): the same logits again */
+  for (k = 0; k < 3 && current; ++k) current = layer->policy_versions[k] == read[k];
+  for (k = 0; k < 3 && current; ++k) current = outputs[k] == NULL || layer->policy_versions[3 + k] == outputs[k]->version;
+  if (current) return;
+  policy_sums(layer);
+  for (c = 0; c < layer->in_channels; ++c) pooled[c] = (float)(channel_sum[c] / pixels);
+  tensor_written(pooled_tensor);
+  if (outputs[1] != NULL) spatial_policy(layer);
+  if (outputs[2] != NULL) {
+    channel_policy(layer, pooled, primed != 0.0f ? (const float*)previous_pooled->data : pooled);
+  }
+  for (k = 0; k < 3; ++k) layer->policy_versions[k] = read[k];
+  for (k = 0; k < 3; ++k) layer->policy_versions[3 + k] = outputs[k] != NULL ? outputs[k]->version : 0;
+  layer->policy_valid = 1;
+}

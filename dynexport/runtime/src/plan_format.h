@@ -70,7 +70,11 @@ enum opcode {
    * off, count every block of the layer active without scoring (computed and stored as on
    * an unprimed layer) and jump (2.4) */
   OP_BRANCH_IF_HOLDING = 16,
-  OP_COUNT = 17
+  /* a = D-STEP layer, b = pooled tensor [1, Cin] (written), c = previous pooled [1, Cin]:
+   * the layer's policies on its input -> spatial / channel logits and the pooled input,
+   * weights at the layer's gate_weight (layout: dynexport/plan/dstep_policy.py) (2.4) */
+  OP_DSTEP_POLICY = 17,
+  OP_COUNT = 18
 };
 
 /* RUN_SEGMENT's c: flags (frame_program.RunFlag). RUN_POINTWISE: the segment is pointwise

@@ -12,7 +12,7 @@
 static const char* const OPCODE_NAMES[OP_COUNT] = {
     "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
     "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR",
-    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS", "BRANCH_IF_HOLDING"};
+    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS", "BRANCH_IF_HOLDING", "DSTEP_POLICY"};
 
 static const char* const SLOT_NAMES[LAYER_TENSOR_SLOTS] = {
     "input", "output", "reference", "tiles", "tile_output", "dense_output",
@@ -243,6 +243,23 @@ static dynrt_status validate_layer_tensors(const plan_view* plan, const plan_lay
   return DYNRT_OK;
 }
 
+uint32_t dynrt_dstep_policy_hidden(const plan_layer* layer) {
+  const int spatial = layer->tensors[SLOT_SPATIAL_LOGITS] != NO_TENSOR;
+  const int channel = layer->tensors[SLOT_CHANNEL_LOGITS] != NO_TENSOR;
+  const uint64_t spatial_values = spatial ? 2 * 2 * 3 * 3 + 2 : 0;
+  uint64_t rest, per_hidden, hidden;
+  if ((!spatial && !channel) || layer->gate_weight_count < spatial_values) return UINT32_MAX;
+  rest = layer->gate_weight_count - spatial_values;
+  if (!channel) return rest == 0 ? 0 : UINT32_MAX;
+  /* w1 [h, 2 Ci], b1 [h], w2 [3 Co, h], b2 [3 Co] */
+  per_hidden = 2 * (uint64_t)layer->in_channels + 1 + 3 * (uint64_t)layer->out_channels;
+  if (rest < 3 * (uint64_t)layer->out_channels) return UINT32_MAX;
+  rest -= 3 * (uint64_t)layer->out_channels;
+  hidden = rest / per_hidden;
+  if (hidden < 1 || hidden * per_hidden != rest || hidden >= UINT32_MAX) return UINT32_MAX;
+  return (uint32_t)hidden;
+}
+
 static dynrt_status validate_layers(const plan_view* plan, error_sink* error) {
   static const uint32_t REQUIRED[4] = {SLOT_INPUT, SLOT_OUTPUT, SLOT_PRIMED, SLOT_ACTIVE};
   uint32_t i, slot, r;
@@ -370,6 +387,31 @@ static dynrt_status validate_layer_instruction(const plan_view* plan, uint32_t p
       return require_slot(plan, pc, ins->op, &layer, SLOT_DENSE_OUTPUT, error);
     case OP_STORE_REFERENCE:
       return require_slot(plan, pc, ins->op, &layer, SLOT_REFERENCE, error);
+    case OP_DSTEP_POLICY: {
+      uint32_t k;
+      if (layer.kind != LAYER_DSTEP || dynrt_dstep_policy_hidden(&layer) == UINT32_MAX) {
+        return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                          "plan: instruction %lu (DSTEP_POLICY): layer %s is not a D-STEP layer whose %lu policy "
+                          "weights fit its logits",
+                          (unsigned long)pc, name_at(plan, layer.name), (unsigned long)layer.gate_weight_count);
+      }
+      for (k = 0; k < 2; ++k) {
+        const uint32_t index = k == 0 ? ins->b : ins->c;
+        plan_tensor pooled;
+        int fits = index < plan->tensor_count;
+        if (fits) {
+          dynrt_plan_tensor(plan, index, &pooled);
+          fits = pooled.dtype == DTYPE_FLOAT32 && pooled.rank == 2 && pooled.dims[0] == 1 &&
+                 pooled.dims[1] == layer.in_channels;
+        }
+        if (!fits) {
+          return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                            "plan: instruction %lu (DSTEP_POLICY): pooled tensor %lu is not float32 [1, %lu]",
+                            (unsigned long)pc, (unsigned long)index, (unsigned long)layer.in_channels);
+        }
+      }
+      return DYNRT_OK;
+    }
     case OP_DSTEP_DECIDE:
       if (layer.kind != LAYER_DSTEP) {
         return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: instruction %lu (DSTEP_DECIDE) on skip-conv layer %s",

@@ -114,6 +114,9 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
     uint8_t *block_mask, *tie_reference, *channel_decisions;
     int32_t *channel_keep, *channel_take;
     uint64_t patch_row_values;
+    double* policy_sums;
+    float* policy_values;
+    uint32_t policy_hidden;
     dynrt_plan_layer(plan, i, &record);
     (void)dynrt_block_grid_from_layer(&record, &grid); /* validated */
     active_blocks = TAKE_TABLE(arena, uint32_t, grid.block_count);
@@ -126,6 +129,11 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
                            : 0;
     channel_keep = TAKE_TABLE(arena, int32_t, patch_row_values);
     channel_take = TAKE_TABLE(arena, int32_t, patch_row_values);
+    /* DSTEP_POLICY scratch, on D-STEP layers whose weights fit a policy (validated where it runs) */
+    policy_hidden = record.kind == LAYER_DSTEP ? dynrt_dstep_policy_hidden(&record) : UINT32_MAX;
+    policy_sums = TAKE_TABLE(arena, double, policy_hidden == UINT32_MAX ? 0 : 2 * grid.block_count + record.in_channels);
+    policy_values = TAKE_TABLE(arena, float, policy_hidden == UINT32_MAX ? 0
+                                             : (uint64_t)record.in_channels + policy_hidden);
     if (record.tensors[SLOT_REFERENCE] != NO_TENSOR) { /* SKIP_GATE scores this layer's tiles */
       const uint64_t pixels = grid.tile_size[0] * grid.tile_size[1];  /* validated: < 2^31 */
       if (pixels > largest_tile_pixels) largest_tile_pixels = pixels;
@@ -154,6 +162,9 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       layer->channel_decisions = channel_decisions;
       layer->channel_keep = channel_keep;
       layer->channel_take = channel_take;
+      layer->policy_sums = policy_sums;
+      layer->policy_values = policy_values;
+      layer->policy_hidden = policy_hidden == UINT32_MAX ? 0 : policy_hidden;
       memset(channel_decisions, CHANNEL_COMPUTE, record.out_channels);
     }
   }

@@ -159,6 +159,15 @@ typedef struct runtime_layer {
   uint32_t applied_source;
   int applied_valid;
 
+  /* DSTEP_POLICY (gates.c): scratch, and the versions of what it read (input, previous
+   * pooled, primed) and wrote (pooled, then the logits) right after its last run: the same
+   * again means its outputs still hold what it would compute */
+  double* policy_sums;           /* [2 * block_count] region sums, then [in_channels] channel sums */
+  float* policy_values;          /* [in_channels] a pixel row's channel sums, then [hidden] */
+  uint32_t policy_hidden;        /* the channel policy's hidden width (0 without one) */
+  uint64_t policy_versions[6];
+  int policy_valid;
+
   struct dynrt_session* session;  /* the layer's session (its tasks: dynrt_run_tasks) */
 
   /* statistics of the frame being run */
@@ -264,6 +273,9 @@ void dynrt_forget_layer(runtime_layer* layer);
 /* gates.c: BRANCH_IF_HOLDING's decisions: every block of a skip-conv layer is computed this
  * frame, without scoring (as on its first frame), and the layer is primed. */
 void dynrt_gate_every_block(runtime_layer* layer);
+/* gates.c: DSTEP_POLICY: the D-STEP layer's policies on its input (dynexport.nn.dstep's
+ * spatial_logits / channel_logits) -> its logits tensors and `pooled` [1, Cin]. */
+void dynrt_dstep_policy(runtime_layer* layer, runtime_tensor* pooled, const runtime_tensor* previous_pooled);
 
 /* tiles.c */
 

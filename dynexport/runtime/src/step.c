@@ -11,7 +11,7 @@
 static const char* const OPCODE_NAMES[OP_COUNT] = {
     "RUN_SEGMENT",  "SKIP_GATE",       "BRANCH_IF_NONE", "BRANCH_IF_DENSE", "JUMP",       "GATHER_TILES",
     "SCATTER_TILES", "COPY_BLOCKS",    "STORE_REFERENCE", "DSTEP_DECIDE",   "DSTEP_APPLY", "COPY_TENSOR",
-    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS", "BRANCH_IF_HOLDING"};
+    "BRANCH_IF_GROUP_IDLE", "COPY_CHANNELS", "BRANCH_IF_BUSY", "FORGET_LAYERS", "BRANCH_IF_HOLDING", "DSTEP_POLICY"};
 
 static error_sink session_errors(dynrt_session_t session) {
   error_sink sink;
@@ -300,6 +300,9 @@ static dynrt_status run_program(dynrt_session_t session, dynrt_frame_stats* stat
         break;
       case OP_STORE_REFERENCE:
         dynrt_store_reference(layer);
+        break;
+      case OP_DSTEP_POLICY:
+        dynrt_dstep_policy(layer, &session->tensors[ins->b], &session->tensors[ins->c]);
         break;
       case OP_DSTEP_DECIDE:
         dynrt_dstep_decide(layer);
