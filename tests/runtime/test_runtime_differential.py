@@ -224,6 +224,35 @@ def test_change_tracking_through_pointwise_segments_matches(host_build):
     assert {"REUSE", "TILES"} <= summary["paths"]
 
 
+def test_a_changed_pixel_reaches_exactly_the_blocks_whose_tiles_read_it(host_build):
+    """The frame's change boxes (step.c, take_frame_changes): a pixel on a block's edge is in
+    its neighbour's halo, one pixel further in is not, though both lie in the same change
+    cell. One pixel moves per frame; the reference decides which blocks compute, and the
+    native runtime, which scores only the blocks whose tiles meet a changed pixel, must
+    decide the same (run_differential), including a pixel written twice in a row."""
+    from dynexport.compiler.pipeline import compile_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(dynexport.nn.SkipConv2d(4, 4, 3, padding=1, block=8, threshold=0.5)).eval()
+    compiled = compile_model(model, (1, 4, 16, 16))
+    # (row, column) changed in each frame after the first -> blocks (2x2 grid, row-major) whose 10x10 tiles read it
+    moves = [((3, 8), [0, 1]), ((3, 9), [1]), ((3, 9), [1]), ((3, 7), [0, 1]), ((6, 3), [0]), ((7, 3), [0, 2]),
+             ((8, 8), [0, 1, 2, 3]), ((12, 15), [3]), ((15, 0), [2])]
+    frames = [torch.rand(4, 16, 16)]
+    for t, ((row, col), _) in enumerate(moves):
+        frame = frames[-1].clone()
+        frame[:, row, col] += 20.0 * (1 if t % 2 == 0 else -1)
+        frames.append(frame)
+    frames = torch.stack(frames)
+    dynexport.reset(model)
+    for t, frame in enumerate(frames):
+        dynexport.step(model, frame[None])
+        if t > 0:
+            assert reference_decisions(model) == [moves[t - 1][1]], f"frame {t}: the premise (which tiles read it)"
+    summary = run_differential(model, compiled, frames, (), "changed_pixel_halo")
+    assert summary["frames"] == len(frames)
+
+
 def test_dstep_channel_groups_run_only_groups_with_a_compute_channel(host_build):
     """Forced policies (runtime_models.dstep_forced_channels: 64 channels, groups of 16): half
     the channels skip, a quarter reuse, a quarter compute. The native runtime convolves only

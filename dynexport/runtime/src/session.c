@@ -186,8 +186,8 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
   for (i = 0; i < plan->tensor_count; ++i) {
     plan_tensor record;
     void* data;
-    uint64_t* cells;
-    uint8_t* frame_cells;
+    uint64_t *cells, *previous;
+    cell_box *boxes, *frame_cells;
     uint32_t cell_rows, cell_cols;
     dynrt_plan_tensor(plan, i, &record);
     /* the tail bytes follow the buffer and stay zero: the runtime writes `bytes` only */
@@ -200,8 +200,9 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       cell_cols = (record.dims[2] + CHANGE_CELL - 1) / CHANGE_CELL;
     }
     cells = TAKE_TABLE(arena, uint64_t, (uint64_t)cell_rows * cell_cols);
-    frame_cells = i == dynrt_plan_input(plan, 0) ? (uint8_t*)arena_take(arena, (uint64_t)cell_rows * cell_cols, 1)
-                                                 : NULL;
+    previous = TAKE_TABLE(arena, uint64_t, (uint64_t)cell_rows * cell_cols);
+    boxes = TAKE_TABLE(arena, cell_box, (uint64_t)cell_rows * cell_cols);
+    frame_cells = i == dynrt_plan_input(plan, 0) ? TAKE_TABLE(arena, cell_box, (uint64_t)cell_rows * cell_cols) : NULL;
     if (placing) {
       if (frame_cells != NULL && cell_rows * cell_cols > 0) session->frame_cells = frame_cells;
       runtime_tensor* tensor = &tensors[i];
@@ -215,6 +216,8 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       tensor->bytes = (size_t)dynrt_tensor_bytes(&record);
       tensor->data = data;
       tensor->cell_versions = cell_rows * cell_cols > 0 ? cells : NULL;
+      tensor->cell_previous = previous;
+      tensor->cell_boxes = boxes;
       tensor->cell_rows = cell_rows;
       tensor->cell_cols = cell_cols;
       if (record.role == ROLE_STATE) session->state_bytes += tensor->bytes;

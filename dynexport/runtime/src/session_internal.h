@@ -38,13 +38,69 @@ typedef struct runtime_tensor {
    * float maps of batch 1 only (cell_versions NULL otherwise): the map is cut into cells of
    * CHANGE_CELL x CHANGE_CELL pixels, and cell_versions[cell] is the version of the last
    * write that touched that cell. A write of unknown extent sets whole_version instead.
-   * "Changed since version V" at a cell: whole_version > V or cell_versions[cell] > V. */
+   * "Changed since version V" at a cell: whole_version > V or cell_versions[cell] > V.
+   * Within a cell, cell_boxes[cell] bounds the pixels the writes of the last version touched,
+   * and cell_previous[cell] is the version of the write before: when that is <= V, the box
+   * is all that changed since V (a frame that moved a few pixels of a cell does not reach
+   * the blocks whose halos read only the cell's other pixels), else the whole cell may. */
   uint64_t whole_version;
   uint64_t* cell_versions;  /* [cell_rows * cell_cols], in the arena */
+  uint64_t* cell_previous;  /* [cell_rows * cell_cols], in the arena */
+  struct cell_box* cell_boxes;  /* [cell_rows * cell_cols], in the arena */
   uint32_t cell_rows, cell_cols;
 } runtime_tensor;
 
 #define CHANGE_CELL 8u
+
+/* Pixel rows [row_begin, row_end) x columns [col_begin, col_end) of one change cell, in the
+ * cell's own coordinates (0..CHANGE_CELL). */
+typedef struct cell_box {
+  uint8_t row_begin, row_end, col_begin, col_end;
+} cell_box;
+
+static const cell_box WHOLE_CELL = {0, CHANGE_CELL, 0, CHANGE_CELL};
+
+static inline int cell_boxes_meet(cell_box a, cell_box b) {
+  return a.row_begin < b.row_end && b.row_begin < a.row_end && a.col_begin < b.col_end && b.col_begin < a.col_end;
+}
+
+/* `*into` grows to bound `box` as well; an empty box (all zero) bounds nothing. */
+static inline void cell_box_join(cell_box* into, cell_box box) {
+  if (into->row_end <= into->row_begin) {
+    *into = box;
+    return;
+  }
+  if (box.row_begin < into->row_begin) into->row_begin = box.row_begin;
+  if (box.row_end > into->row_end) into->row_end = box.row_end;
+  if (box.col_begin < into->col_begin) into->col_begin = box.col_begin;
+  if (box.col_end > into->col_end) into->col_end = box.col_end;
+}
+
+/* Notes a write of `box` of `cell` at the tensor's current version (region_write_begin). */
+static inline void cell_written(runtime_tensor* tensor, size_t cell, cell_box box) {
+  cell_box* kept = &tensor->cell_boxes[cell];
+  if (tensor->cell_versions[cell] == tensor->version) {
+    cell_box_join(kept, box);
+    return;
+  }
+  tensor->cell_previous[cell] = tensor->cell_versions[cell];
+  tensor->cell_versions[cell] = tensor->version;
+  *kept = box;
+}
+
+/* Whether `cell` of a tracked map may have changed after version `since` (whole_version
+ * aside), and if so the part of it that may have: `*box`. */
+static inline int cell_changed_since(const runtime_tensor* tensor, size_t cell, uint64_t since, cell_box* box) {
+  if (tensor->cell_versions[cell] <= since) return 0;
+  *box = tensor->cell_previous[cell] > since ? WHOLE_CELL : tensor->cell_boxes[cell];
+  return 1;
+}
+
+/* The part of pixel range [begin, end) that falls in the cell starting at `origin`. */
+static inline void cell_span(size_t begin, size_t end, size_t origin, uint8_t* local_begin, uint8_t* local_end) {
+  *local_begin = (uint8_t)(begin > origin ? begin - origin : 0);
+  *local_end = (uint8_t)(end < origin + CHANGE_CELL ? end - origin : CHANGE_CELL);
+}
 
 /* A write whose extent is not tracked: the whole tensor may have changed. */
 static inline void tensor_written(runtime_tensor* tensor) {
@@ -64,11 +120,13 @@ static inline uint64_t region_write_begin(runtime_tensor* tensor) {
 static inline void region_write_cells(runtime_tensor* tensor, size_t row_begin, size_t row_end, size_t col_begin,
                                       size_t col_end) {
   size_t r, c;
+  cell_box box;
   if (tensor->cell_versions == NULL || row_end <= row_begin || col_end <= col_begin) return;
   for (r = row_begin / CHANGE_CELL; r <= (row_end - 1) / CHANGE_CELL && r < tensor->cell_rows; ++r) {
-    uint64_t* row = tensor->cell_versions + r * tensor->cell_cols;
+    cell_span(row_begin, row_end, r * CHANGE_CELL, &box.row_begin, &box.row_end);
     for (c = col_begin / CHANGE_CELL; c <= (col_end - 1) / CHANGE_CELL && c < tensor->cell_cols; ++c) {
-      row[c] = tensor->version;
+      cell_span(col_begin, col_end, c * CHANGE_CELL, &box.col_begin, &box.col_end);
+      cell_written(tensor, r * tensor->cell_cols + c, box);
     }
   }
 }
@@ -78,13 +136,17 @@ static inline void region_write_cells(runtime_tensor* tensor, size_t row_begin, 
 static inline int region_changed_since(const runtime_tensor* tensor, uint64_t since, size_t row_begin,
                                        size_t row_end, size_t col_begin, size_t col_end) {
   size_t r, c;
+  cell_box region, changed;
   if (tensor->whole_version > since) return 1;
   if (tensor->cell_versions == NULL) return tensor->version > since;
   if (row_end <= row_begin || col_end <= col_begin) return 0;
   for (r = row_begin / CHANGE_CELL; r <= (row_end - 1) / CHANGE_CELL && r < tensor->cell_rows; ++r) {
-    const uint64_t* row = tensor->cell_versions + r * tensor->cell_cols;
+    cell_span(row_begin, row_end, r * CHANGE_CELL, &region.row_begin, &region.row_end);
     for (c = col_begin / CHANGE_CELL; c <= (col_end - 1) / CHANGE_CELL && c < tensor->cell_cols; ++c) {
-      if (row[c] > since) return 1;
+      cell_span(col_begin, col_end, c * CHANGE_CELL, &region.col_begin, &region.col_end);
+      if (cell_changed_since(tensor, r * tensor->cell_cols + c, since, &changed) && cell_boxes_meet(region, changed)) {
+        return 1;
+      }
     }
   }
   return 0;
@@ -239,7 +301,7 @@ struct dynrt_session {
    * each frame is diffed against the input tensor (the previous frame) cell by cell and
    * only the changed cells are checked for NaN/Inf, copied in and marked (step.c), so the
    * first gate scores only the blocks they reach, like every other gate */
-  uint8_t* frame_cells;
+  cell_box* frame_cells;  /* per cell, the pixels that differ; empty (row_end 0): none */
 
   /* SKIP_GATE scratch (gates.c), sized for the largest of any skip-conv layer: one per task */
   gate_scratch gate_scratch[DYNRT_MAX_TASKS];

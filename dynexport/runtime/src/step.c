@@ -56,11 +56,27 @@ static void materialize_input(dynrt_session_t session) {
   release_frame(session);
 }
 
+/* The first and last value of [0, count) where `now` and `before` differ bit for bit, when
+ * some do (memcmp's equality: a NaN equals its own bits). */
+static int differing_span(const float* now, const float* before, size_t count, size_t* first, size_t* last) {
+  const uint32_t* a = (const uint32_t*)(const void*)now;
+  const uint32_t* b = (const uint32_t*)(const void*)before;
+  size_t i = 0, j = count;
+  /* memcmp's SIMD scan first: most cells of a changed row do not differ */
+  if (memcmp(now, before, count * sizeof(float)) == 0) return 0;
+  while (a[i] == b[i]) ++i;
+  while (b[j - 1] == a[j - 1]) --j;
+  *first = i;
+  *last = j - 1;
+  return 1;
+}
+
 /* The frame against the input tensor (which holds the previous frame's values), cell by
- * cell (CHANGE_CELL x CHANGE_CELL pixels): the pixel rows that differ are checked for
- * NaN/Inf (the others equal values checked before), then, only if the whole frame is good,
- * the cells that differ are copied
- * in and marked with one new version. A still region costs one memcmp per pixel row. */
+ * cell (CHANGE_CELL x CHANGE_CELL pixels): in each pixel row of a cell that differs, the
+ * span of pixels that differ is checked for NaN/Inf (the values outside it equal values
+ * checked before) and joins the cell's box; then, only if the whole frame is good, the boxes
+ * are copied in and marked with one new version, so a gate scores only the blocks whose
+ * tiles meet a changed pixel. A still region costs one memcmp per pixel row. */
 static dynrt_status take_frame_changes(dynrt_session_t session, const float* frame) {
   runtime_tensor* input = session->input;
   float* previous = (float*)input->data;
@@ -68,36 +84,43 @@ static dynrt_status take_frame_changes(dynrt_session_t session, const float* fra
   const size_t row_values = width * channels, cell_cols = input->cell_cols;
   size_t y, cx, cell, cells = (size_t)input->cell_rows * cell_cols;
   int any = 0;
-  memset(session->frame_cells, 0, cells);
+  memset(session->frame_cells, 0, cells * sizeof(cell_box));
   for (y = 0; y < height; ++y) {
     const float* now = frame + y * row_values;
     const float* before = previous + y * row_values;
-    uint32_t bits;
+    const uint8_t cell_row = (uint8_t)(y % CHANGE_CELL);
     if (memcmp(now, before, row_values * sizeof(float)) == 0) continue;
-    /* the whole changed row at once: one SIMD scan is cheaper than one per cell */
-    if (dynrt_first_nonfinite(now, row_values, &bits) < row_values) {
-      return reject_nonfinite_frame(session, frame, input->bytes / sizeof(float));
-    }
     for (cx = 0; cx < cell_cols; ++cx) {
       const size_t begin = cx * CHANGE_CELL * channels;
       const size_t end = (cx + 1) * CHANGE_CELL < width ? (cx + 1) * CHANGE_CELL * channels : row_values;
-      if (memcmp(now + begin, before + begin, (end - begin) * sizeof(float)) == 0) continue;
-      session->frame_cells[(y / CHANGE_CELL) * cell_cols + cx] = 1;
+      cell_box changed;
+      size_t first, last;
+      uint32_t bits;
+      if (!differing_span(now + begin, before + begin, end - begin, &first, &last)) continue;
+      if (dynrt_first_nonfinite(now + begin + first, last + 1 - first, &bits) < last + 1 - first) {
+        return reject_nonfinite_frame(session, frame, input->bytes / sizeof(float));
+      }
+      changed.row_begin = cell_row;
+      changed.row_end = (uint8_t)(cell_row + 1);
+      changed.col_begin = (uint8_t)(first / channels);
+      changed.col_end = (uint8_t)(last / channels + 1);
+      cell_box_join(&session->frame_cells[(y / CHANGE_CELL) * cell_cols + cx], changed);
       any = 1;
     }
   }
   if (!any) return DYNRT_OK;
   region_write_begin(input);
   for (cell = 0; cell < cells; ++cell) {
-    const size_t first_row = (cell / cell_cols) * CHANGE_CELL, col = (cell % cell_cols) * CHANGE_CELL;
-    const size_t pixels = col + CHANGE_CELL < width ? CHANGE_CELL : width - col;
+    const cell_box box = session->frame_cells[cell];
+    const size_t first_row = (cell / cell_cols) * CHANGE_CELL, col = (cell % cell_cols) * CHANGE_CELL + box.col_begin;
+    const size_t values = (size_t)(box.col_end - box.col_begin) * channels;
     size_t r;
-    if (!session->frame_cells[cell]) continue;
-    for (r = first_row; r < first_row + CHANGE_CELL && r < height; ++r) {
+    if (box.row_end == 0) continue;
+    for (r = first_row + box.row_begin; r < first_row + box.row_end; ++r) {
       memcpy(previous + r * row_values + col * channels, frame + r * row_values + col * channels,
-             pixels * channels * sizeof(float));
+             values * sizeof(float));
     }
-    input->cell_versions[cell] = input->version;
+    cell_written(input, cell, box);
   }
   return DYNRT_OK;
 }
@@ -175,12 +198,13 @@ static void record_pointwise_run(runtime_segment* segment, int was_valid) {
   cells = (size_t)segment->inputs[0]->cell_rows * segment->inputs[0]->cell_cols;
   for (o = 0; o < segment->output_count; ++o) region_write_begin(segment->outputs[o]);
   for (cell = 0; cell < cells; ++cell) {
-    int changed = 0;
+    /* a pointwise op changes the pixels its inputs changed: the boxes carry over */
+    cell_box box, changed = {0, 0, 0, 0};
     for (i = 0; i < segment->input_count; ++i) {
-      changed |= segment->inputs[i]->cell_versions[cell] > segment->input_versions[i];
+      if (cell_changed_since(segment->inputs[i], cell, segment->input_versions[i], &box)) cell_box_join(&changed, box);
     }
-    if (!changed) continue;
-    for (o = 0; o < segment->output_count; ++o) segment->outputs[o]->cell_versions[cell] = segment->outputs[o]->version;
+    if (changed.row_end == 0) continue;
+    for (o = 0; o < segment->output_count; ++o) cell_written(segment->outputs[o], cell, changed);
   }
   for (i = 0; i < segment->input_count; ++i) segment->input_versions[i] = segment->inputs[i]->version;
   for (o = 0; o < segment->output_count; ++o) segment->output_versions[o] = segment->outputs[o]->version;
