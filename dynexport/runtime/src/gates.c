@@ -221,6 +221,12 @@ typedef struct gate_pass {
   /* checking the frame for step.c: set when a row sum is not finite (NULL: not checking).
    * Every tile row is then summed in full, so every frame value is read. */
   int* row_sum_not_finite;
+  /* norm gates: pixel_sums is the block's slot of layer->energy_cache (NULL: the scratch);
+   * incremental: a valid slot is summed again only where the input changed since `since` */
+  float* energy_cache;
+  uint8_t* energy_valid;
+  int incremental;
+  uint64_t since;
 } gate_pass;
 
 /* Clearly above: active, and not a tie, whatever the other positions score. */
@@ -405,6 +411,63 @@ static float gumbel_position_score(const gate_pass* pass, size_t output_row, siz
 /* A block's gate score: the largest over its valid output positions (border blocks have
  * fewer than b x b), or another value with the same decision and tie status: a position
  * clearly above, or a bound clearly below. */
+/* A run of pixel energies summed in order, as pixel_energy_run and padding_energy_run do. */
+static float energy_total(const float* energy, size_t count) {
+  float total = 0.0f;
+  size_t i;
+  for (i = 0; i < count; ++i) total += energy[i];
+  return total;
+}
+
+/* A block whose energy slot held the energies of the input at pass->since (and of its
+ * reference, unchanged since: STORE_REFERENCE zeroes the slots it stores): only the pixels
+ * of its tile in boxes changed since then are summed again, then every row sum in the
+ * grouping of norm_residual_rows, so the scores equal a full pass bit for bit. Padding
+ * pixels never change: the input there is zero, and the reference did not change. */
+static void refresh_changed_energies(const gate_pass* pass, const tile_placement* placement, uint32_t block) {
+  const runtime_layer* layer = pass->layer;
+  const runtime_tensor* input = layer->tensor[SLOT_INPUT];
+  const block_grid* grid = &layer->grid;
+  const size_t channels = pass->channels, tile_w = pass->tile_w;
+  const float* reference =
+      (const float*)layer->tensor[SLOT_REFERENCE]->data + (size_t)block * pass->tile_h * tile_w * channels;
+  const size_t left = placement->first_col, inside = placement->last_col - placement->first_col;
+  const size_t right = tile_w - left - inside;
+  size_t y;
+  if (placement->first_input != NULL) {
+    const size_t block_row = block / (size_t)grid->blocks[1], block_col = block % (size_t)grid->blocks[1];
+    /* the map pixel under tile (first_row, first_col): tile origin + the padding rows skipped */
+    const size_t row0 = block_row * (size_t)grid->tile_step[0] + placement->first_row - (size_t)grid->padding[0];
+    const size_t col0 = block_col * (size_t)grid->tile_step[1] + placement->first_col - (size_t)grid->padding[1];
+    const size_t row1 = row0 + (placement->last_row - placement->first_row), col1 = col0 + inside;
+    size_t r, c;
+    for (r = row0 / CHANGE_CELL; r <= (row1 - 1) / CHANGE_CELL && r < input->cell_rows; ++r) {
+      for (c = col0 / CHANGE_CELL; c <= (col1 - 1) / CHANGE_CELL && c < input->cell_cols; ++c) {
+        cell_box box;
+        size_t row_begin, row_end, col_begin, col_end, row;
+        if (!cell_changed_since(input, r * input->cell_cols + c, pass->since, &box)) continue;
+        row_begin = r * CHANGE_CELL + box.row_begin > row0 ? r * CHANGE_CELL + box.row_begin : row0;
+        row_end = r * CHANGE_CELL + box.row_end < row1 ? r * CHANGE_CELL + box.row_end : row1;
+        col_begin = c * CHANGE_CELL + box.col_begin > col0 ? c * CHANGE_CELL + box.col_begin : col0;
+        col_end = c * CHANGE_CELL + box.col_end < col1 ? c * CHANGE_CELL + box.col_end : col1;
+        for (row = row_begin; row < row_end && col_begin < col_end; ++row) {
+          const size_t tile_y = placement->first_row + (row - row0), tile_x = left + (col_begin - col0);
+          (void)pixel_energy_run(tile_input_row(placement, tile_y) + (col_begin - col0) * channels,
+                                 reference + (tile_y * tile_w + tile_x) * channels,
+                                 pass->pixel_sums + tile_y * tile_w + tile_x, col_end - col_begin, channels);
+        }
+      }
+    }
+  }
+  for (y = 0; y < pass->tile_h; ++y) {
+    const float* row = pass->pixel_sums + y * tile_w;
+    pass->row_sums[y] = tile_input_row(placement, y) == NULL
+                            ? energy_total(row, tile_w)
+                            : energy_total(row, left) + energy_total(row + left, inside) +
+                                  energy_total(row + left + inside, right);
+  }
+}
+
 static double score_block(const gate_pass* pass, uint32_t block) {
   const block_grid* grid = &pass->layer->grid;
   const uint64_t block_row = block / grid->blocks[1], block_col = block % grid->blocks[1];
@@ -431,8 +494,12 @@ static double score_block(const gate_pass* pass, uint32_t block) {
       i = 1; /* row 0 is scored exactly */
     }
     gumbel_residual(pass, &placement, block);
+  } else if (pass->incremental && pass->energy_valid[block]) {
+    refresh_changed_energies(pass, &placement, block);
   } else {
     size_t rows_done = 0;
+    /* valid again once every row is summed: the first-row exit below leaves the rest stale */
+    if (pass->energy_cache != NULL) pass->energy_valid[block] = 0;
     /* As for gumbel: a block computed last frame is scored on its first output row from the
      * tile rows that row's windows read (kernel_h of tile_h); when the camera moves, most
      * blocks end there. The frame check needs every row sum: not then. */
@@ -447,6 +514,7 @@ static double score_block(const gate_pass* pass, uint32_t block) {
       i = 1; /* row 0 is scored exactly */
     }
     norm_residual_rows(pass, &placement, block, rows_done, pass->tile_h);
+    if (pass->energy_cache != NULL) pass->energy_valid[block] = 1;
     note_row_sums(pass);
   }
   for (; i < valid_rows; ++i) {
@@ -495,6 +563,10 @@ static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer*
   pass.row_sums = session->gate_scratch[0].row_sums;
   pass.value_rows = session->gate_scratch[0].value_rows;
   pass.row_sum_not_finite = NULL;
+  pass.energy_cache = NULL;
+  pass.energy_valid = NULL;
+  pass.incremental = 0;
+  pass.since = 0;
   pass.padding_zero = reference_padding_is_zero(layer);
   pass.largest_weight = 0.0;
   if (pass.gumbel) {
@@ -591,7 +663,9 @@ static void score_blocks_task(void* argument, uint32_t task) {
   if (pass.row_sum_not_finite != NULL) pass.row_sum_not_finite = &job->row_sum_not_finite[task];
   for (i = task_share_begin(job->count, task, job->tasks); i < end; ++i) {
     const uint32_t block = job->blocks[i];
-    const double score = score_block(&pass, block);
+    double score;
+    if (pass.energy_cache != NULL) pass.pixel_sums = pass.energy_cache + (size_t)block * pass.tile_h * pass.tile_w;
+    score = score_block(&pass, block);
     int active = score > threshold;
     if (in_tie_band(score, threshold)) {
       ties += 1;
@@ -620,6 +694,7 @@ dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
   if (primed[0] == 0.0f) {
     /* first frame after create or reset: every block is computed */
     memset(layer->block_mask, 1, blocks);
+    layer->energy_input_version = 0;
   } else if (settled_without_scoring(session, layer)) {
     memset(layer->block_mask, 0, blocks);
   } else {
@@ -630,9 +705,23 @@ dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
     int row_sum_not_finite = 0;
     if (checks_frame) pass.row_sum_not_finite = &row_sum_not_finite;
     const int tracked = changes_tracked(layer);
+    const runtime_tensor* reference = layer->tensor[SLOT_REFERENCE];
     gate_job job;
     uint32_t t, to_score = 0;
     layer->gate_scored = 1;
+    /* not while checking the frame: a rejected frame must leave no energies behind */
+    if (layer->energy_cache != NULL && !checks_frame) {
+      pass.energy_cache = layer->energy_cache;
+      pass.energy_valid = layer->energy_valid;
+      pass.since = layer->gate_input_version;
+      pass.incremental = tracked && layer->energy_input_version == layer->gate_input_version &&
+                         layer->energy_reference_version == reference->version;
+      if (!pass.incremental) memset(layer->energy_valid, 0, blocks);
+      layer->energy_input_version = layer->tensor[SLOT_INPUT]->version;
+      layer->energy_reference_version = reference->version;
+    } else {
+      layer->energy_input_version = 0;
+    }
     for (block = 0; block < blocks; ++block) {
       if (tracked && !block_input_changed(layer, block, layer->gate_input_version)) {
         decisions[block] = 0;
@@ -670,6 +759,7 @@ dynrt_status dynrt_skip_gate(dynrt_session_t session, runtime_layer* layer) {
 
 void dynrt_gate_every_block(runtime_layer* layer) {
   memset(layer->block_mask, 1, (size_t)layer->grid.block_count);
+  layer->energy_input_version = 0;
   finish_gate(layer);
 }
 

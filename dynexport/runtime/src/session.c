@@ -115,7 +115,9 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
     int32_t *channel_keep, *channel_take;
     uint64_t patch_row_values;
     double* policy_sums;
-    float* policy_values;
+    float *policy_values, *energy_cache;
+    uint8_t* energy_valid;
+    uint64_t cached_energies;
     uint32_t policy_hidden;
     dynrt_plan_layer(plan, i, &record);
     (void)dynrt_block_grid_from_layer(&record, &grid); /* validated */
@@ -134,6 +136,13 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
     policy_sums = TAKE_TABLE(arena, double, policy_hidden == UINT32_MAX ? 0 : 2 * grid.block_count + record.in_channels);
     policy_values = TAKE_TABLE(arena, float, policy_hidden == UINT32_MAX ? 0
                                              : (uint64_t)record.in_channels + policy_hidden);
+    /* a norm gate's pixel energies, kept per block (gates.c: refresh_changed_energies) */
+    cached_energies = record.kind == LAYER_SKIP_CONV && record.gate != GATE_GUMBEL &&
+                              record.tensors[SLOT_REFERENCE] != NO_TENSOR
+                          ? dynrt_saturating_multiply(grid.block_count, grid.tile_size[0] * grid.tile_size[1])
+                          : 0;
+    energy_cache = TAKE_TABLE(arena, float, cached_energies);
+    energy_valid = (uint8_t*)arena_take(arena, cached_energies > 0 ? grid.block_count : 0, 1);
     if (record.tensors[SLOT_REFERENCE] != NO_TENSOR) { /* SKIP_GATE scores this layer's tiles */
       const uint64_t pixels = grid.tile_size[0] * grid.tile_size[1];  /* validated: < 2^31 */
       if (pixels > largest_tile_pixels) largest_tile_pixels = pixels;
@@ -165,6 +174,8 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       layer->policy_sums = policy_sums;
       layer->policy_values = policy_values;
       layer->policy_hidden = policy_hidden == UINT32_MAX ? 0 : policy_hidden;
+      layer->energy_cache = cached_energies > 0 ? energy_cache : NULL;
+      layer->energy_valid = cached_energies > 0 ? energy_valid : NULL;
       memset(channel_decisions, CHANNEL_COMPUTE, record.out_channels);
     }
   }

@@ -214,6 +214,15 @@ typedef struct runtime_layer {
    * STORE_REFERENCE copies only the in-map part of a tile and a gate takes the padding's
    * residual to be 0 without reading it: a wide layer on a small map is mostly padding. */
   uint64_t reference_padding_zero_version;
+  /* A norm gate's pixel energies (sum over channels of the squared residual, per tile pixel)
+   * kept per block, so that a block whose tile changed in a few pixels is summed again there
+   * only (gates.c: refresh_changed_energies). energy_valid[block]: its slot holds the
+   * energies of the input at energy_input_version against the reference at
+   * energy_reference_version; 0 for either version: no slot holds anything. NULL on gumbel
+   * gates and other layers. */
+  float* energy_cache;     /* [block_count * tile_h * tile_w] */
+  uint8_t* energy_valid;   /* [block_count] */
+  uint64_t energy_input_version, energy_reference_version;
 
   /* DSTEP_APPLY is idempotent: with its inputs (decisions, active list, computed values) and
    * its output at the versions right after its last run, running it again changes nothing */

@@ -166,9 +166,23 @@ void dynrt_store_reference(runtime_layer* layer) {
   tile_job job;
   job.from_tiles =
       tiles != NULL && layer->gathered_tiles_version != 0 && layer->gathered_tiles_version == tiles->version;
+  /* the gate's energies were of this input and this reference: a stored tile's residual is 0 */
+  const int energies_current = layer->energy_cache != NULL && layer->energy_input_version != 0 &&
+                               layer->energy_input_version == layer->tensor[SLOT_INPUT]->version &&
+                               layer->energy_reference_version == reference->version;
   job.write_padding = !reference_padding_is_zero(layer);
   run_tile_copies(layer, tile_values(layer) * sizeof(float), store_reference_task, &job);
   tensor_written(reference);
+  if (energies_current) {
+    const size_t pixels = (size_t)layer->grid.tile_size[0] * layer->grid.tile_size[1];
+    uint32_t k;
+    for (k = 0; k < layer->active_count; ++k) {
+      const uint32_t block = layer->active_blocks[k];
+      memset(layer->energy_cache + (size_t)block * pixels, 0, pixels * sizeof(float));
+      layer->energy_valid[block] = 1;
+    }
+    layer->energy_reference_version = reference->version;
+  }
   /* zero still only if it was: a tile not stored keeps whatever padding it had */
   if (!job.write_padding) layer->reference_padding_zero_version = reference->version;
   if (layer->reference_store_due) {
