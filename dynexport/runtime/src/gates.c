@@ -883,22 +883,29 @@ static void add_channel_block(const float* row, size_t channels, size_t first, s
   }
 }
 
-static void policy_sums(runtime_layer* layer) {
+/* The policy pass over input rows cut into tasks: each row's sums go to its own slots
+ * (policy_row_regions, policy_row_sums), which policy_sums then adds up row by row in the
+ * order one thread would: the same sums, bit for bit, at any thread count. */
+typedef struct policy_job {
+  runtime_layer* layer;
+  uint32_t tasks;
+} policy_job;
+
+static void policy_rows_task(void* argument, uint32_t task) {
+  const policy_job* job = (const policy_job*)argument;
+  runtime_layer* layer = job->layer;
   const runtime_tensor* input = layer->tensor[SLOT_INPUT];
   const size_t height = input->dims[1], width = input->dims[2], channels = input->dims[3];
-  const uint64_t rows = layer->grid.blocks[0], cols = layer->grid.blocks[1];
+  const uint64_t cols = layer->grid.blocks[1];
   const int spatial = layer->tensor[SLOT_SPATIAL_LOGITS] != NULL;
-  double* region = layer->policy_sums;              /* [rows * cols * 2]: (mean, energy) */
-  double* channel_sum = region + 2 * rows * cols;   /* [channels] */
-  float* row_sum = layer->policy_values;            /* [channels] */
   const uint64_t column_regions = spatial ? cols : 1; /* without a spatial policy: the row, one region */
+  const size_t end = task_share_begin((uint32_t)height, task + 1, job->tasks);
   size_t y, c;
-  memset(region, 0, 2 * rows * cols * sizeof(double));
-  memset(channel_sum, 0, channels * sizeof(double));
-  for (y = 0; y < height; ++y) {
+  for (y = task_share_begin((uint32_t)height, task, job->tasks); y < end; ++y) {
     const float* pixels = layer->input_pixels + y * width * channels;
-    uint64_t r_first, r_last, r, q;
-    regions_containing(y, height, rows, &r_first, &r_last);
+    double* row_regions = layer->policy_row_regions + y * 2 * column_regions; /* (mean, energy) per region */
+    float* row_sum = layer->policy_row_sums + y * channels;
+    uint64_t q;
     memset(row_sum, 0, channels * sizeof(float));
     /* per column region, channel block by channel block: the channel mean's and energy's
      * sums over the region (one pass, sums in registers), and each pixel's values once into
@@ -906,8 +913,8 @@ static void policy_sums(runtime_layer* layer) {
      * of adaptive regions begins */
     for (q = 0; q < column_regions; ++q) {
       const size_t begin = spatial ? q * width / cols : 0;
-      const size_t end = spatial ? ((q + 1) * width + cols - 1) / cols : width;
-      const size_t own = spatial && q + 1 < cols ? (q + 1) * width / cols : end;
+      const size_t region_end = spatial ? ((q + 1) * width + cols - 1) / cols : width;
+      const size_t own = spatial && q + 1 < cols ? (q + 1) * width / cols : region_end;
       double mean = 0.0, energy = 0.0;
       for (c = 0; c < channels; c += POLICY_CHANNEL_BLOCK) {
         const size_t count = channels - c < POLICY_CHANNEL_BLOCK ? channels - c : POLICY_CHANNEL_BLOCK;
@@ -915,16 +922,42 @@ static void policy_sums(runtime_layer* layer) {
         size_t k;
         add_channel_block(pixels, channels, c, count, begin, own, sum, squares);
         for (k = 0; k < count; ++k) row_sum[c + k] += sum[k];
-        add_channel_block(pixels, channels, c, count, own, end, sum, squares);
+        add_channel_block(pixels, channels, c, count, own, region_end, sum, squares);
         for (k = 0; k < count; ++k) {
           mean += sum[k];
           energy += squares[k];
         }
       }
-      if (!spatial) continue;
+      row_regions[2 * q] = mean;
+      row_regions[2 * q + 1] = energy;
+    }
+  }
+}
+
+static void policy_sums(runtime_layer* layer) {
+  const runtime_tensor* input = layer->tensor[SLOT_INPUT];
+  const size_t height = input->dims[1], width = input->dims[2], channels = input->dims[3];
+  const uint64_t rows = layer->grid.blocks[0], cols = layer->grid.blocks[1];
+  const int spatial = layer->tensor[SLOT_SPATIAL_LOGITS] != NULL;
+  const uint64_t column_regions = spatial ? cols : 1;
+  double* region = layer->policy_sums;              /* [rows * cols * 2]: (mean, energy) */
+  double* channel_sum = region + 2 * rows * cols;   /* [channels] */
+  policy_job job;
+  size_t y, c;
+  job.layer = layer;
+  job.tasks = dynrt_task_count(layer->session, (uint32_t)height, (uint64_t)width * channels * sizeof(float));
+  dynrt_run_tasks(layer->session, job.tasks, policy_rows_task, &job);
+  memset(region, 0, 2 * rows * cols * sizeof(double));
+  memset(channel_sum, 0, channels * sizeof(double));
+  for (y = 0; y < height; ++y) {
+    const double* row_regions = layer->policy_row_regions + y * 2 * column_regions;
+    const float* row_sum = layer->policy_row_sums + y * channels;
+    uint64_t r_first, r_last, r, q;
+    regions_containing(y, height, rows, &r_first, &r_last);
+    for (q = 0; spatial && q < column_regions; ++q) {
       for (r = r_first; r <= r_last; ++r) {
-        region[2 * (r * cols + q)] += mean / (double)channels;
-        region[2 * (r * cols + q) + 1] += energy / (double)channels;
+        region[2 * (r * cols + q)] += row_regions[2 * q] / (double)channels;
+        region[2 * (r * cols + q) + 1] += row_regions[2 * q + 1] / (double)channels;
       }
     }
     for (c = 0; c < channels; ++c) channel_sum[c] += row_sum[c];

@@ -115,7 +115,8 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
     int32_t *channel_keep, *channel_take;
     uint64_t patch_row_values;
     double* policy_sums;
-    float *policy_values, *energy_cache;
+    float *policy_values, *energy_cache, *policy_row_sums;
+    double* policy_row_regions;
     uint8_t* energy_valid;
     uint64_t cached_energies;
     uint32_t policy_hidden;
@@ -136,6 +137,12 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
     policy_sums = TAKE_TABLE(arena, double, policy_hidden == UINT32_MAX ? 0 : 2 * grid.block_count + record.in_channels);
     policy_values = TAKE_TABLE(arena, float, policy_hidden == UINT32_MAX ? 0
                                              : (uint64_t)record.in_channels + policy_hidden);
+    /* per input row (validated: the input is [1, input_size, in_channels]); the columns'
+     * regions only with a spatial policy, one otherwise: the block grid's columns bound both */
+    policy_row_regions = TAKE_TABLE(arena, double, policy_hidden == UINT32_MAX ? 0
+                                    : dynrt_saturating_multiply(grid.input_size[0], 2 * (uint64_t)grid.blocks[1]));
+    policy_row_sums = TAKE_TABLE(arena, float, policy_hidden == UINT32_MAX ? 0
+                                 : dynrt_saturating_multiply(grid.input_size[0], record.in_channels));
     /* a norm gate's pixel energies, kept per block (gates.c: refresh_changed_energies) */
     cached_energies = record.kind == LAYER_SKIP_CONV && record.gate != GATE_GUMBEL &&
                               record.tensors[SLOT_REFERENCE] != NO_TENSOR
@@ -173,6 +180,8 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
       layer->channel_take = channel_take;
       layer->policy_sums = policy_sums;
       layer->policy_values = policy_values;
+      layer->policy_row_regions = policy_row_regions;
+      layer->policy_row_sums = policy_row_sums;
       layer->policy_hidden = policy_hidden == UINT32_MAX ? 0 : policy_hidden;
       layer->energy_cache = cached_energies > 0 ? energy_cache : NULL;
       layer->energy_valid = cached_energies > 0 ? energy_valid : NULL;

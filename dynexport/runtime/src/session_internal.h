@@ -235,6 +235,8 @@ typedef struct runtime_layer {
    * again means its outputs still hold what it would compute */
   double* policy_sums;           /* [2 * block_count] region sums, then [in_channels] channel sums */
   float* policy_values;          /* [in_channels] a pixel row's channel sums, then [hidden] */
+  double* policy_row_regions;    /* [input rows * 2 * column regions]: one row's region sums */
+  float* policy_row_sums;        /* [input rows * in_channels]: one row's channel sums */
   uint32_t policy_hidden;        /* the channel policy's hidden width (0 without one) */
   uint64_t policy_versions[6];
   int policy_valid;

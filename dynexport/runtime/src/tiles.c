@@ -306,38 +306,25 @@ void dynrt_dstep_apply(runtime_layer* layer, uint32_t source) {
   layer->applied_valid = 1;
 }
 
-/* DSTEP_APPLY: per output channel, skip -> 0, reuse -> unchanged, compute -> the computed
- * value in active patches and 0 in the others. `source` says where the computed values
- * are: the packed tile outputs (in active-list order), the dense output, or nowhere
- * (nothing computed: compute channels are 0). */
-static void dstep_apply_values(runtime_layer* layer, uint32_t source) {
+/* DSTEP_APPLY over patches cut into tasks: task t applies its share of the patches, each
+ * patch region written by one task only. */
+typedef struct apply_job {
+  runtime_layer* layer;
+  uint32_t source, tasks;
+  channel_plan plan;
+} apply_job;
+
+static void apply_patches_task(void* argument, uint32_t task) {
+  const apply_job* job = (const apply_job*)argument;
+  runtime_layer* layer = job->layer;
   float* output = (float*)layer->tensor[SLOT_OUTPUT]->data;
   const size_t width = (size_t)layer->grid.output_size[1], channels = layer->out_channels;
   const size_t b = (size_t)layer->grid.block;
-  const uint8_t* decisions = layer->channel_decisions;
-  const uint32_t patches = (uint32_t)layer->grid.block_count;
-  int32_t* keep = layer->channel_keep;
-  int32_t* take = layer->channel_take;
-  size_t c, x, kept = 0, taken = 0;
-  uint32_t patch, k = 0; /* k: the patch's position in the active list */
-  channel_plan plan;
-  for (c = 0; c < channels; ++c) {
-    keep[c] = decisions[c] == CHANNEL_REUSE;
-    take[c] = decisions[c] == CHANNEL_COMPUTE;
-    kept += (size_t)keep[c];
-    taken += (size_t)take[c];
-  }
-  if (kept == channels) return; /* every channel keeps its previous values */
-  tensor_written(layer->tensor[SLOT_OUTPUT]);
-  for (x = 1; x < b; ++x) {
-    memcpy(keep + x * channels, keep, channels * sizeof(int32_t));
-    memcpy(take + x * channels, take, channels * sizeof(int32_t));
-  }
-  plan.keep = keep;
-  plan.take = take;
-  plan.none_kept = kept == 0;
-  plan.all_taken = taken == channels;
-  for (patch = 0; patch < patches; ++patch) {
+  const uint32_t patches = (uint32_t)layer->grid.block_count, source = job->source;
+  const uint32_t first = task_share_begin(patches, task, job->tasks), end = task_share_begin(patches, task + 1, job->tasks);
+  uint32_t patch, k = 0; /* k: the patch's position in the active list (ascending) */
+  for (patch = 0; patch < first; ++patch) k += layer->block_mask[patch] != 0;
+  for (patch = first; patch < end; ++patch) {
     const block_region region = region_of_block(&layer->grid, patch);
     const int active = layer->block_mask[patch] && source != DSTEP_SOURCE_NONE;
     const float* computed = NULL;
@@ -355,10 +342,45 @@ static void dstep_apply_values(runtime_layer* layer, uint32_t source) {
     for (y = 0; y < region.row_end - region.row_begin; ++y) {
       apply_channel_decisions(
           output + ((region.row_begin + y) * width + region.col_begin) * channels,
-          computed != NULL ? computed + ((computed_row + y) * computed_width + computed_col) * channels : NULL, &plan,
-          (region.col_end - region.col_begin) * channels);
+          computed != NULL ? computed + ((computed_row + y) * computed_width + computed_col) * channels : NULL,
+          &job->plan, (region.col_end - region.col_begin) * channels);
     }
   }
+}
+
+/* DSTEP_APPLY: per output channel, skip -> 0, reuse -> unchanged, compute -> the computed
+ * value in active patches and 0 in the others. `source` says where the computed values
+ * are: the packed tile outputs (in active-list order), the dense output, or nowhere
+ * (nothing computed: compute channels are 0). */
+static void dstep_apply_values(runtime_layer* layer, uint32_t source) {
+  const size_t channels = layer->out_channels;
+  const size_t b = (size_t)layer->grid.block;
+  const uint8_t* decisions = layer->channel_decisions;
+  int32_t* keep = layer->channel_keep;
+  int32_t* take = layer->channel_take;
+  size_t c, x, kept = 0, taken = 0;
+  apply_job job;
+  for (c = 0; c < channels; ++c) {
+    keep[c] = decisions[c] == CHANNEL_REUSE;
+    take[c] = decisions[c] == CHANNEL_COMPUTE;
+    kept += (size_t)keep[c];
+    taken += (size_t)take[c];
+  }
+  if (kept == channels) return; /* every channel keeps its previous values */
+  tensor_written(layer->tensor[SLOT_OUTPUT]);
+  for (x = 1; x < b; ++x) {
+    memcpy(keep + x * channels, keep, channels * sizeof(int32_t));
+    memcpy(take + x * channels, take, channels * sizeof(int32_t));
+  }
+  job.layer = layer;
+  job.source = source;
+  job.plan.keep = keep;
+  job.plan.take = take;
+  job.plan.none_kept = kept == 0;
+  job.plan.all_taken = taken == channels;
+  /* a patch writes its b x b x channels values and reads as many */
+  job.tasks = dynrt_task_count(layer->session, (uint32_t)layer->grid.block_count, 2 * b * b * channels * sizeof(float));
+  dynrt_run_tasks(layer->session, job.tasks, apply_patches_task, &job);
 }
 
 /* COPY_CHANNELS: a D-STEP channel group's output into its channels of the layer's assembled
