@@ -71,8 +71,8 @@ static int differing_span(const float* now, const float* before, size_t count, s
   return 1;
 }
 
-/* take_frame_changes cut into tasks by rows of change cells: each cell's box is one task's
- * alone. A task stops at a NaN/Inf and says so; nothing is written before all have looked. */
+/* take_frame_changes in tasks by rows of change cells: each cell's box is one task's alone.
+ * A task stops at a NaN/Inf and says so; nothing is written before all have looked. */
 typedef struct frame_job {
   dynrt_session_t session;
   const float* frame;
@@ -154,9 +154,12 @@ static dynrt_status take_frame_changes(dynrt_session_t session, const float* fra
   memset(&job, 0, sizeof job);
   job.session = session;
   job.frame = frame;
-  /* a row of cells is read twice: the frame and the previous one */
-  job.tasks = dynrt_task_count(session, input->cell_rows,
-                               2 * (uint64_t)CHANGE_CELL * input->dims[2] * input->dims[3] * sizeof(float));
+  /* One task: at the start of a frame the backend's workers have slept since the last one
+   * (an app steps every 33 ms; waking them costs ~32 us, README: Threads), far more than
+   * half of this pass saves (deep net, 150x200x3: a still frame at 2 threads 12-16 us
+   * serial, 16-27 us in two tasks). The tasks stay cut by cell rows for a caller that
+   * steps back to back. */
+  job.tasks = 1;
   dynrt_run_tasks(session, job.tasks, compare_frame_task, &job);
   for (t = 0; t < job.tasks; ++t) {
     any |= job.changed[t];
