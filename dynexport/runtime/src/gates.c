@@ -311,7 +311,8 @@ static float gumbel_tile_row(const gate_pass* pass, const tile_placement* placem
   return sum;
 }
 
-static const float* gumbel_reference_tile(const gate_pass* pass, uint32_t block) {
+/* The block's tile in the reference (either gate kind). */
+static const float* reference_tile(const gate_pass* pass, uint32_t block) {
   return (const float*)pass->layer->tensor[SLOT_REFERENCE]->data +
          (size_t)block * pass->tile_h * pass->tile_w * pass->channels;
 }
@@ -320,7 +321,7 @@ static const float* gumbel_reference_tile(const gate_pass* pass, uint32_t block)
  * a scored position reads (gumbel_values_for_output_row): a block the bounds settle, as
  * in a still region, is then one read-only pass over its tile. */
 static void gumbel_residual(const gate_pass* pass, const tile_placement* placement, uint32_t block) {
-  const float* reference = gumbel_reference_tile(pass, block);
+  const float* reference = reference_tile(pass, block);
   size_t y;
   for (y = 0; y < pass->tile_h; ++y) pass->row_sums[y] = gumbel_tile_row(pass, placement, reference, y, NULL);
   note_row_sums(pass);
@@ -329,7 +330,7 @@ static void gumbel_residual(const gate_pass* pass, const tile_placement* placeme
 /* gumbel, step 2 set-up: values of the tile rows output row i's windows read. */
 static void gumbel_values_for_output_row(const gate_pass* pass, const tile_placement* placement, uint32_t block,
                                          size_t output_row) {
-  const float* reference = gumbel_reference_tile(pass, block);
+  const float* reference = reference_tile(pass, block);
   size_t ky;
   for (ky = 0; ky < pass->kernel_h; ++ky) {
     const size_t y = window_tile_row(pass, output_row, ky);
@@ -352,10 +353,8 @@ static float padding_energy_run(const gate_pass* pass, const float* reference, f
  * [first_row, end_row). */
 static void norm_residual_rows(const gate_pass* pass, const tile_placement* placement, uint32_t block,
                                size_t first_row, size_t end_row) {
-  const runtime_layer* layer = pass->layer;
   const size_t channels = pass->channels, tile_w = pass->tile_w;
-  const float* reference =
-      (const float*)layer->tensor[SLOT_REFERENCE]->data + (size_t)block * pass->tile_h * tile_w * channels;
+  const float* reference = reference_tile(pass, block);
   const size_t left = placement->first_col, inside = placement->last_col - placement->first_col;
   const size_t right = tile_w - left - inside;
   size_t y;
@@ -429,8 +428,7 @@ static void refresh_changed_energies(const gate_pass* pass, const tile_placement
   const runtime_tensor* input = layer->tensor[SLOT_INPUT];
   const block_grid* grid = &layer->grid;
   const size_t channels = pass->channels, tile_w = pass->tile_w;
-  const float* reference =
-      (const float*)layer->tensor[SLOT_REFERENCE]->data + (size_t)block * pass->tile_h * tile_w * channels;
+  const float* reference = reference_tile(pass, block);
   const size_t left = placement->first_col, inside = placement->last_col - placement->first_col;
   const size_t right = tile_w - left - inside;
   size_t y;
