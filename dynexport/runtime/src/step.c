@@ -71,26 +71,25 @@ static int differing_span(const float* now, const float* before, size_t count, s
   return 1;
 }
 
-/* take_frame_changes in tasks by rows of change cells: each cell's box is one task's alone.
- * A task stops at a NaN/Inf and says so; nothing is written before all have looked. */
-typedef struct frame_job {
-  dynrt_session_t session;
-  const float* frame;
-  uint32_t tasks;
-  int changed[DYNRT_MAX_TASKS], nonfinite[DYNRT_MAX_TASKS];
-} frame_job;
-
-static void compare_frame_task(void* argument, uint32_t task) {
-  frame_job* job = (frame_job*)argument;
-  const runtime_tensor* input = job->session->input;
-  const float* previous = (const float*)input->data;
+/* The frame against the input tensor (which holds the previous frame's values), cell by
+ * cell (CHANGE_CELL x CHANGE_CELL pixels): in each pixel row of a cell that differs, the
+ * span of pixels that differ is checked for NaN/Inf (the values outside it equal values
+ * checked before) and joins the cell's box; then, only if the whole frame is good, the boxes
+ * are copied in and marked with one new version, so a gate scores only the blocks whose
+ * tiles meet a changed pixel. A still region costs one memcmp per pixel row. On the calling
+ * thread: at the start of a frame the backend's workers have slept since the last one (an
+ * app steps every 33 ms; waking them costs ~32 us, README: Threads), more than half of this
+ * pass saves (a still deep-net frame at 2 threads: 12-16 us serial, 16-27 us in two tasks). */
+static dynrt_status take_frame_changes(dynrt_session_t session, const float* frame) {
+  runtime_tensor* input = session->input;
+  float* previous = (float*)input->data;
   const size_t height = input->dims[1], width = input->dims[2], channels = input->dims[3];
   const size_t row_values = width * channels, cell_cols = input->cell_cols;
-  const size_t first = task_share_begin(input->cell_rows, task, job->tasks) * CHANGE_CELL;
-  const size_t last = task_share_begin(input->cell_rows, task + 1, job->tasks) * CHANGE_CELL;
-  size_t y, cx;
-  for (y = first; y < last && y < height; ++y) {
-    const float* now = job->frame + y * row_values;
+  size_t y, cx, cell, cells = (size_t)input->cell_rows * cell_cols;
+  int any = 0;
+  memset(session->frame_cells, 0, cells * sizeof(cell_box));
+  for (y = 0; y < height; ++y) {
+    const float* now = frame + y * row_values;
     const float* before = previous + y * row_values;
     const uint8_t cell_row = (uint8_t)(y % CHANGE_CELL);
     if (memcmp(now, before, row_values * sizeof(float)) == 0) continue;
@@ -98,77 +97,34 @@ static void compare_frame_task(void* argument, uint32_t task) {
       const size_t begin = cx * CHANGE_CELL * channels;
       const size_t end = (cx + 1) * CHANGE_CELL < width ? (cx + 1) * CHANGE_CELL * channels : row_values;
       cell_box changed;
-      size_t span_first, span_last;
+      size_t first, last;
       uint32_t bits;
-      if (!differing_span(now + begin, before + begin, end - begin, &span_first, &span_last)) continue;
-      if (dynrt_first_nonfinite(now + begin + span_first, span_last + 1 - span_first, &bits) <
-          span_last + 1 - span_first) {
-        job->nonfinite[task] = 1;
-        return;
+      if (!differing_span(now + begin, before + begin, end - begin, &first, &last)) continue;
+      if (dynrt_first_nonfinite(now + begin + first, last + 1 - first, &bits) < last + 1 - first) {
+        return reject_nonfinite_frame(session, frame, input->bytes / sizeof(float));
       }
       changed.row_begin = cell_row;
       changed.row_end = (uint8_t)(cell_row + 1);
-      changed.col_begin = (uint8_t)(span_first / channels);
-      changed.col_end = (uint8_t)(span_last / channels + 1);
-      cell_box_join(&job->session->frame_cells[(y / CHANGE_CELL) * cell_cols + cx], changed);
-      job->changed[task] = 1;
+      changed.col_begin = (uint8_t)(first / channels);
+      changed.col_end = (uint8_t)(last / channels + 1);
+      cell_box_join(&session->frame_cells[(y / CHANGE_CELL) * cell_cols + cx], changed);
+      any = 1;
     }
   }
-}
-
-static void copy_frame_changes_task(void* argument, uint32_t task) {
-  const frame_job* job = (const frame_job*)argument;
-  runtime_tensor* input = job->session->input;
-  float* previous = (float*)input->data;
-  const size_t width = input->dims[2], channels = input->dims[3];
-  const size_t row_values = width * channels, cell_cols = input->cell_cols;
-  const size_t end = (size_t)task_share_begin(input->cell_rows, task + 1, job->tasks) * cell_cols;
-  size_t cell;
-  for (cell = (size_t)task_share_begin(input->cell_rows, task, job->tasks) * cell_cols; cell < end; ++cell) {
-    const cell_box box = job->session->frame_cells[cell];
+  if (!any) return DYNRT_OK;
+  region_write_begin(input);
+  for (cell = 0; cell < cells; ++cell) {
+    const cell_box box = session->frame_cells[cell];
     const size_t first_row = (cell / cell_cols) * CHANGE_CELL, col = (cell % cell_cols) * CHANGE_CELL + box.col_begin;
     const size_t values = (size_t)(box.col_end - box.col_begin) * channels;
     size_t r;
     if (box.row_end == 0) continue;
     for (r = first_row + box.row_begin; r < first_row + box.row_end; ++r) {
-      memcpy(previous + r * row_values + col * channels, job->frame + r * row_values + col * channels,
+      memcpy(previous + r * row_values + col * channels, frame + r * row_values + col * channels,
              values * sizeof(float));
     }
     cell_written(input, cell, box);
   }
-}
-
-/* The frame against the input tensor (which holds the previous frame's values), cell by
- * cell (CHANGE_CELL x CHANGE_CELL pixels): in each pixel row of a cell that differs, the
- * span of pixels that differ is checked for NaN/Inf (the values outside it equal values
- * checked before) and joins the cell's box; then, only if the whole frame is good, the boxes
- * are copied in and marked with one new version, so a gate scores only the blocks whose
- * tiles meet a changed pixel. A still region costs one memcmp per pixel row. */
-static dynrt_status take_frame_changes(dynrt_session_t session, const float* frame) {
-  runtime_tensor* input = session->input;
-  const size_t cells = (size_t)input->cell_rows * input->cell_cols;
-  frame_job job;
-  uint32_t t;
-  int any = 0, nonfinite = 0;
-  memset(session->frame_cells, 0, cells * sizeof(cell_box));
-  memset(&job, 0, sizeof job);
-  job.session = session;
-  job.frame = frame;
-  /* One task: at the start of a frame the backend's workers have slept since the last one
-   * (an app steps every 33 ms; waking them costs ~32 us, README: Threads), far more than
-   * half of this pass saves (deep net, 150x200x3: a still frame at 2 threads 12-16 us
-   * serial, 16-27 us in two tasks). The tasks stay cut by cell rows for a caller that
-   * steps back to back. */
-  job.tasks = 1;
-  dynrt_run_tasks(session, job.tasks, compare_frame_task, &job);
-  for (t = 0; t < job.tasks; ++t) {
-    any |= job.changed[t];
-    nonfinite |= job.nonfinite[t];
-  }
-  if (nonfinite) return reject_nonfinite_frame(session, frame, input->bytes / sizeof(float));
-  if (!any) return DYNRT_OK;
-  region_write_begin(input);
-  dynrt_run_tasks(session, job.tasks, copy_frame_changes_task, &job);
   return DYNRT_OK;
 }
 
