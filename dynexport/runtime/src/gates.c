@@ -1005,7 +1005,7 @@ static void channel_policy(runtime_layer* layer, const float* pooled, const floa
   const float* b1 = w1 + (size_t)hidden * 2 * in;
   const float* w2 = b1 + hidden;
   const float* b2 = w2 + (size_t)out * hidden;
-  float* activation = layer->policy_values + in; /* [hidden] */
+  float* activation = layer->policy_values; /* [hidden] */
   float* logits = (float*)layer->tensor[SLOT_CHANNEL_LOGITS]->data; /* [Co, 3] = [3 Co] */
   uint32_t j, i;
   for (j = 0; j < hidden; ++j) {

@@ -135,8 +135,7 @@ static dynrt_session_t lay_out_arena(const plan_view* plan, arena_cursor* arena)
     /* DSTEP_POLICY scratch, on D-STEP layers whose weights fit a policy (validated where it runs) */
     policy_hidden = record.kind == LAYER_DSTEP ? dynrt_dstep_policy_hidden(&record) : UINT32_MAX;
     policy_sums = TAKE_TABLE(arena, double, policy_hidden == UINT32_MAX ? 0 : 2 * grid.block_count + record.in_channels);
-    policy_values = TAKE_TABLE(arena, float, policy_hidden == UINT32_MAX ? 0
-                                             : (uint64_t)record.in_channels + policy_hidden);
+    policy_values = TAKE_TABLE(arena, float, policy_hidden == UINT32_MAX ? 0 : policy_hidden);
     /* per input row (validated: the input is [1, input_size, in_channels]); the columns'
      * regions only with a spatial policy, one otherwise: the block grid's columns bound both */
     policy_row_regions = TAKE_TABLE(arena, double, policy_hidden == UINT32_MAX ? 0

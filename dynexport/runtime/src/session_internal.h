@@ -234,7 +234,7 @@ typedef struct runtime_layer {
    * pooled, primed) and wrote (pooled, then the logits) right after its last run: the same
    * again means its outputs still hold what it would compute */
   double* policy_sums;           /* [2 * block_count] region sums, then [in_channels] channel sums */
-  float* policy_values;          /* [in_channels] a pixel row's channel sums, then [hidden] */
+  float* policy_values;          /* [hidden]: the channel MLP's activations */
   double* policy_row_regions;    /* [input rows * 2 * column regions]: one row's region sums */
   float* policy_row_sums;        /* [input rows * in_channels]: one row's channel sums */
   uint32_t policy_hidden;        /* the channel policy's hidden width (0 without one) */
