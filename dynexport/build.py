@@ -53,8 +53,8 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
           force: bool = False, allow_pickle: bool = False, dense_cutoff: float | None = None,
           input_scale: float = 1.0 / 255.0, progress: Callable[..., None] | None = None,
           precision: str | None = None, dense_fallback: float | None = None,
-          dense_fallback_hold: int = 0) -> BuildResult:
-    """``dense_fallback``, ``dense_fallback_hold``: see ``compile_model``. ``progress`` is called with a message, and with (message, done, total) while a step
+          dense_fallback_hold: int = 0, change_driven: bool = True) -> BuildResult:
+    """``dense_fallback``, ``dense_fallback_hold``, ``change_driven``: see ``compile_model``. ``progress`` is called with a message, and with (message, done, total) while a step
     that counts its work runs (the ExecuTorch lowering)."""
     from dynexport.compiler.frontend import parse_input_shape
     from dynexport.loading import load_model
@@ -78,11 +78,11 @@ def build(model_path, out, target: str = "android", backend: str | None = None, 
         prepared = {b.name: {**stack.enter_context(_prepare(b, model)), **options.get(b.name, {})} for b in backends}
         reference = {"source": Path(model_path), "allow_pickle": allow_pickle, "build_options": options}
         return _build(model, out, target, backends, emitters, prepared, input_shape, dense_cutoff, input_scale, say,
-                      start, reference, (dense_fallback, dense_fallback_hold))
+                      start, reference, (dense_fallback, dense_fallback_hold), change_driven)
 
 
 def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared, input_shape, dense_cutoff,
-           input_scale, say, start, reference, dense_fallback=(None, 0)) -> BuildResult:
+           input_scale, say, start, reference, dense_fallback=(None, 0), change_driven=True) -> BuildResult:
     from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
 
     if input_shape is None:
@@ -92,7 +92,7 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
     model, pruning = realize_pruning(model, input_shape, say)
     say("export and lower gates")
     compiled = compile_model(model, input_shape, DEFAULT_DENSE_CUTOFF if dense_cutoff is None else dense_cutoff,
-                             *dense_fallback)
+                             *dense_fallback, change_driven=change_driven)
     if target == "android":  # before the artifacts, the slow part, are emitted
         _check_phone_state(compiled.program.state_bytes(), compiled.input_shape, "the state kept between frames")
 
@@ -146,6 +146,8 @@ def _build(model, out, target, backends: tuple[Backend, ...], emitters, prepared
         if any(options.values()):  # what the artifacts were built with: verify's structural checks read it
             manifest["build_options"] = {name: dict(chosen) for name, chosen in options.items() if chosen}
         manifest["reference"] = {"file": reference_file, "built_with_allow_pickle": reference["allow_pickle"]}
+        if compiled.change_driven:  # the plan gates these at threshold 0: the reference must too
+            manifest["reference"]["change_driven"] = list(compiled.change_driven)
         write_app_bundle(staging, target, built, manifest)  # the target's wrapper + INTEGRATION.md, if it has one
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         say("finish")

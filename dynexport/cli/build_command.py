@@ -34,6 +34,11 @@ def build(
         "--dense-fallback-hold", min=0, help="With --dense-fallback: this many frames after a busy one fall back "
                                              "too (a shaking camera calms for a frame or two, and leaving the "
                                              "fallback recomputes every layer densely).")] = 0,
+    change_driven: Annotated[bool, typer.Option(
+        "--change-driven/--no-change-driven",
+        help="In a Skip-Conv model, gate the ungated convolutions (strided shortcuts, a head after an "
+             "upsampling) at threshold 0: each recomputes only the blocks whose input changed, which gives "
+             "exactly the dense result. 1x1 stride-1 convolutions and those reading the frame stay dense.")] = True,
     allow_pickle: AllowPickle = False,
     precision: Annotated[Optional[str], typer.Option(
         "--precision", help="Compute precision of backends that offer one (coreml): fp32 or fp16; inputs and "
@@ -82,8 +87,12 @@ def build(
 
         result = run_build(model, output, target=target, backend=backend, input_shape=input_shape, force=force,
                            allow_pickle=allow_pickle, dense_cutoff=dense_cutoff, precision=precision, progress=show,
-                           dense_fallback=dense_fallback, dense_fallback_hold=dense_fallback_hold)
+                           dense_fallback=dense_fallback, dense_fallback_hold=dense_fallback_hold,
+                           change_driven=change_driven)
     manifest = result.manifest
+    driven = manifest.get("reference", {}).get("change_driven", [])
+    if driven:
+        typer.echo(f"change-driven (threshold 0, exact): {', '.join(driven)}")
     typer.echo(
         f"built {result.out} in {result.seconds:.1f} s: {len(manifest['layers'])} gated layers, "
         f"{manifest['plan']['segments']} segments, state {manifest['state_bytes'] / 1024:.1f} KiB "

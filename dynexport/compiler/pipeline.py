@@ -12,14 +12,16 @@ from dynexport.compiler.passes.check_supported_ops import check_supported_ops
 from dynexport.compiler.passes.dense_fallback import add_dense_fallback, first_gate
 from dynexport.compiler.passes.fold_batchnorm import fold_batchnorm
 from dynexport.compiler.passes.fold_constants import fold_constants
-from dynexport.compiler.passes.fuse_pointwise_epilogue import fuse_pointwise_epilogue, is_pointwise
+from dynexport.compiler.passes.fuse_pointwise_epilogue import fuse_pointwise_epilogue
 from dynexport.compiler.passes.lower_dstep import lower_dstep
 from dynexport.compiler.passes.lower_skip_conv import lower_skip_conv
+from dynexport.compiler.passes.mark_spatial_runs import mark_spatial_runs
 from dynexport.compiler.passes.partition_at_gates import DenseStep, partition_at_gates
 from dynexport.compiler.graph import DSTEP, SKIP_CONV
 from dynexport.compiler.plan_builder import PlanBuilder, SegmentArtifact, SegmentKind, example_tensor
 from dynexport.errors import CompileError
-from dynexport.plan.frame_program import NO_LAYER, DType, FrameProgram, Layout, Op, Role, RunFlag
+from dynexport.gating.change_driven import change_driven_paths, make_change_driven
+from dynexport.plan.frame_program import NO_LAYER, FrameProgram, Op, Role
 from dynexport.streaming import fallback_count  # the reference's rounding of the fraction
 
 GRAPH_PASSES = (fold_constants, fold_batchnorm, check_supported_ops)
@@ -34,6 +36,9 @@ class CompiledModel:
     output_shape: tuple[int, ...]
     passes: list[str]  # the passes that changed something, in the order they first did
     layer_dense_macs: list[int]
+    # module paths of the convolutions gated at threshold 0 (gating/change_driven.py): the
+    # reference is make_change_driven(model, change_driven)
+    change_driven: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -62,10 +67,12 @@ class PassLog:
 
 
 def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_CUTOFF,
-                  dense_fallback: float | None = None, dense_fallback_hold: int = 0) -> CompiledModel:
+                  dense_fallback: float | None = None, dense_fallback_hold: int = 0,
+                  change_driven: bool = True) -> CompiledModel:
     """``dense_fallback``: a fraction of the first gated layer's blocks above which the rest of
     the frame runs as one dense segment (passes/dense_fallback.py), and ``dense_fallback_hold``
-    frames after; None: never."""
+    frames after; None: never. ``change_driven``: gate the ungated convolutions of a Skip-Conv
+    model at threshold 0 (exact: gating/change_driven.py)."""
     if not 0.0 <= dense_cutoff <= 1.0:
         raise CompileError(f"dense cut-off must be a fraction of blocks in [0, 1], got {dense_cutoff}")
     if dense_fallback is not None and not 0.0 <= dense_fallback < 1.0:
@@ -73,7 +80,8 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
                            f"got {dense_fallback}")
     if dense_fallback_hold < 0:
         raise CompileError(f"dense fallback hold must be a number of frames >= 0, got {dense_fallback_hold}")
-    gm, input_shape = export_graph(model, input_shape)
+    driven = change_driven_paths(model, input_shape) if change_driven else []
+    gm, input_shape = export_graph(make_change_driven(model, driven), input_shape)
     log = PassLog()
     for graph_pass in GRAPH_PASSES:
         log.run(graph_pass, gm)
@@ -104,10 +112,10 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
     if busy_branch is not None:
         log.run(add_dense_fallback, builder, partitioned, first, busy_branch, holding_branch,
                 changed=lambda result: True)
-    mark_pointwise_runs(builder)
+    mark_spatial_runs(builder)
     builder.program.validate()
     return CompiledModel(builder.program, builder.segments, input_shape, partitioned.shapes[partitioned.output],
-                         log.changed, builder.layer_dense_macs)
+                         log.changed, builder.layer_dense_macs, driven)
 
 
 def _lower_dense_step(builder: PlanBuilder, step: DenseStep, partitioned) -> None:
@@ -122,23 +130,3 @@ def _lower_dense_step(builder: PlanBuilder, step: DenseStep, partitioned) -> Non
     index = builder.add_segment(SegmentArtifact(step.name, step.module, examples, kind=SegmentKind.DENSE), inputs,
                                 outputs)
     builder.emit(Op.RUN_SEGMENT, index, NO_LAYER)
-
-
-def mark_pointwise_runs(builder: PlanBuilder) -> None:
-    """Sets RunFlag.POINTWISE on the runs of the ungated dense steps that are pointwise in
-    space: only the POINTWISE_OPS of fuse_pointwise_epilogue, and every operand a float32 map
-    [1, H, W, C] of one H and W. The runtime then tracks which blocks of their outputs changed
-    from which blocks of their inputs did. Run once the plan is complete."""
-    program = builder.program
-    for ins in program.instructions:
-        if ins.op != Op.RUN_SEGMENT or ins.b != NO_LAYER:
-            continue
-        segment = program.segments[ins.a]
-        artifact = builder.segments[segment.name]
-        if artifact.kind != SegmentKind.DENSE or not hasattr(artifact.module, "graph"):
-            continue
-        tensors = [program.tensors[t] for t in program.segment_inputs(segment) + program.segment_outputs(segment)]
-        maps = all(t.rank == 4 and t.layout == Layout.NHWC and t.dtype == DType.FLOAT32 and t.dims[0] == 1
-                   for t in tensors)
-        if tensors and maps and len({tuple(t.dims[1:3]) for t in tensors}) == 1 and is_pointwise(artifact.module):
-            ins.c |= int(RunFlag.POINTWISE)

@@ -11,7 +11,10 @@ Tolerances (one place; the README and ``--help`` quote them):
 - gates: every block (patch) decision and every D-STEP channel decision equal to the
   reference's. A block whose score sits within the runtime's tie band of its threshold
   (``DYNRT_TIE_EPSILON`` in dynrt.h) takes the reference's decision in verification runs,
-  so a rounding difference never cascades; such ties are counted, not failed.
+  so a rounding difference never cascades; such ties are counted, not failed. Layers that
+  decide on any change (norm gates at threshold 0, e.g. the compiler's change-driven
+  convolutions, ``gating/change_driven.py``) are left out: which of their blocks changed
+  depends on rounding in the layers before them; their outputs are what is compared.
 
 What ran is what is reported (``BackendReport.status``): a backend with a structural check
 (``Backend.structural_check``, e.g. Core ML's package against the plan) is checked first; its
@@ -160,7 +163,29 @@ def load_reference(build: Build, allow_pickle: bool = False):
     reference = build.manifest.get("reference")
     if not reference:
         raise PlanError(f"'{build.folder}' holds no reference model (built by an older dynexport?): rebuild it")
-    return load_model(member_path(build.folder, reference["file"], "the reference model"), allow_pickle=allow_pickle)
+    model = load_model(member_path(build.folder, reference["file"], "the reference model"), allow_pickle=allow_pickle)
+    return _as_built(model, reference.get("change_driven", []), build.folder)
+
+
+def _as_built(model, paths, folder):
+    """The reference with the convolutions the plan gates at threshold 0 gated so too
+    (gating/change_driven.py): manifest field reference.change_driven."""
+    from torch import nn
+
+    from dynexport.errors import ConversionError
+    from dynexport.gating.change_driven import make_change_driven
+
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise PlanError(f"'{folder}/manifest.json': reference.change_driven: expected a list of module paths, "
+                        f"got {paths!r:.60}")
+    if paths and not isinstance(model, nn.Module):
+        raise PlanError(f"'{folder}/manifest.json': reference.change_driven names convolutions, but the reference "
+                        f"is a torch.export program")
+    try:
+        return make_change_driven(model, paths)
+    except ConversionError as exc:
+        raise PlanError(f"'{folder}/manifest.json': reference.change_driven does not fit the reference model: "
+                        f"{exc}") from None
 
 
 # -- the native run -----------------------------------------------------------------------------
@@ -268,13 +293,20 @@ def not_run_report(backend: str, device: str, frames: int, reason: str, structur
     return BackendReport(backend, device, frames, nan, nan, nan, nan, 0, 0, [], list(failures), structural, reason)
 
 
-def compare_runs(backend: str, device: str, reference: StreamRun, native: StreamRun) -> BackendReport:
+def compare_runs(backend: str, device: str, reference: StreamRun, native: StreamRun,
+                 program: FrameProgram | None = None) -> BackendReport:
+    """With ``program``, the decisions of layers that decide on any change
+    (``Layer.decides_on_any_change``) are left out of the gate comparison."""
     frames = len(reference.outputs)
     errors = np.abs(native.outputs.astype(np.float64) - reference.outputs).reshape(frames, -1).max(axis=1)
     value_range = float(reference.outputs.max() - reference.outputs.min()) or 1.0
     relative = errors / value_range
     drift = float(relative[-1] / max(relative[0], 1e-12)) if frames > 1 else 1.0
     equal_blocks = native.block_masks == reference.block_masks
+    if program is not None:
+        compared = np.concatenate([np.zeros(0, bool)] + [np.full(layer.grid.num_blocks, not layer.decides_on_any_change)
+                                                          for layer in program.layers])
+        equal_blocks = equal_blocks[:, compared]
     equal_channels = native.channels == reference.channels
     entries = equal_blocks.size + equal_channels.size
     disagreements = int(entries - equal_blocks.sum() - equal_channels.sum())
@@ -344,7 +376,8 @@ def verify_backend(build: Build, backend: str, clip: VerifyClip, device: str, re
     failures = [f"structure: {p}" for p in problems or []]
     if declared.numerics == "driver":
         say(f"{backend}: native runtime on {device}")
-        report = compare_runs(backend, device, reference, run_native(build, backend, clip, device, reference))
+        report = compare_runs(backend, device, reference, run_native(build, backend, clip, device, reference),
+                              build.program)
     else:
         runner_class = declared.load_host_runner()
         reason = runner_class.unavailable() if hasattr(runner_class, "unavailable") else None
@@ -353,7 +386,8 @@ def verify_backend(build: Build, backend: str, clip: VerifyClip, device: str, re
         if reason is not None:
             return not_run_report(backend, device, len(clip.frames), reason, structural, failures)
         say(f"{backend}: plan interpreter over {runner_class.__name__} on this machine")
-        report = compare_runs(backend, "host", reference, run_interpreted(build, runner_class(build.artifact(backend)), clip))
+        report = compare_runs(backend, "host", reference,
+                              run_interpreted(build, runner_class(build.artifact(backend)), clip), build.program)
     report.structural = structural
     report.failures = failures + report.failures
     return report

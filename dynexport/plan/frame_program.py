@@ -38,8 +38,9 @@ MAGIC = b"DXFP"
 # 2.2: D-STEP channel groups (BRANCH_IF_GROUP_IDLE, COPY_CHANNELS), a D-STEP layer's
 # gate_macs_per_position holds its policies' MACs per frame; 2.3: the dense fallback
 # (BRANCH_IF_BUSY, FORGET_LAYERS); 2.4: a held fallback skips the first gate (BRANCH_IF_HOLDING),
-# D-STEP policies computed by the runtime (DSTEP_POLICY, weights in constants: plan/dstep_policy.py)
-VERSION = (2, 4)
+# D-STEP policies computed by the runtime (DSTEP_POLICY, weights in constants: plan/dstep_policy.py);
+# 2.5: RUN_NEAREST_UPSAMPLE
+VERSION = (2, 5)
 HEADER = struct.Struct("<4sHHII")
 
 
@@ -119,9 +120,12 @@ class RunFlag(enum.IntFlag):
     (a 2.0 reader ignores them and computes the same): the runtime uses them for speed."""
 
     POINTWISE = 1  # pointwise in space: each output pixel depends only on the same pixel of the inputs
+    # pointwise ops and a nearest upsampling by whole factors fy x fx (the outputs' size over the
+    # inputs'): output pixel (y, x) depends only on input pixel (y // fy, x // fx) (2.5)
+    NEAREST_UPSAMPLE = 2
 
 
-KNOWN_RUN_FLAGS = int(RunFlag.POINTWISE)
+KNOWN_RUN_FLAGS = int(RunFlag.POINTWISE | RunFlag.NEAREST_UPSAMPLE)
 NO_LAYER = 0xFFFFFFFF
 DSTEP_SOURCE_NONE, DSTEP_SOURCE_TILES, DSTEP_SOURCE_DENSE = 0, 1, 2
 NO_TENSOR = 0xFFFFFFFF
@@ -230,6 +234,14 @@ class Layer(_Record):
     gate_macs_per_position: int = 0
 
     FORMAT: ClassVar = struct.Struct("<3I10I4I3f2I11I2I")
+
+    @property
+    def decides_on_any_change(self) -> bool:
+        """A norm gate at threshold 0 (the compiler's change-driven convolutions): it computes
+        the blocks whose input changed at all, so which blocks those are depends on rounding in
+        the layers before it (a tile and a dense convolution of one input may differ in the
+        last bit). Its outputs, not its decisions, are what a run is compared on."""
+        return self.kind == LayerKind.SKIP_CONV and self.gate != GateKind.GUMBEL and self.threshold == 0.0
 
     @property
     def grid(self):
@@ -429,8 +441,8 @@ class FrameProgram:
                     raise PlanFormatError(f"plan: instruction {pc} ({op.name}) operands out of range")
                 if ins.c & ~KNOWN_RUN_FLAGS:
                     raise PlanFormatError(f"plan: instruction {pc} (RUN_SEGMENT) has unknown flags {ins.c:#x}")
-                if ins.c & RunFlag.POINTWISE:
-                    self._check_pointwise(pc, ins)
+                if ins.c & KNOWN_RUN_FLAGS:
+                    self._check_spatial_run(pc, ins)
             elif op == Op.JUMP:
                 if ins.a > n_pc:
                     raise PlanFormatError(f"plan: instruction {pc} jumps to {ins.a}, past the end")
@@ -511,22 +523,38 @@ class FrameProgram:
             raise PlanFormatError(f"plan: instruction {pc} (COPY_CHANNELS) is batched by layer {ins.d}, but there "
                                   f"are {len(self.layers)}")
 
-    def _check_pointwise(self, pc: int, ins: Instruction) -> None:
+    def _check_spatial_run(self, pc: int, ins: Instruction) -> None:
+        """POINTWISE / NEAREST_UPSAMPLE: a fixed segment over float32 NHWC maps, inputs of one
+        size, outputs of one size: the inputs' (pointwise) or whole multiples of it."""
         segment = self.segments[ins.a]
-        if ins.b != NO_LAYER or segment.max_batch:
-            raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as pointwise, but it is a tile "
-                                  f"segment (pointwise runs are fixed segments)")
-        sizes = set()
-        for index in self.segment_inputs(segment) + self.segment_outputs(segment):
-            tensor = self.tensors[index] if 0 <= index < len(self.tensors) else None
-            if tensor is None or tensor.rank != 4 or tensor.layout != Layout.NHWC or tensor.dtype != DType.FLOAT32 \
-                    or tensor.dims[0] != 1:
-                raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as pointwise, but operand "
-                                      f"{index} is not a float32 NHWC map [1, H, W, C]")
-            sizes.add(tuple(tensor.dims[1:3]))
-        if len(sizes) > 1:
-            raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as pointwise over maps of "
-                                  f"different sizes {sorted(sizes)}")
+        upsample = bool(ins.c & RunFlag.NEAREST_UPSAMPLE)
+        kind = "a nearest upsampling" if upsample else "pointwise"
+        if upsample and ins.c & RunFlag.POINTWISE:
+            raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} both as pointwise and as a "
+                                  f"nearest upsampling (expected one of the two flags)")
+        if ins.b != NO_LAYER or segment.max_batch or not self.segment_inputs(segment):
+            raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as {kind}, but it is a tile "
+                                  f"segment or has no input (such runs are fixed segments over maps)")
+        sizes = {}
+        for role, indices in (("input", self.segment_inputs(segment)), ("output", self.segment_outputs(segment))):
+            for index in indices:
+                tensor = self.tensors[index] if 0 <= index < len(self.tensors) else None
+                if tensor is None or tensor.rank != 4 or tensor.layout != Layout.NHWC \
+                        or tensor.dtype != DType.FLOAT32 or tensor.dims[0] != 1 or 0 in tensor.dims[1:3]:
+                    raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as {kind}, but operand "
+                                          f"{index} is not a float32 NHWC map [1, H, W, C]")
+                sizes.setdefault(role, set()).add(tuple(tensor.dims[1:3]))
+        if any(len(s) > 1 for s in sizes.values()):
+            raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as {kind} over maps of "
+                                  f"different sizes {sorted(sizes['input'] | sizes.get('output', set()))}")
+        (height, width), = sizes["input"]
+        for out_h, out_w in sizes.get("output", ()):
+            fits = (out_h % height == 0 and out_w % width == 0) if upsample else (out_h, out_w) == (height, width)
+            if not fits:
+                expected = "outputs whole multiples of the inputs" if upsample else "one size"
+                raise PlanFormatError(f"plan: instruction {pc} runs segment {segment.name} as {kind} over maps of "
+                                      f"different sizes (inputs {height}x{width}, outputs {out_h}x{out_w}; expected "
+                                      f"{expected})")
 
 
 class _Reader:

@@ -168,10 +168,17 @@ def test_run_flags_round_trip_and_are_checked():
     older = bytearray(data)
     struct.pack_into("<H", older, 6, 0)
     assert FrameProgram.from_bytes(bytes(older)).instructions == program.instructions
+    # NEAREST_UPSAMPLE (2.5): outputs a whole multiple of the inputs, 16x16 -> 32x48
+    program = small_program()
+    _resize_dense_output(program, RunFlag.NEAREST_UPSAMPLE, (1, 32, 48, 4))
+    assert FrameProgram.from_bytes(program.to_bytes()).instructions == program.instructions
 
-    for change, message in ((lambda p: setattr(_dense_run(p), "c", 2), "unknown flags"),
+    for change, message in ((lambda p: setattr(_dense_run(p), "c", 4), "unknown flags"),
                             (lambda p: setattr(_tile_run(p), "c", 1), "tile segment"),
-                            (lambda p: _resize_dense_output(p), "different sizes")):
+                            (lambda p: _resize_dense_output(p), "different sizes"),
+                            (lambda p: _resize_dense_output(p, RunFlag.NEAREST_UPSAMPLE, (1, 24, 20, 4)),
+                             "outputs whole multiples"),
+                            (lambda p: setattr(_dense_run(p), "c", 3), "both as pointwise")):
         program = small_program()
         change(program)
         program.validate = lambda: None
@@ -187,11 +194,11 @@ def _tile_run(program):
     return next(i for i in program.instructions if i.op == Op.RUN_SEGMENT and i.b != NO_LAYER)
 
 
-def _resize_dense_output(program):
+def _resize_dense_output(program, flag=None, dims=(1, 8, 8, 4)):
     from dynexport.plan.frame_program import RunFlag
 
-    _dense_run(program).c = int(RunFlag.POINTWISE)
-    program.add_tensor("other", (1, 8, 8, 4), Role.SCRATCH)
+    _dense_run(program).c = int(RunFlag.POINTWISE if flag is None else flag)
+    program.add_tensor("other", dims, Role.SCRATCH)
     segment = program.segments[_dense_run(program).a]
     program.operands[segment.output_begin] = len(program.tensors) - 1
 

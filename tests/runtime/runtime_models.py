@@ -17,6 +17,7 @@ from torch import nn
 
 from dynexport import video
 from dynexport.compiler.pipeline import DEFAULT_DENSE_CUTOFF, compile_model
+from dynexport.gating.change_driven import make_change_driven
 from dynexport.nn import DStepConv2d, SkipConv2d
 from dynexport.plan.frame_program import Artifact
 from tests.plan import test_interpreter as interpreter_tests
@@ -99,11 +100,13 @@ def make_model(name: str) -> nn.Module:
 
 @functools.lru_cache(maxsize=None)
 def compiled_small(key: str):
-    """(model, CompiledModel) of SMALL_MODELS[key]; compiled once per session."""
+    """(reference model, CompiledModel) of SMALL_MODELS[key]; compiled once per session. The
+    reference is the model as built: its convolutions the plan gates at threshold 0 gated so
+    (gating/change_driven.py), as verify loads it."""
     name, cutoff, fallback, hold = (*SMALL_MODELS[key], None, 0)[:4]
     model = make_model(name)
-    return model, compile_model(model, SMALL_INPUT, dense_cutoff=cutoff, dense_fallback=fallback,
-                                dense_fallback_hold=hold)
+    compiled = compile_model(model, SMALL_INPUT, dense_cutoff=cutoff, dense_fallback=fallback, dense_fallback_hold=hold)
+    return make_change_driven(model, compiled.change_driven), compiled
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,7 +114,8 @@ def compiled_example(name: str):
     from dynexport.loading import load_model
 
     model = load_model(REPO / "examples" / name / "model.pt")
-    return model, compile_model(model, model.dynexport_input_shape)
+    compiled = compile_model(model, model.dynexport_input_shape)
+    return make_change_driven(model, compiled.change_driven), compiled
 
 
 def plan_bytes(compiled, with_test_artifact: bool = False) -> bytes:

@@ -198,9 +198,10 @@ def test_an_unaligned_frame_gives_the_same_result(host_build):
 
 
 def test_tie_band_takes_the_imposed_decision_for_one_step(host_build):
-    # threshold 0 and a frame that does not change: every block scores exactly 0, a tie
+    # a gumbel gate whose zero-residual score (-softplus(0) = -ln 2) is its threshold
+    # (probability sigmoid(-ln 2) = 1/3) and a frame that does not change: every block a tie
     torch.manual_seed(0)
-    model = torch.nn.Sequential(SkipConv2d(3, 4, 3, padding=1, block=4, gate="input_norm", threshold=0.0)).eval()
+    model = torch.nn.Sequential(SkipConv2d(3, 4, 3, padding=1, block=4, gate="gumbel", threshold=1 / 3)).eval()
     compiled = compile_model(model, (1, 3, 16, 20))
     blocks = compiled.program.layers[0].grid.num_blocks
     frame = to_nhwc(torch.rand(1, 3, 16, 20))
@@ -209,7 +210,7 @@ def test_tie_band_takes_the_imposed_decision_for_one_step(host_build):
         session.step(frame)
         session.step(frame)
         assert session.last_stats["layers"][0]["ties"] == blocks
-        assert not session.layer_decisions(0)[0].any(), "0 > 0 is false: no block computes on its own"
+        assert not session.layer_decisions(0)[0].any(), "-ln 2 > -ln 2 is false: no block computes on its own"
         imposed = np.arange(blocks) % 3 == 0
         session.set_tie_decisions(0, imposed)
         session.step(frame)
@@ -219,6 +220,28 @@ def test_tie_band_takes_the_imposed_decision_for_one_step(host_build):
         with pytest.raises(RuntimeStatusError) as error:
             session.set_tie_decisions(0, imposed[:-1])
         assert error.value.status == Status.WRONG_BUFFER_SIZE
+
+
+def test_a_norm_gate_at_threshold_0_decides_exactly(host_build):
+    """No tie band at threshold 0 (dynrt.h): an unchanged frame scores every block exactly 0,
+    inactive and no tie, and a change of one value computes exactly the blocks whose tiles read
+    it, however small the change."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(SkipConv2d(3, 4, 3, padding=1, block=4, gate="input_norm", threshold=0.0)).eval()
+    compiled = compile_model(model, (1, 3, 16, 20))
+    frame = torch.rand(1, 3, 16, 20)
+    with NativeSession(compiled.program.to_bytes(),
+                       torch_callback_backend(compiled.program, compiled.segments)) as session:
+        session.step(to_nhwc(frame))
+        session.step(to_nhwc(frame))
+        assert session.last_stats["layers"][0]["ties"] == 0
+        assert not session.layer_decisions(0)[0].any()
+        moved = frame.clone()
+        moved[0, 1, 5, 8] = torch.nextafter(moved[0, 1, 5, 8], torch.tensor(2.0))  # one ulp
+        session.step(to_nhwc(moved))
+        # row 5, column 8 of a 4x5 grid of 4x4 blocks with a 1-pixel halo: blocks (1, 2) and (1, 1)
+        assert np.flatnonzero(session.layer_decisions(0)[0]).tolist() == [6, 7]
+        assert session.last_stats["layers"][0]["ties"] == 0
 
 
 def _reseal(plan: bytes) -> bytes:
@@ -252,6 +275,10 @@ def _set_run_flags(plan: bytes, program: FrameProgram, tiles: bool, flags: int) 
     # RUN_SEGMENT flags (format 2.1): unknown bits, and a pointwise tile run
     (lambda p, prog: _set_run_flags(p, prog, False, 6), Status.PLAN_INVALID, ["unknown flags"]),
     (lambda p, prog: _set_run_flags(p, prog, True, 1), Status.PLAN_INVALID, ["pointwise", "tile segment"]),
+    # RUN_NEAREST_UPSAMPLE (2.5): both flags at once, and a stride-2 dense run (its output is smaller)
+    (lambda p, prog: _set_run_flags(p, prog, False, 3), Status.PLAN_INVALID, ["both as pointwise"]),
+    (lambda p, prog: _set_run_flags(p, prog, False, 2), Status.PLAN_INVALID, ["nearest upsampling",
+                                                                                "whole multiples"]),
 ])
 def test_tampered_run_flags_are_refused_with_a_reason(host_build, tamper, status, words):
     test_tampered_plans_are_refused_with_a_reason(host_build, tamper, status, words)

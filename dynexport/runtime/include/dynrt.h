@@ -119,7 +119,9 @@ typedef struct dynrt_frame_stats {
  *   DYNRT_TIE_EPSILON * max(1, |threshold|)
  * of its threshold (or a D-STEP patch whose two logits are that close) is a tie: two correct
  * implementations may decide it differently. Ties are counted in the stats; in verification
- * runs the reference's decision can be imposed on them (dynrt_session_set_tie_decisions). */
+ * runs the reference's decision can be imposed on them (dynrt_session_set_tie_decisions).
+ * A norm gate (input_norm, output_norm) at threshold 0 has no band: a zero residual scores
+ * exactly 0 and any other above 0, so it computes exactly the blocks whose input changed. */
 #define DYNRT_TIE_EPSILON 1e-4f
 
 /* Parses and validates the plan (version, checksum, every index and size), asks the backend

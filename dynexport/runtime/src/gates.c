@@ -134,10 +134,29 @@ static double tie_margin(double threshold) {
   return (double)DYNRT_TIE_EPSILON * (fabs(threshold) > 1.0 ? fabs(threshold) : 1.0);
 }
 
+/* A norm gate at threshold 0 decides exactly, without a tie band: a zero residual scores 0
+ * in any summation order (a sum of zeros) and any other scores above 0 (a sum of squares;
+ * float32 underflow of squares below ~1e-45 happens alike in the reference), so no rounding
+ * difference can move a block across. Such a gate recomputes exactly the blocks whose input
+ * changed: what `dynexport.gating.convert` makes at threshold 0, the dense convolution's
+ * output computed block-sparsely. */
+static int decides_exactly(const runtime_layer* layer) {
+  return layer->gate != GATE_GUMBEL && layer->threshold == 0.0f;
+}
+
 /* |score - threshold| within the tie margin. An infinite threshold has no band. */
-static int in_tie_band(double score, double threshold) {
-  if (isinf(threshold) || isnan(threshold) || isnan(score)) return 0;
+static int in_tie_band(const runtime_layer* layer, double score) {
+  const double threshold = layer->threshold;
+  if (decides_exactly(layer) || isinf(threshold) || isnan(threshold) || isnan(score)) return 0;
   return fabs(score - threshold) <= tie_margin(threshold);
+}
+
+/* Whether a block with a zero residual is inactive, and no tie, in every implementation. */
+static int zero_residual_clearly_inactive(const runtime_layer* layer) {
+  const double threshold = layer->threshold;
+  const double zero_residual_score = layer->gate == GATE_GUMBEL ? (double)layer->gate_bias : 0.0;
+  if (decides_exactly(layer)) return 1;
+  return threshold - zero_residual_score > tie_margin(threshold);
 }
 
 /* A D-STEP patch is a tie when its two logits are that close: the compute logit is scored
@@ -207,6 +226,7 @@ typedef struct gate_pass {
   size_t tile_h, tile_w, channels;
   size_t kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w;
   double threshold, tie_margin;
+  int exact;  /* decides_exactly: no tie band, "below" includes the threshold itself */
   /* upper bounds are sound: finite gate weights (gumbel), norm_scale finite and >= 0 */
   int bounds_usable;
   /* relative allowance for float rounding in bounds and scores (see prepare_gate_pass) */
@@ -231,12 +251,14 @@ typedef struct gate_pass {
 
 /* Clearly above: active, and not a tie, whatever the other positions score. */
 static int clearly_above(const gate_pass* pass, double score) {
+  if (pass->exact) return score > pass->threshold;
   return score - pass->threshold > pass->tie_margin;
 }
 
 /* Clearly below: inactive and not a tie, unless another position scores higher. An upper
  * bound that is clearly below settles every position it bounds. */
 static int clearly_below(const gate_pass* pass, double score) {
+  if (pass->exact) return score <= pass->threshold;
   return pass->threshold - score > pass->tie_margin;
 }
 
@@ -552,6 +574,7 @@ static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer*
   pass.dilation_w = (size_t)grid->dilation[1];
   pass.threshold = layer->threshold;
   pass.tie_margin = tie_margin(pass.threshold);
+  pass.exact = decides_exactly(layer);
   /* A float sum of n terms is within about n * FLT_EPSILON / 2 of exact, relative to the
    * sum of their magnitudes, whatever the order. Bounds sum at most kernel_h * tile_w * C
    * non-negative terms and scores fewer; twice that covers both with room to spare. */
@@ -590,15 +613,13 @@ static gate_pass prepare_gate_pass(dynrt_session_t session, const runtime_layer*
  * Layers reading the frame never qualify: frames carry no version. */
 static int settled_without_scoring(dynrt_const_session_t session, const runtime_layer* layer) {
   const runtime_tensor* input = layer->tensor[SLOT_INPUT];
-  const double threshold = layer->threshold;
-  const double zero_residual_score = layer->gate == GATE_GUMBEL ? (double)layer->gate_bias : 0.0;
   if (input == session->input || layer->gate_input_version == 0 || input->version != layer->gate_input_version) {
     return 0;
   }
   if (layer->reference_store_due || layer->tensor[SLOT_REFERENCE]->version != layer->settled_reference_version) {
     return 0;
   }
-  return layer->gate_ties == 0 && threshold - zero_residual_score > tie_margin(threshold);
+  return layer->gate_ties == 0 && zero_residual_clearly_inactive(layer);
 }
 
 /* Whether the input's change map tells which blocks can have changed their decision since
@@ -608,8 +629,6 @@ static int settled_without_scoring(dynrt_const_session_t session, const runtime_
  * that very tile), so it is inactive and no tie without being scored. */
 static int changes_tracked(const runtime_layer* layer) {
   const runtime_tensor* input = layer->tensor[SLOT_INPUT];
-  const double threshold = layer->threshold;
-  const double zero_residual_score = layer->gate == GATE_GUMBEL ? (double)layer->gate_bias : 0.0;
   if (input->cell_versions == NULL || layer->gate_input_version == 0 ||
       input->whole_version > layer->gate_input_version) {
     return 0;
@@ -617,7 +636,7 @@ static int changes_tracked(const runtime_layer* layer) {
   if (layer->reference_store_due || layer->tensor[SLOT_REFERENCE]->version != layer->settled_reference_version) {
     return 0;
   }
-  return layer->gate_ties == 0 && threshold - zero_residual_score > tie_margin(threshold);
+  return layer->gate_ties == 0 && zero_residual_clearly_inactive(layer);
 }
 
 /* Whether any input pixel of a block's tile (padding aside) changed since version `since`. */
@@ -665,7 +684,7 @@ static void score_blocks_task(void* argument, uint32_t task) {
     if (pass.energy_cache != NULL) pass.pixel_sums = pass.energy_cache + (size_t)block * pass.tile_h * pass.tile_w;
     score = score_block(&pass, block);
     int active = score > threshold;
-    if (in_tie_band(score, threshold)) {
+    if (in_tie_band(layer, score)) {
       ties += 1;
       if (layer->tie_reference_pending) active = layer->tie_reference[block];
     }

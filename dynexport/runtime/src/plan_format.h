@@ -82,7 +82,11 @@ enum opcode {
  * activation or a residual add), a hint the runtime uses to track which blocks of its
  * outputs changed; the plan's semantics do not depend on it (format 2.1). */
 #define RUN_POINTWISE 1u
-#define RUN_KNOWN_FLAGS RUN_POINTWISE
+/* RUN_NEAREST_UPSAMPLE: pointwise ops and a nearest upsampling by integer factors, in any
+ * order: output pixel (y, x) is a function of input pixels (y / fy, x / fx) alone, fy and
+ * fx the outputs' height and width over the inputs' (format 2.5). */
+#define RUN_NEAREST_UPSAMPLE 2u
+#define RUN_KNOWN_FLAGS (RUN_POINTWISE | RUN_NEAREST_UPSAMPLE)
 
 enum dstep_source { DSTEP_SOURCE_NONE = 0, DSTEP_SOURCE_TILES = 1, DSTEP_SOURCE_DENSE = 2 };
 

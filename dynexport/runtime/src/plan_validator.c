@@ -438,28 +438,49 @@ static dynrt_status validate_layer_instruction(const plan_view* plan, uint32_t p
 
 /* A pointwise run is a fixed segment over maps of one size: every operand a float NHWC
  * tensor [1, H, W, C] with the same H and W (channels may differ). */
-static dynrt_status validate_pointwise_run(const plan_view* plan, uint32_t pc, const plan_instruction* ins,
-                                           error_sink* error) {
+/* RUN_POINTWISE / RUN_NEAREST_UPSAMPLE: a fixed segment whose operands are float32 NHWC maps
+ * [1, H, W, C], the inputs of one height and width, the outputs of one height and width that
+ * are the inputs' (pointwise) or whole multiples of them (upsampling). */
+static dynrt_status validate_spatial_run(const plan_view* plan, uint32_t pc, const plan_instruction* ins,
+                                         error_sink* error) {
+  const int upsample = (ins->c & RUN_NEAREST_UPSAMPLE) != 0;
+  const char* kind = upsample ? "a nearest upsampling" : "pointwise";
   plan_segment segment;
   uint32_t k, height = 0, width = 0;
   dynrt_plan_segment(plan, ins->a, &segment);
-  if (ins->b != NO_LAYER || segment.max_batch != 0) {
+  if ((ins->c & RUN_POINTWISE) && upsample) {
     return dynrt_fail(error, DYNRT_PLAN_INVALID,
-                      "plan: instruction %lu runs segment %s as pointwise, but it is a tile segment (pointwise "
-                      "runs are fixed segments)",
+                      "plan: instruction %lu runs segment %s both as pointwise and as a nearest upsampling "
+                      "(expected one of the two flags)",
                       (unsigned long)pc, name_at(plan, segment.name));
   }
+  if (ins->b != NO_LAYER || segment.max_batch != 0 || segment.input_count == 0) {
+    return dynrt_fail(error, DYNRT_PLAN_INVALID,
+                      "plan: instruction %lu runs segment %s as %s, but it is a tile segment or has no input "
+                      "(such runs are fixed segments over maps)",
+                      (unsigned long)pc, name_at(plan, segment.name), kind);
+  }
   for (k = 0; k < segment.input_count + segment.output_count; ++k) {
+    const int first_output = k == segment.input_count;
     const uint32_t operand = k < segment.input_count ? segment.input_begin + k
                                                      : segment.output_begin + (k - segment.input_count);
     plan_tensor tensor;
+    int fits;
     dynrt_plan_tensor(plan, dynrt_plan_operand(plan, operand), &tensor); /* operands validated before */
-    if (tensor.rank != 4 || tensor.layout != LAYOUT_NHWC || tensor.dtype != DTYPE_FLOAT32 || tensor.dims[0] != 1 ||
-        (k > 0 && (tensor.dims[1] != height || tensor.dims[2] != width))) {
+    fits = tensor.rank == 4 && tensor.layout == LAYOUT_NHWC && tensor.dtype == DTYPE_FLOAT32 && tensor.dims[0] == 1 &&
+           tensor.dims[1] > 0 && tensor.dims[2] > 0;
+    if (fits && first_output) {
+      fits = upsample ? tensor.dims[1] % height == 0 && tensor.dims[2] % width == 0
+                      : tensor.dims[1] == height && tensor.dims[2] == width;
+    } else if (fits && k > 0) {
+      fits = tensor.dims[1] == height && tensor.dims[2] == width;
+    }
+    if (!fits) {
       return dynrt_fail(error, DYNRT_PLAN_INVALID,
-                        "plan: instruction %lu runs segment %s as pointwise, but its operand %s is not a float32 NHWC "
-                        "map [1, H, W, C] of the same height and width as the others",
-                        (unsigned long)pc, name_at(plan, segment.name), name_at(plan, tensor.name));
+                        "plan: instruction %lu runs segment %s as %s, but its operand %s is not a float32 NHWC map "
+                        "[1, H, W, C] of the others' height and width (outputs: %s)",
+                        (unsigned long)pc, name_at(plan, segment.name), kind, name_at(plan, tensor.name),
+                        upsample ? "whole multiples of the inputs'" : "the inputs'");
     }
     height = tensor.dims[1];
     width = tensor.dims[2];
@@ -479,7 +500,7 @@ static dynrt_status validate_run_segment(const plan_view* plan, uint32_t pc, con
     return dynrt_fail(error, DYNRT_PLAN_INVALID, "plan: instruction %lu (RUN_SEGMENT) has unknown flags 0x%lx",
                       (unsigned long)pc, (unsigned long)(ins->c & ~RUN_KNOWN_FLAGS));
   }
-  if (ins->c & RUN_POINTWISE) return validate_pointwise_run(plan, pc, ins, error);
+  if (ins->c & RUN_KNOWN_FLAGS) return validate_spatial_run(plan, pc, ins, error);
   if (ins->b == NO_LAYER) return DYNRT_OK;
   /* a batch run: the segment packs layer b's active tiles */
   dynrt_plan_segment(plan, ins->a, &segment);

@@ -174,16 +174,27 @@ static void record_segment_run(runtime_segment* segment) {
   for (k = 0; k < segment->output_count; ++k) segment->output_versions[k] = segment->outputs[k]->version;
 }
 
-/* After a pointwise run (RUN_POINTWISE, validated: every operand a tracked map of one size):
- * an output cell changed only where some input cell changed since the previous run, so only
- * those cells take the new version and a later gate scores only the blocks they reach
- * (gates.c). Deterministic kernels give an unchanged pixel the same value again. Falls back
- * to a whole write when there is no previous run to compare with, an input changed in a way
- * not tracked, an output was written by anything else since, or an operand is both. */
-static void record_pointwise_run(runtime_segment* segment, int was_valid) {
+/* An input cell's changed box, as pixel rows / columns of its map. */
+static void cell_box_pixels(const runtime_tensor* map, size_t cell, cell_box box, size_t* rows, size_t* cols) {
+  const size_t origin_row = (cell / map->cell_cols) * CHANGE_CELL, origin_col = (cell % map->cell_cols) * CHANGE_CELL;
+  rows[0] = origin_row + box.row_begin;
+  rows[1] = origin_row + box.row_end;
+  cols[0] = origin_col + box.col_begin;
+  cols[1] = origin_col + box.col_end;
+}
+
+/* After a pointwise or nearest-upsampling run (RUN_POINTWISE / RUN_NEAREST_UPSAMPLE,
+ * validated: every operand a map, the inputs of one size, the outputs of one size, fy x fx
+ * times the inputs'): an output pixel changed only where the input pixel it is made of
+ * changed since the previous run, so only the cells those pixels fall in take the new
+ * version and a later gate scores only the blocks they reach (gates.c). Deterministic
+ * kernels give an unchanged pixel the same value again. Falls back to a whole write when
+ * there is no previous run to compare with, an input changed in a way not tracked, an output
+ * was written by anything else since, or an operand is both. */
+static void record_spatial_run(runtime_segment* segment, int was_valid) {
   uint32_t i, o;
-  size_t cell, cells;
-  int tracked = was_valid;
+  size_t cell, cells, fy = 1, fx = 1;
+  int tracked = was_valid && segment->input_count > 0;
   for (i = 0; tracked && i < segment->input_count; ++i) {
     const runtime_tensor* input = segment->inputs[i];
     if (input->cell_versions == NULL || input->whole_version > segment->input_versions[i]) tracked = 0;
@@ -191,23 +202,34 @@ static void record_pointwise_run(runtime_segment* segment, int was_valid) {
   }
   for (o = 0; tracked && o < segment->output_count; ++o) {
     const runtime_tensor* output = segment->outputs[o];
-    tracked = output->cell_versions != NULL && output->version == segment->output_versions[o] &&
-              output->cell_rows == segment->inputs[0]->cell_rows && output->cell_cols == segment->inputs[0]->cell_cols;
+    tracked = output->cell_versions != NULL && output->version == segment->output_versions[o];
   }
-  if (!tracked || segment->input_count == 0) {
+  if (!tracked) {
     record_segment_run(segment);
     return;
+  }
+  if (segment->output_count > 0) {
+    fy = segment->outputs[0]->dims[1] / segment->inputs[0]->dims[1];
+    fx = segment->outputs[0]->dims[2] / segment->inputs[0]->dims[2];
   }
   cells = (size_t)segment->inputs[0]->cell_rows * segment->inputs[0]->cell_cols;
   for (o = 0; o < segment->output_count; ++o) region_write_begin(segment->outputs[o]);
   for (cell = 0; cell < cells; ++cell) {
     /* a pointwise op changes the pixels its inputs changed: the boxes carry over */
     cell_box box, changed = {0, 0, 0, 0};
+    size_t rows[2], cols[2];
     for (i = 0; i < segment->input_count; ++i) {
       if (cell_changed_since(segment->inputs[i], cell, segment->input_versions[i], &box)) cell_box_join(&changed, box);
     }
     if (changed.row_end == 0) continue;
-    for (o = 0; o < segment->output_count; ++o) cell_written(segment->outputs[o], cell, changed);
+    if (fy == 1 && fx == 1) {
+      for (o = 0; o < segment->output_count; ++o) cell_written(segment->outputs[o], cell, changed);
+      continue;
+    }
+    cell_box_pixels(segment->inputs[0], cell, changed, rows, cols);
+    for (o = 0; o < segment->output_count; ++o) {
+      region_write_cells(segment->outputs[o], rows[0] * fy, rows[1] * fy, cols[0] * fx, cols[1] * fx);
+    }
   }
   for (i = 0; i < segment->input_count; ++i) segment->input_versions[i] = segment->inputs[i]->version;
   for (o = 0; o < segment->output_count; ++o) segment->output_versions[o] = segment->outputs[o]->version;
@@ -249,8 +271,8 @@ static dynrt_status run_segment(dynrt_session_t session, uint32_t pc, uint32_t s
                       (unsigned long)segment_index, segment->name, backend->name != NULL ? backend->name : "(unnamed)",
                       (int)status, dynrt_status_string(status));
   }
-  if (flags & RUN_POINTWISE) {
-    record_pointwise_run(segment, segment->results_valid);
+  if (flags & RUN_KNOWN_FLAGS) {
+    record_spatial_run(segment, segment->results_valid);
   } else {
     record_segment_run(segment);
   }
