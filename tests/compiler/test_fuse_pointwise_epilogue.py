@@ -100,3 +100,23 @@ def test_not_fused_when_the_step_mixes_pixels():
                                       SkipConv2d(8, 4, 3, padding=1)))
     assert isinstance(graph.steps[1], DenseStep)
     assert fuse_pointwise_epilogue(graph) == 0
+
+
+def test_a_1x1_convolution_that_changes_the_channels_is_fused_too():
+    """ReLU + a 1x1 convolution 8 -> 2 (a heatmap head's last layer) after the last gated
+    layer: pointwise in space, so it becomes the epilogue; the layer's state holds its 2
+    channels and is the plan's output. A strided or padded 1x1 convolution mixes pixels and is
+    not fused."""
+    model = nn.Sequential(SkipConv2d(3, 8, 3, padding=1, block=8), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+    compiled = compile_model(model, SHAPE)
+    program = compiled.program
+    assert [s.name for s in program.segments] == ["layer_0_tiles", "layer_0_dense"]
+    layer = program.layers[0]
+    assert layer.out_channels == 2 and program.outputs == [layer.output]
+    x = torch.randn(5, 3, 10, 10)
+    conv, head = model[0].conv, model[2]
+    expected = F.conv2d(F.relu(F.conv2d(x, conv.weight, conv.bias)), head.weight, head.bias)
+    torch.testing.assert_close(compiled.segments["layer_0_tiles"].module(x)[0], expected)
+    for mixing in (nn.Conv2d(8, 2, 1, stride=2), nn.Conv2d(8, 2, 1, padding=1)):
+        graph = partitioned(nn.Sequential(SkipConv2d(3, 8, 3, padding=1), nn.ReLU(), mixing))
+        assert fuse_pointwise_epilogue(graph) == 0

@@ -11,9 +11,11 @@ epilogue fusion, issue 14).
 
 Fused when: the gate is a skip conv (D-STEP writes 0 for skipped channels, and f(0) need
 not be 0); the step that follows reads only the gate's output, and nothing else reads it;
-the step has one output of the same shape; every op is in ``POINTWISE_OPS``; and the step,
-run on two crops of a random map, gives the crops of its result (which catches constants
-that broadcast over space, not per channel).
+the step has one output of the same batch, height and width (a 1x1 convolution may change the
+channels: the heatmap head's last layer); every op is in ``POINTWISE_OPS`` or is a 1x1
+convolution of stride 1 without padding; and the step, run on two crops of a random map,
+gives the crops of its result (which catches constants that broadcast over space, not per
+channel).
 
 Invariant after: each fused ``GateStep`` has ``epilogue`` set and ``output`` renamed to the
 step's output value; the fused ``DenseStep`` is gone. Running the steps in order still
@@ -22,6 +24,7 @@ reproduces the graph. Run after partition_at_gates.
 
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
@@ -47,8 +50,31 @@ _CHECK_CROP = 3
 
 
 def is_pointwise(module) -> bool:
-    """Whether a segment's module has only POINTWISE_OPS."""
-    return all(node.target in POINTWISE_OPS for node in module.graph.nodes if node.op == "call_function")
+    """Whether a segment's module has only POINTWISE_OPS and 1x1 convolutions of stride 1
+    without padding (a per-pixel matrix product: pointwise in space, channels may change)."""
+    return all(node.target in POINTWISE_OPS or _is_pixelwise_convolution(module, node)
+               for node in module.graph.nodes if node.op == "call_function")
+
+
+def _is_pixelwise_convolution(module, node) -> bool:
+    if node.target != _aten.conv2d.default:
+        return False
+    args = list(node.args) + [None] * (7 - len(node.args))
+    weight = args[1]
+    if getattr(weight, "op", None) == "get_attr":
+        weight = functools.reduce(getattr, weight.target.split("."), module)
+    elif hasattr(weight, "meta"):
+        weight = weight.meta.get("val")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or tuple(weight.shape[-2:]) != (1, 1):
+        return False
+    stride, padding = node.kwargs.get("stride", args[3]), node.kwargs.get("padding", args[4])
+    return _all_equal(stride, 1) and _all_equal(padding, 0)
+
+
+def _all_equal(value, default) -> bool:
+    if value is None:
+        return True
+    return all(v == default for v in (value if isinstance(value, (list, tuple)) else [value]))
 
 
 def fuse_pointwise_epilogue(partitioned: PartitionedGraph) -> int:
@@ -76,8 +102,9 @@ def _fusible(partitioned: PartitionedGraph, position: int) -> bool:
                   for v in (step.inputs if isinstance(step, DenseStep) else [step.input])}
     if gate.output in read_later or gate.output == partitioned.output:
         return False
-    shape = partitioned.shapes[gate.output]
-    if len(shape) != 4 or partitioned.shapes[after.outputs[0]] != shape or not is_pointwise(after.module):
+    shape, fused_shape = partitioned.shapes[gate.output], partitioned.shapes[after.outputs[0]]
+    same_pixels = len(fused_shape) == 4 and (fused_shape[0], *fused_shape[2:]) == (shape[0], *shape[2:])
+    if len(shape) != 4 or not same_pixels or not is_pointwise(after.module):
         return False
     return _commutes_with_crops(after.module, shape)
 

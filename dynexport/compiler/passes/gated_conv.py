@@ -28,6 +28,7 @@ class GatedConv:
     dense_cutoff: int  # above this many active blocks the dense segment runs
     max_batch: int  # the tile segment's batch bound: >= dense_cutoff (see tile_batch_bound)
     epilogue: torch.nn.Module | None = None  # pointwise ops after the convolution (fuse_pointwise_epilogue)
+    epilogue_channels: int | None = None  # the epilogue's output channels (a 1x1 convolution in it may change them)
 
     @property
     def in_channels(self) -> int:
@@ -35,7 +36,8 @@ class GatedConv:
 
     @property
     def out_channels(self) -> int:
-        return self.weight.shape[0]
+        """The layer's output channels: its state holds the epilogue's output."""
+        return self.weight.shape[0] if self.epilogue_channels is None else self.epilogue_channels
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -108,7 +110,8 @@ def gated_conv(builder: PlanBuilder, step, gm, weight_node, bias_node, stride, p
     grid = make_grid(in_shape, weight.shape, stride, padding, dilation, block)
     cutoff = dense_cutoff_blocks(grid, dense_cutoff)
     conv = GatedConv(_layer_name(step.node, builder), weight, constant(gm, bias_node), grid, groups, in_shape,
-                     cutoff, tile_batch_bound(grid.num_blocks, cutoff), step.epilogue)
+                     cutoff, tile_batch_bound(grid.num_blocks, cutoff), step.epilogue,
+                     _epilogue_channels(step.epilogue, weight.shape[0], grid.output_size))
     builder.gated_convs[step.output] = conv
     return conv
 
@@ -154,6 +157,14 @@ def add_conv_segments(builder: PlanBuilder, conv: GatedConv, layer: Layer) -> tu
             f"{conv.segment_prefix}_dense", conv.dense_module(), (example_tensor(conv.in_shape),), kind=SegmentKind.DENSE),
             [layer.input], [layer.dense_output])
     return tiles, dense
+
+
+@torch.no_grad()
+def _epilogue_channels(epilogue, channels: int, output_size) -> int | None:
+    if epilogue is None:
+        return None
+    probe = torch.zeros(1, channels, *output_size).contiguous(memory_format=torch.channels_last)
+    return int(epilogue(probe)[0].shape[1])
 
 
 def _layer_name(node, builder: PlanBuilder) -> str:
