@@ -27,7 +27,8 @@ def verify(
 
     Streams the clip through the reference model saved in OUT and through each backend
     artifact run by the C runtime (dynrt), and reports per backend: max abs error, max error
-    relative to the output's range (tolerance 1e-4), drift (last frame's error over the
+    relative to the output's range (tolerance 1e-4, or within 2x of the dense export's own
+    error on the same backend and device, measured when 1e-4 is exceeded), drift (last frame's error over the
     first's), and gate agreement block by block (blocks whose score is within the runtime's
     tie epsilon of the threshold take the reference's decision and are counted as ties).
     A backend that cannot run here (Core ML off macOS) gets its structural check only and
@@ -46,7 +47,7 @@ def verify(
     """
     from rich.console import Console
 
-    from dynexport.harness.verify import DRIFT_LIMIT, EXIT_INCOMPLETE, RELATIVE_TOLERANCE
+    from dynexport.harness.verify import DENSE_BASELINE_FACTOR, DRIFT_LIMIT, EXIT_INCOMPLETE, RELATIVE_TOLERANCE
     from dynexport.harness.verify import verify as run_verify
 
     resets = _parse_frames(reset_at)
@@ -81,10 +82,12 @@ def verify(
         for r in reports:
             for failure in r.failures:
                 typer.echo(f"{r.backend}: {failure}", err=True)
+            for note in r.notes:
+                typer.echo(f"{r.backend}: {note}")
         for r in not_run:
             typer.echo(f"{r.backend}: numerics not run: {r.not_run}; this is not a pass", err=True)
-        typer.echo(f"tolerances: rel err <= {RELATIVE_TOLERANCE:.0e}, drift <= {DRIFT_LIMIT:.0f}x, "
-                   "every non-tie gate decision equal")
+        typer.echo(f"tolerances: rel err <= {RELATIVE_TOLERANCE:.0e} (or <= {DENSE_BASELINE_FACTOR:.0f}x the dense "
+                   f"export's own error on the device), drift <= {DRIFT_LIMIT:.0f}x, every non-tie gate decision equal")
     if failed:
         raise typer.Exit(1)
     if not_run:

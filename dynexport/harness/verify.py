@@ -4,7 +4,9 @@ compare frame by frame.
 
 Tolerances (one place; the README and ``--help`` quote them):
 - outputs: max |runtime - reference| / (range of the reference output over the clip)
-  <= ``RELATIVE_TOLERANCE`` on every frame;
+  <= ``RELATIVE_TOLERANCE`` on every frame, or, when that fails, <= ``DENSE_BASELINE_FACTOR``
+  times the largest error of the model's dense export on the same backend, device and clip
+  (measured then: a deep network's float error on ARM XNNPACK is the backend's, not the plan's);
 - drift: the last frame's relative error over the first's is ``drift_ratio``; it fails
   only above ``DRIFT_LIMIT`` *and* when the last frame's error exceeds ``DRIFT_FLOOR``
   (a ratio of two rounding errors means nothing);
@@ -43,6 +45,11 @@ from dynexport.plan.frame_program import FrameProgram
 from targets import BACKENDS
 
 RELATIVE_TOLERANCE = 1e-4
+# An output error above RELATIVE_TOLERANCE still passes when, on every frame, it is at most
+# this many times the largest error of the model's dense export run by the same backend on the
+# same device and clip: that much is the backend's own float arithmetic (a 52-layer net on ARM
+# XNNPACK), which no plan can undercut.
+DENSE_BASELINE_FACTOR = 2.0
 DRIFT_LIMIT = 10.0
 DRIFT_FLOOR = 1e-5
 # dynexport verify's exit status when nothing failed but some numerics did not run here
@@ -250,6 +257,10 @@ class BackendReport:
     failures: list[str]
     structural: str | None = None  # "pass" / "fail"; None: the backend has no structural check
     not_run: str | None = None     # why the numerics did not run (then the numeric fields are NaN)
+    # the dense export's largest error relative to the output range, when it was measured
+    # (only when the plan's output error exceeded RELATIVE_TOLERANCE: DENSE_BASELINE_FACTOR)
+    dense_baseline_rel_err: float | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def numerics(self) -> str:
@@ -279,7 +290,9 @@ class BackendReport:
                 "frames": self.frames, "passed": self.passed, "status": self.status, "structural": self.structural,
                 "numerics": self.numerics, "not_run": self.not_run, "summary": self.summary(),
                 "ties": self.ties, "gate_disagreements": self.disagreements, "device": self.device,
-                "failures": self.failures}
+                "failures": self.failures, "notes": self.notes,
+                "dense_baseline_rel_err": None if self.dense_baseline_rel_err is None
+                else _number(self.dense_baseline_rel_err)}
 
 
 def _number(value: float) -> float | None:
@@ -291,6 +304,9 @@ def not_run_report(backend: str, device: str, frames: int, reason: str, structur
                    failures: list[str]) -> BackendReport:
     nan = float("nan")
     return BackendReport(backend, device, frames, nan, nan, nan, nan, 0, 0, [], list(failures), structural, reason)
+
+
+OUTPUT_ERROR = "output error "
 
 
 def compare_runs(backend: str, device: str, reference: StreamRun, native: StreamRun,
@@ -314,7 +330,7 @@ def compare_runs(backend: str, device: str, reference: StreamRun, native: Stream
     failures = []
     if relative.max() > RELATIVE_TOLERANCE:
         worst = int(relative.argmax())
-        failures.append(f"output error {relative.max():.2e} of the output range at frame {worst} "
+        failures.append(f"{OUTPUT_ERROR}{relative.max():.2e} of the output range at frame {worst} "
                         f"> {RELATIVE_TOLERANCE:.0e}")
     if drift > DRIFT_LIMIT and relative[-1] > DRIFT_FLOOR:
         failures.append(f"error grows over the clip: last frame {relative[-1]:.2e} is {drift:.1f}x the first")
@@ -415,5 +431,39 @@ def verify(folder, clip_path=None, synthetic: str | None = None, frames: int | N
     reference = run_reference(load_reference(build, allow_pickle), build.program, clip.frames, clip.resets)
     reports = []
     for backend in backends:
-        reports.append(verify_backend(build, backend, clip, device, reference, say))
+        report = verify_backend(build, backend, clip, device, reference, say)
+        if BACKENDS[backend].numerics == "driver" and report.failures and all(
+                f.startswith(OUTPUT_ERROR) for f in report.failures):
+            say(f"{backend}: the dense export on {device}, for its own float error")
+            _weigh_against_dense_export(build, backend, clip, device, reference, report, allow_pickle)
+        reports.append(report)
     return reports
+
+
+def _weigh_against_dense_export(build: Build, backend: str, clip: VerifyClip, device: str, reference: StreamRun,
+                                report: BackendReport, allow_pickle: bool) -> None:
+    """Runs the model's dense export (gates removed) on the same backend, device and clip and
+    measures its error against the dense reference; an output error of the plan within
+    DENSE_BASELINE_FACTOR of that on every frame is the backend's arithmetic: the output
+    failure becomes a note."""
+    from dynexport.harness.dense import build_dense, dense_counterpart
+
+    model = load_reference(build, allow_pickle)
+    with tempfile.TemporaryDirectory(prefix="dynexport-verify-dense-") as where:
+        built = build_dense(model, build.manifest["input"]["shape"], Path(where), backend=backend)
+        dense = open_build(built.out)
+        dense_reference = run_reference(dense_counterpart(model), dense.program, clip.frames, clip.resets)
+        dense_native = run_native(dense, backend, clip, device)
+    frames = len(reference.outputs)
+    value_range = float(reference.outputs.max() - reference.outputs.min()) or 1.0
+    dense_errors = np.abs(dense_native.outputs.astype(np.float64) - dense_reference.outputs).reshape(frames, -1)
+    allowed = max(RELATIVE_TOLERANCE, DENSE_BASELINE_FACTOR * float(dense_errors.max()) / value_range)
+    report.dense_baseline_rel_err = float(dense_errors.max()) / value_range
+    if max(report.frame_rel_err) <= allowed:
+        report.notes = [f"{f}, but within {DENSE_BASELINE_FACTOR:.0f}x of the dense export's own error on this "
+                        f"device ({report.dense_baseline_rel_err:.2e}): the backend's float arithmetic"
+                        for f in report.failures]
+        report.failures = []
+    else:
+        report.failures = [f"{f} (the dense export errs {report.dense_baseline_rel_err:.2e} here)"
+                           for f in report.failures]

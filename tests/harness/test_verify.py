@@ -74,6 +74,25 @@ def test_a_wrong_runtime_result_fails_verify(small_build, monkeypatch):
     assert any("gate decisions differ" in f for f in report.failures)
 
 
+@pytest.mark.parametrize("factor,passes", [(1e6, True), (0.0, False)])
+def test_an_output_error_is_weighed_against_the_dense_exports_own(small_build, monkeypatch, factor, passes):
+    """Above RELATIVE_TOLERANCE (here set below the float error of any backend), verify runs
+    the dense export on the same backend and clip: within DENSE_BASELINE_FACTOR of its error
+    the failure becomes a note (the backend's arithmetic), beyond it the failure stays and
+    names that error."""
+    import dynexport.harness.verify as verify_module
+
+    monkeypatch.setattr(verify_module, "RELATIVE_TOLERANCE", 1e-12)
+    monkeypatch.setattr(verify_module, "DENSE_BASELINE_FACTOR", factor)
+    [report] = verify(small_build, synthetic="static_camera", frames=6)
+    assert report.dense_baseline_rel_err is not None and 0 < report.dense_baseline_rel_err < 1e-4
+    assert report.passed == passes
+    if passes:
+        assert report.failures == [] and any("dense export's own error" in n for n in report.notes)
+    else:
+        assert any("the dense export errs" in f for f in report.failures)
+
+
 def test_qemu_arm64_matches_host(small_build):
     built = open_build(small_build)
     clip = synthetic_clip("scene_cut", built.manifest, frames=3)
