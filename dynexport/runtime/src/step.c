@@ -73,8 +73,9 @@ static int differing_span(const float* now, const float* before, size_t count, s
 
 /* The frame against the input tensor (which holds the previous frame's values), cell by
  * cell (CHANGE_CELL x CHANGE_CELL pixels): in each pixel row of a cell that differs, the
- * span of pixels that differ is checked for NaN/Inf (the values outside it equal values
- * checked before) and joins the cell's box; then, only if the whole frame is good, the boxes
+ * span of pixels that differ joins the cell's box, and each pixel row is checked for NaN/Inf
+ * from its first differing value to its last (the values outside equal values checked
+ * before); then, only if the whole frame is good, the boxes
  * are copied in and marked with one new version, so a gate scores only the blocks whose
  * tiles meet a changed pixel. A still region costs one memcmp per pixel row. On the calling
  * thread: at the start of a frame the backend's workers have slept since the last one (an
@@ -92,23 +93,30 @@ static dynrt_status take_frame_changes(dynrt_session_t session, const float* fra
     const float* now = frame + y * row_values;
     const float* before = previous + y * row_values;
     const uint8_t cell_row = (uint8_t)(y % CHANGE_CELL);
+    size_t row_first = row_values, row_last = 0;
+    uint32_t bits;
     if (memcmp(now, before, row_values * sizeof(float)) == 0) continue;
     for (cx = 0; cx < cell_cols; ++cx) {
       const size_t begin = cx * CHANGE_CELL * channels;
       const size_t end = (cx + 1) * CHANGE_CELL < width ? (cx + 1) * CHANGE_CELL * channels : row_values;
       cell_box changed;
       size_t first, last;
-      uint32_t bits;
       if (!differing_span(now + begin, before + begin, end - begin, &first, &last)) continue;
-      if (dynrt_first_nonfinite(now + begin + first, last + 1 - first, &bits) < last + 1 - first) {
-        return reject_nonfinite_frame(session, frame, input->bytes / sizeof(float));
-      }
+      if (row_first == row_values) row_first = begin + first;
+      row_last = begin + last;
       changed.row_begin = cell_row;
       changed.row_end = (uint8_t)(cell_row + 1);
       changed.col_begin = (uint8_t)(first / channels);
       changed.col_end = (uint8_t)(last / channels + 1);
       cell_box_join(&session->frame_cells[(y / CHANGE_CELL) * cell_cols + cx], changed);
       any = 1;
+    }
+    /* one scan per pixel row, from its first differing value to its last: the unchanged values
+     * in between were checked with an earlier frame (one call per cell cost more than the scan
+     * on a frame with sensor noise everywhere) */
+    if (row_first < row_values &&
+        dynrt_first_nonfinite(now + row_first, row_last + 1 - row_first, &bits) < row_last + 1 - row_first) {
+      return reject_nonfinite_frame(session, frame, input->bytes / sizeof(float));
     }
   }
   if (!any) return DYNRT_OK;
