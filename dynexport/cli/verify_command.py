@@ -87,7 +87,8 @@ def verify(
         for r in not_run:
             typer.echo(f"{r.backend}: numerics not run: {r.not_run}; this is not a pass", err=True)
         typer.echo(f"tolerances: rel err <= {RELATIVE_TOLERANCE:.0e} (or <= {DENSE_BASELINE_FACTOR:.0f}x the dense "
-                   f"export's own error on the device), drift <= {DRIFT_LIMIT:.0f}x, every non-tie gate decision equal")
+                   f"export's own error on the device), drift <= {DRIFT_LIMIT:.0f}x, every non-tie gate decision equal "
+                   "(layers gated at threshold 0: their outputs only)")
     if failed:
         raise typer.Exit(1)
     if not_run:
