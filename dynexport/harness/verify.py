@@ -428,27 +428,27 @@ def verify(folder, clip_path=None, synthetic: str | None = None, frames: int | N
     else:
         clip = synthetic_clip(synthetic or "mixed", build.manifest, frames, resets)
     say(f"reference: {len(clip.frames)} frames of {clip.name} through PyTorch")
-    reference = run_reference(load_reference(build, allow_pickle), build.program, clip.frames, clip.resets)
+    model = load_reference(build, allow_pickle)
+    reference = run_reference(model, build.program, clip.frames, clip.resets)
     reports = []
     for backend in backends:
         report = verify_backend(build, backend, clip, device, reference, say)
         if BACKENDS[backend].numerics == "driver" and report.failures and all(
                 f.startswith(OUTPUT_ERROR) for f in report.failures):
             say(f"{backend}: the dense export on {device}, for its own float error")
-            _weigh_against_dense_export(build, backend, clip, device, reference, report, allow_pickle)
+            _weigh_against_dense_export(build, model, backend, clip, device, reference, report)
         reports.append(report)
     return reports
 
 
-def _weigh_against_dense_export(build: Build, backend: str, clip: VerifyClip, device: str, reference: StreamRun,
-                                report: BackendReport, allow_pickle: bool) -> None:
+def _weigh_against_dense_export(build: Build, model, backend: str, clip: VerifyClip, device: str,
+                                reference: StreamRun, report: BackendReport) -> None:
     """Runs the model's dense export (gates removed) on the same backend, device and clip and
     measures its error against the dense reference; an output error of the plan within
     DENSE_BASELINE_FACTOR of that on every frame is the backend's arithmetic: the output
-    failure becomes a note."""
+    failure becomes a note. ``model``: the build's reference (load_reference)."""
     from dynexport.harness.dense import build_dense, dense_counterpart
 
-    model = load_reference(build, allow_pickle)
     with tempfile.TemporaryDirectory(prefix="dynexport-verify-dense-") as where:
         built = build_dense(model, build.manifest["input"]["shape"], Path(where), backend=backend)
         dense = open_build(built.out)

@@ -436,8 +436,6 @@ static dynrt_status validate_layer_instruction(const plan_view* plan, uint32_t p
   }
 }
 
-/* A pointwise run is a fixed segment over maps of one size: every operand a float NHWC
- * tensor [1, H, W, C] with the same H and W (channels may differ). */
 /* RUN_POINTWISE / RUN_NEAREST_UPSAMPLE: a fixed segment whose operands are float32 NHWC maps
  * [1, H, W, C], the inputs of one height and width, the outputs of one height and width that
  * are the inputs' (pointwise) or whole multiples of them (upsampling). */

@@ -223,17 +223,14 @@ static void record_spatial_run(runtime_segment* segment, int was_valid) {
   cells = (size_t)segment->inputs[0]->cell_rows * segment->inputs[0]->cell_cols;
   for (o = 0; o < segment->output_count; ++o) region_write_begin(segment->outputs[o]);
   for (cell = 0; cell < cells; ++cell) {
-    /* a pointwise op changes the pixels its inputs changed: the boxes carry over */
+    /* the pixels the inputs changed, scaled by fy x fx (1 x 1 for a pointwise run): the boxes
+     * carry over */
     cell_box box, changed = {0, 0, 0, 0};
     size_t rows[2], cols[2];
     for (i = 0; i < segment->input_count; ++i) {
       if (cell_changed_since(segment->inputs[i], cell, segment->input_versions[i], &box)) cell_box_join(&changed, box);
     }
     if (changed.row_end == 0) continue;
-    if (fy == 1 && fx == 1) {
-      for (o = 0; o < segment->output_count; ++o) cell_written(segment->outputs[o], cell, changed);
-      continue;
-    }
     cell_box_pixels(segment->inputs[0], cell, changed, rows, cols);
     for (o = 0; o < segment->output_count; ++o) {
       region_write_cells(segment->outputs[o], rows[0] * fy, rows[1] * fy, cols[0] * fx, cols[1] * fx);
