@@ -514,7 +514,10 @@ static double score_block(const gate_pass* pass, uint32_t block) {
       i = 1; /* row 0 is scored exactly */
     }
     gumbel_residual(pass, &placement, block);
-  } else if (pass->incremental && pass->energy_valid[block]) {
+  } else if (pass->incremental && pass->energy_valid[block] && !pass->layer->block_mask[block]) {
+    /* A block computed last frame takes the full pass below instead: it most likely changed
+     * again, and its first output row usually settles it from kernel_h tile rows, where a
+     * refresh sums every changed pixel (the whole tile when the camera moves) */
     refresh_changed_energies(pass, &placement, block);
   } else {
     size_t rows_done = 0;
