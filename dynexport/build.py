@@ -52,7 +52,7 @@ class BuildResult:
 def build(model_path, out, target: str = "android", backend: str | None = None, input_shape=None,
           force: bool = False, allow_pickle: bool = False, dense_cutoff: float | None = None,
           input_scale: float = 1.0 / 255.0, progress: Callable[..., None] | None = None,
-          precision: str | None = None, dense_fallback: float | None = None,
+          precision: str | None = None, dense_fallback: float | str | None = "auto",
           dense_fallback_hold: int = 0, change_driven: bool = True) -> BuildResult:
     """``dense_fallback``, ``dense_fallback_hold``, ``change_driven``: see ``compile_model``. ``progress`` is called with a message, and with (message, done, total) while a step
     that counts its work runs (the ExecuTorch lowering)."""
@@ -339,6 +339,16 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+def _dense_fallback_entry(program) -> dict | None:
+    """The plan's dense fallback, as build prints it (the plan is what verify and bench follow)."""
+    fallback = program.dense_fallback()
+    if fallback is None:
+        return None
+    layer, count, hold, _hold_skips_gate = fallback
+    return {"layer": program.layers[layer].name, "count": count, "blocks": program.layers[layer].grid.num_blocks,
+            "hold": hold}
+
+
 def make_manifest(compiled, target, backends, versions, artifacts, input_scale, seconds) -> dict:
     from dynexport.plan.frame_program import LayerKind, Role
 
@@ -370,7 +380,7 @@ def make_manifest(compiled, target, backends, versions, artifacts, input_scale, 
         "output": {"shape": list(compiled.output_shape), "dtype": "float32"},
         "state_bytes": sum(t.nbytes for t in state),
         "plan": {"file": PLAN_FILE, "segments": len(program.segments), "instructions": len(program.instructions),
-                 "tensors": len(program.tensors)},
+                 "tensors": len(program.tensors), "dense_fallback": _dense_fallback_entry(program)},
         "layers": layers,
         "artifacts": artifacts,
         "build_seconds": round(seconds, 2),

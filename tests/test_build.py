@@ -45,6 +45,8 @@ def test_cli_builds_each_example(built_example, example):
     assert manifest["backends"] == ["executorch", "litert"] and "failed_backends" not in manifest
     assert set(manifest["artifacts"]) == {"plan.dxfp", "model.pte", "model.tflite", "reference/model.pt"}
     assert {"dynexport", "torch", "executorch", "litert-torch", "ai-edge-litert"} <= set(manifest["versions"])
+    # --dense-fallback auto, the default: the Skip-Conv example has one, the D-STEP one cannot
+    assert (manifest["plan"]["dense_fallback"] is not None) == (example == "skipconv_heatmap")
 
     pte, tflite = (out / "model.pte").read_bytes(), (out / "model.tflite").read_bytes()
     plan = FrameProgram.from_bytes((out / "plan.dxfp").read_bytes())
@@ -130,6 +132,26 @@ def test_a_failing_backend_is_recorded_while_the_others_build(tmp_path, monkeypa
     with pytest.raises(CompileError, match="injected"):
         build(tiny_model_file(tmp_path), tmp_path / "none", target="host", input_shape="1x3x16x16")
     assert not (tmp_path / "none").exists()
+
+
+def test_a_skip_conv_model_gets_the_dense_fallback_unless_told_off(tmp_path, monkeypatch):
+    from dynexport.nn import SkipConv2d
+
+    register(monkeypatch)
+    torch.manual_seed(0)
+    model = tiny_model_file(tmp_path, nn.Sequential(SkipConv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                                    SkipConv2d(4, 4, 3, padding=1)).eval())
+    default = build(model, tmp_path / "auto", target="host", backend="listing", input_shape="1x3x32x32").manifest
+    assert default["plan"]["dense_fallback"] == {"layer": default["layers"][0]["name"], "count": 8, "blocks": 16,
+                                                 "hold": 0}
+    assert "dense_fallback" in json.loads((tmp_path / "auto" / "model.listing").read_text())["segments"]
+    off = build(model, tmp_path / "off", target="host", backend="listing", input_shape="1x3x32x32",
+                dense_fallback=None).manifest
+    assert off["plan"]["dense_fallback"] is None
+    result = subprocess.run([*CLI, "build", str(model), "-o", str(tmp_path / "bad"), "--dense-fallback", "often"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "expected auto, off or a fraction" in result.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_failure_while_writing_artifacts_leaves_nothing_behind(tmp_path, monkeypatch):

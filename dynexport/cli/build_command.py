@@ -14,6 +14,23 @@ from targets import BACKENDS, PLATFORMS, TARGETS  # plain declarations: importin
 _RUNNABLE = [p for p in PLATFORMS if any(p in b.platforms for b in BACKENDS.values())]
 
 
+def _parse_dense_fallback(value: str):
+    """'auto', 'off' or a fraction in [0, 1), as compile_model takes it."""
+    from dynexport.compiler.passes.dense_fallback import AUTO
+
+    if value == AUTO:
+        return AUTO
+    if value == "off":
+        return None
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = None
+    if fraction is None or not 0.0 <= fraction < 1.0:
+        raise typer.BadParameter(f"expected auto, off or a fraction of blocks in [0, 1), got '{value}'")
+    return fraction
+
+
 def build(
     model: Annotated[Path, typer.Argument(help="model.pt (torch.save'd module) or model.pt2 (torch.export.save).",
                                           show_default=False)],
@@ -25,11 +42,12 @@ def build(
     force: Annotated[bool, typer.Option("--force", help="Replace OUT if it is an earlier dynexport build (nothing else is ever deleted).")] = False,
     dense_cutoff: Annotated[Optional[float], typer.Option(
         "--dense-cutoff", help="Fraction of active blocks above which a gated layer runs densely.", show_default="0.5")] = None,
-    dense_fallback: Annotated[Optional[float], typer.Option(
-        "--dense-fallback", help="For a moving camera: when the first gated layer computes more than this fraction "
-                                 "of its blocks, run the rest of the network as one dense segment (every later gated "
-                                 "layer then recomputes densely on the next frame). Skip-conv models only; verify and "
-                                 "bench follow the plan.", show_default="off")] = None,
+    dense_fallback: Annotated[str, typer.Option(
+        "--dense-fallback", metavar="auto|off|FRACTION", callback=_parse_dense_fallback,
+        help="For a moving camera: when the first gated layer computes more than this fraction of its blocks, run "
+             "the rest of the network as one dense segment (every later gated layer then recomputes densely on the "
+             "next frame). auto: 0.5 in a Skip-Conv model with two or more gated layers, off in any other; off: "
+             "never. Verify and bench follow the plan.")] = "auto",
     dense_fallback_hold: Annotated[int, typer.Option(
         "--dense-fallback-hold", min=0, help="With --dense-fallback: this many frames after a busy one fall back "
                                              "too (a shaking camera calms for a frame or two, and leaving the "
@@ -71,6 +89,8 @@ def build(
       dynexport build examples/skipconv_heatmap/model.pt -o out --tune
 
       dynexport build examples/mobilenet_deep/model.pt --target host -o deep --dense-fallback 0.25 --dense-fallback-hold 3
+
+      dynexport build model.pt --target host -o out --dense-fallback off
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -93,6 +113,11 @@ def build(
     driven = manifest.get("reference", {}).get("change_driven", [])
     if driven:
         typer.echo(f"change-driven (threshold 0, exact): {', '.join(driven)}")
+    fallback = manifest.get("plan", {}).get("dense_fallback")
+    if fallback is not None:
+        held = f", and the {fallback['hold']} frames after" if fallback["hold"] else ""
+        typer.echo(f"dense fallback: above {fallback['count']} of the {fallback['blocks']} blocks of layer "
+                   f"{fallback['layer']}{held} (--dense-fallback off: none)")
     typer.echo(
         f"built {result.out} in {result.seconds:.1f} s: {len(manifest['layers'])} gated layers, "
         f"{manifest['plan']['segments']} segments, state {manifest['state_bytes'] / 1024:.1f} KiB "

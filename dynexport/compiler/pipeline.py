@@ -9,7 +9,7 @@ import dataclasses
 
 from dynexport.compiler.frontend import export_graph
 from dynexport.compiler.passes.check_supported_ops import check_supported_ops
-from dynexport.compiler.passes.dense_fallback import add_dense_fallback, first_gate
+from dynexport.compiler.passes.dense_fallback import AUTO, add_dense_fallback, auto_fraction, first_gate
 from dynexport.compiler.passes.fold_batchnorm import fold_batchnorm
 from dynexport.compiler.passes.fold_constants import fold_constants
 from dynexport.compiler.passes.fuse_pointwise_epilogue import fuse_pointwise_epilogue
@@ -67,15 +67,18 @@ class PassLog:
 
 
 def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_CUTOFF,
-                  dense_fallback: float | None = None, dense_fallback_hold: int = 0,
+                  dense_fallback: float | str | None = None, dense_fallback_hold: int = 0,
                   change_driven: bool = True) -> CompiledModel:
     """``dense_fallback``: a fraction of the first gated layer's blocks above which the rest of
     the frame runs as one dense segment (passes/dense_fallback.py), and ``dense_fallback_hold``
-    frames after; None: never. ``change_driven``: gate the ungated convolutions of a Skip-Conv
-    model at threshold 0 (exact: gating/change_driven.py)."""
+    frames after; None: never; ``"auto"`` (dense_fallback.AUTO): 0.5 where the model allows a
+    fallback, else none. ``change_driven``: gate the ungated convolutions of a Skip-Conv model
+    at threshold 0 (exact: gating/change_driven.py)."""
     if not 0.0 <= dense_cutoff <= 1.0:
         raise CompileError(f"dense cut-off must be a fraction of blocks in [0, 1], got {dense_cutoff}")
-    if dense_fallback is not None and not 0.0 <= dense_fallback < 1.0:
+    if isinstance(dense_fallback, str) and dense_fallback != AUTO:
+        raise CompileError(f"dense fallback must be a fraction, '{AUTO}' or None, got '{dense_fallback}'")
+    if dense_fallback not in (None, AUTO) and not 0.0 <= dense_fallback < 1.0:
         raise CompileError(f"dense fallback must be a fraction of the first gated layer's blocks in [0, 1), "
                            f"got {dense_fallback}")
     if dense_fallback_hold < 0:
@@ -92,6 +95,8 @@ def compile_model(model, input_shape=None, dense_cutoff: float = DEFAULT_DENSE_C
     builder.bind_value(partitioned.input, frame, input_shape)
     builder.program.inputs = [frame]
     lowerings = {SKIP_CONV: lower_skip_conv, DSTEP: lower_dstep}
+    if dense_fallback == AUTO:
+        dense_fallback = auto_fraction(partitioned)
     first = first_gate(partitioned) if dense_fallback is not None else None
     busy_branch = holding_branch = None
     for i, step in enumerate(partitioned.steps):

@@ -99,3 +99,21 @@ def test_models_the_fallback_cannot_cover_are_refused_with_a_reason():
         compile_model(three_layers(), SHAPE, dense_fallback=1.5)
     with pytest.raises(CompileError, match="hold"):
         compile_model(three_layers(), SHAPE, dense_fallback=0.5, dense_fallback_hold=-1)
+
+
+def test_auto_builds_the_fallback_where_the_model_allows_one_and_nothing_elsewhere():
+    """AUTO (what ``dynexport build`` does unless told otherwise): AUTO_FRACTION of the first
+    layer's blocks in a Skip-Conv model of two or more gated layers; no fallback, and no
+    error, where a fraction would be refused."""
+    from dynexport.compiler.passes.dense_fallback import AUTO, AUTO_FRACTION
+    from dynexport.streaming import fallback_count
+
+    program = compile_model(three_layers(), SHAPE, dense_fallback=AUTO).program
+    blocks = program.layers[0].grid.num_blocks
+    assert program.dense_fallback() == (0, fallback_count(AUTO_FRACTION, blocks), 0, False)
+    single = nn.Sequential(SkipConv2d(3, 8, 3, padding=1)).eval()
+    dstep = nn.Sequential(SkipConv2d(3, 8, 3, padding=1), DStepConv2d(8, 8, 3, padding=1, patch=4)).eval()
+    for model in (single, dstep):
+        assert compile_model(model, SHAPE, dense_fallback=AUTO).program.dense_fallback() is None
+    with pytest.raises(CompileError, match="'auto' or None"):
+        compile_model(three_layers(), SHAPE, dense_fallback="sometimes")
